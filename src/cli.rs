@@ -1,0 +1,36 @@
+//! What the binaries share: logging set up from `-v`/`-q`/`RUST_LOG`, and turning an
+//! error into one line on stderr with a non-zero exit code.
+
+use std::fmt::Display;
+use std::io::Write;
+
+/// Sets up env_logger. `-q` shows errors only, `-v` debug, `-vv` trace; without either,
+/// `RUST_LOG` decides as env_logger users expect, and the default is info. Info lines
+/// print bare, like the tutorial's transcripts; other levels carry their level.
+pub fn init_logging(verbose: u8, quiet: bool) {
+    let mut builder = env_logger::Builder::new();
+    match (quiet, verbose) {
+        (true, _) => builder.parse_filters("error"),
+        (false, 0) => match std::env::var("RUST_LOG") {
+            Ok(spec) if !spec.is_empty() => builder.parse_filters(&spec),
+            _ => builder.parse_filters("info"),
+        },
+        (false, 1) => builder.parse_filters("debug"),
+        (false, _) => builder.parse_filters("trace"),
+    };
+    builder.format(|buf, record| {
+        if record.level() == log::Level::Info {
+            writeln!(buf, "{}", record.args())
+        } else {
+            writeln!(buf, "{}: {}", record.level().as_str().to_lowercase(), record.args())
+        }
+    });
+    // Only fails if a logger is already set (tests calling twice): keep the first.
+    let _ = builder.try_init();
+}
+
+/// Prints `error: {e}` and exits with `code`.
+pub fn die(e: impl Display, code: i32) -> ! {
+    eprintln!("error: {e}");
+    std::process::exit(code)
+}

@@ -1,0 +1,5 @@
+//! Clients: the tutorial's multi-connection scenario (and, later, the load generator).
+
+pub mod scenario;
+
+pub use scenario::{run_scenario, ScenarioConfig, ScenarioReport};

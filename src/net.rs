@@ -1,0 +1,272 @@
+//! Sockets below the loop: binding a listener with the operator's socket options
+//! (through `socket2`), and the two kinds of stream a connection can hold (TCP or Unix).
+//! Nothing here knows about protocols or buffers.
+
+use std::fmt;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mio::event::Source;
+use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use mio::{Interest, Registry, Token};
+use socket2::{Domain, Protocol as SockProtocol, SockRef, Socket, TcpKeepalive, Type};
+
+/// Where a server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => write!(f, "{addr}"),
+            ListenAddr::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// Socket options for the listener and for every accepted connection.
+#[derive(Debug, Clone)]
+pub struct SocketOptions {
+    /// Length of the kernel's queue of connections not yet accepted.
+    pub backlog: i32,
+    /// SO_REUSEPORT: several listeners (workers, processes) share one address.
+    pub reuseport: bool,
+    /// TCP_NODELAY on accepted connections: replies leave at once instead of waiting for Nagle.
+    pub nodelay: bool,
+    /// SO_KEEPALIVE with this idle time before the first probe.
+    pub keepalive: Option<Duration>,
+    /// SO_RCVBUF, in bytes (the kernel doubles it for bookkeeping).
+    pub recv_buffer: Option<usize>,
+    /// SO_SNDBUF, in bytes.
+    pub send_buffer: Option<usize>,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        SocketOptions {
+            backlog: 1024,
+            reuseport: false,
+            nodelay: true,
+            keepalive: None,
+            recv_buffer: None,
+            send_buffer: None,
+        }
+    }
+}
+
+/// Resolves `host` and `port` (IPv4, IPv6 such as `::1`, or a name such as `localhost`)
+/// to the first address the resolver returns.
+pub fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
+    // `::1` must not be read as "host:port"; ToSocketAddrs on a (host, port) pair handles that.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (host, port).to_socket_addrs()?.next().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no address found for {host}"),
+        )
+    })
+}
+
+/// A bound, listening, non-blocking socket of either kind.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    /// Binds `addr` with `options`. For a Unix path, a stale socket file is removed only
+    /// when nothing accepts connections on it.
+    pub fn bind(addr: &ListenAddr, options: &SocketOptions) -> io::Result<Listener> {
+        match addr {
+            ListenAddr::Tcp(addr) => bind_tcp(*addr, options).map(Listener::Tcp),
+            ListenAddr::Unix(path) => bind_unix(path).map(Listener::Unix),
+        }
+    }
+
+    /// The address actually bound (with the port the OS chose for port 0).
+    pub fn local_addr(&self) -> io::Result<ListenAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().map(ListenAddr::Tcp),
+            Listener::Unix(l) => {
+                let addr = l.local_addr()?;
+                let path = addr.as_pathname().map(Path::to_path_buf).unwrap_or_default();
+                Ok(ListenAddr::Unix(path))
+            }
+        }
+    }
+
+    /// Accepts one connection (WouldBlock when the queue is empty).
+    pub fn accept(&self) -> io::Result<(Stream, Peer)> {
+        match self {
+            Listener::Tcp(l) => l
+                .accept()
+                .map(|(stream, addr)| (Stream::Tcp(stream), Peer::Tcp(addr))),
+            Listener::Unix(l) => l.accept().map(|(stream, _)| (Stream::Unix(stream), Peer::Unix)),
+        }
+    }
+}
+
+impl Source for Listener {
+    fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        match self {
+            Listener::Tcp(l) => l.register(r, t, i),
+            Listener::Unix(l) => l.register(r, t, i),
+        }
+    }
+    fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        match self {
+            Listener::Tcp(l) => l.reregister(r, t, i),
+            Listener::Unix(l) => l.reregister(r, t, i),
+        }
+    }
+    fn deregister(&mut self, r: &Registry) -> io::Result<()> {
+        match self {
+            Listener::Tcp(l) => l.deregister(r),
+            Listener::Unix(l) => l.deregister(r),
+        }
+    }
+}
+
+fn bind_tcp(addr: SocketAddr, options: &SocketOptions) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(SockProtocol::TCP))?;
+    // A restarted server must not wait for TIME_WAIT sockets of its previous life.
+    socket.set_reuse_address(true)?;
+    if options.reuseport {
+        socket.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        // `::` means IPv6 only here; listen on 0.0.0.0 as well with a second server if needed.
+        socket.set_only_v6(true)?;
+    }
+    // Set on the listener, buffer sizes are inherited by accepted sockets before the
+    // handshake completes, which is when the window scale is chosen.
+    if let Some(size) = options.recv_buffer {
+        socket.set_recv_buffer_size(size)?;
+    }
+    if let Some(size) = options.send_buffer {
+        socket.set_send_buffer_size(size)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(options.backlog)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+    if path.exists() {
+        // A socket file left by a crashed server is stale if nobody accepts on it;
+        // a live one means the address is in use, as for TCP.
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "Address already in use",
+                ))
+            }
+            Err(_) => std::fs::remove_file(path)?,
+        }
+    }
+    UnixListener::bind(path)
+}
+
+/// Applies the per-connection options to an accepted TCP stream.
+pub fn configure_accepted(stream: &Stream, options: &SocketOptions) -> io::Result<()> {
+    if let Stream::Tcp(tcp) = stream {
+        let sock = SockRef::from(tcp);
+        if options.nodelay {
+            sock.set_tcp_nodelay(true)?;
+        }
+        if let Some(idle) = options.keepalive {
+            sock.set_keepalive(true)?;
+            sock.set_tcp_keepalive(&TcpKeepalive::new().with_time(idle))?;
+        }
+    }
+    Ok(())
+}
+
+/// The other end of a connection, as logs and the chat protocol name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    /// Unix-domain peers are unnamed.
+    Unix,
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(addr) => write!(f, "{addr}"),
+            Peer::Unix => f.write_str("unix-peer"),
+        }
+    }
+}
+
+/// A connected, non-blocking byte stream.
+#[derive(Debug)]
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown(Shutdown::Write),
+            Stream::Unix(s) => s.shutdown(Shutdown::Write),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write_vectored(bufs),
+            Stream::Unix(s) => s.write_vectored(bufs),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Source for Stream {
+    fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.register(r, t, i),
+            Stream::Unix(s) => s.register(r, t, i),
+        }
+    }
+    fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.reregister(r, t, i),
+            Stream::Unix(s) => s.reregister(r, t, i),
+        }
+    }
+    fn deregister(&mut self, r: &Registry) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.deregister(r),
+            Stream::Unix(s) => s.deregister(r),
+        }
+    }
+}

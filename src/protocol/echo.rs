@@ -1,0 +1,48 @@
+//! Echo: every byte read is sent back unchanged. No framing, so nothing is ever pending
+//! and an echoed read needs no state beyond the peer's name for the debug log.
+
+use super::{ByteStr, Flow, Output, Protocol};
+use crate::net::Peer;
+
+/// The tutorial's echo server.
+#[derive(Debug, Default, Clone)]
+pub struct Echo;
+
+impl Protocol for Echo {
+    type Session = Peer;
+
+    fn open(&mut self, peer: &Peer, _out: &mut Output<'_>) -> Peer {
+        *peer
+    }
+
+    fn on_input(&mut self, peer: &mut Peer, input: &[u8], out: &mut Output<'_>) -> (usize, Flow) {
+        // Guarded: formatting every message would cost more than echoing it.
+        if log::log_enabled!(log::Level::Debug) {
+            log::debug!("Echoing {} to {}", ByteStr(input), peer);
+        }
+        out.send(input);
+        out.count_request();
+        (input.len(), Flow::Continue)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// Whatever arrives is queued back whole and fully consumed.
+    #[test]
+    fn echoes_input() {
+        let peer = Peer::Unix;
+        let (mut reply, mut broadcast, mut requests) = (Vec::new(), Vec::<Arc<[u8]>>::new(), 0);
+        let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
+        let mut echo = Echo;
+        let mut session = echo.open(&peer, &mut out);
+        assert_eq!(echo.on_input(&mut session, b"abc", &mut out), (3, Flow::Continue));
+        assert_eq!(echo.on_input(&mut session, b"de", &mut out), (2, Flow::Continue));
+        assert_eq!(reply, b"abcde");
+        assert!(broadcast.is_empty());
+        assert_eq!(requests, 2);
+    }
+}
