@@ -18,11 +18,16 @@ pub enum ProtocolKind {
     Echo,
 }
 
+/// Settings that only some protocols read; each protocol takes what it needs.
+#[derive(Debug, Clone, Default)]
+pub struct ProtocolOptions {}
+
 /// How to run: the loop's configuration, the protocol, and how many loops.
 #[derive(Debug, Clone)]
 pub struct LaunchOptions {
     pub config: ServerConfig,
     pub protocol: ProtocolKind,
+    pub protocol_options: ProtocolOptions,
     /// Threads, each its own loop with its own SO_REUSEPORT listener.
     pub workers: usize,
 }

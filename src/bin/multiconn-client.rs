@@ -22,7 +22,7 @@ struct Args {
     /// More log output.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
-    /// Errors only.
+    /// Errors only (no transcript).
     #[arg(short, long, conflicts_with = "verbose")]
     quiet: bool,
 }
@@ -34,8 +34,12 @@ fn main() {
         .unwrap_or_else(|e| die(format!("cannot resolve {}: {e}", args.host), 1));
     let mut config = ScenarioConfig::tutorial(addr, args.num_conns);
     config.timeout = Duration::from_secs_f64(args.timeout.max(0.0));
-    let mut stdout = std::io::stdout().lock();
-    let report = run_scenario(&config, &mut stdout).unwrap_or_else(|e| die(e, 1));
+    let mut transcript: Box<dyn std::io::Write> = if args.quiet {
+        Box::new(std::io::sink())
+    } else {
+        Box::new(std::io::stdout().lock())
+    };
+    let report = run_scenario(&config, &mut transcript).unwrap_or_else(|e| die(e, 1));
     if !report.failures.is_empty() {
         for (number, reason) in &report.failures {
             eprintln!("error: connection {number}: {reason}");

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use multiconn::cli::{die, init_logging};
-use multiconn::launch::{serve_until_signalled, LaunchOptions, ProtocolKind};
+use multiconn::launch::{serve_until_signalled, LaunchOptions, ProtocolKind, ProtocolOptions};
 use multiconn::net::resolve;
 use multiconn::{ListenAddr, ServerConfig};
 
@@ -43,6 +43,7 @@ fn main() {
     let options = LaunchOptions {
         config,
         protocol: args.protocol,
+        protocol_options: ProtocolOptions::default(),
         workers: 1,
     };
     match serve_until_signalled(options) {

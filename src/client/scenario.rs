@@ -10,6 +10,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use crate::launch::describe;
 use crate::protocol::ByteStr;
 
 /// What the scenario does.
@@ -71,7 +72,7 @@ pub fn run_scenario(config: &ScenarioConfig, transcript: &mut dyn Write) -> io::
         let mut stream = match TcpStream::connect(config.addr) {
             Ok(s) => s,
             Err(e) => {
-                report.failures.push((number, format!("cannot connect: {e}")));
+                report.failures.push((number, format!("cannot connect: {}", describe(&e))));
                 continue;
             }
         };
@@ -148,12 +149,12 @@ fn service(
     if !conn.connected {
         // A non-blocking connect reports its outcome as writability (or an error).
         if let Ok(Some(e)) | Err(e) = conn.stream.take_error() {
-            return Err(format!("cannot connect to {}: {e}", config.addr));
+            return Err(format!("cannot connect to {}: {}", config.addr, describe(&e)));
         }
         match conn.stream.peer_addr() {
             Ok(_) => conn.connected = true,
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(false),
-            Err(e) => return Err(format!("cannot connect to {}: {e}", config.addr)),
+            Err(e) => return Err(format!("cannot connect to {}: {}", config.addr, describe(&e))),
         }
     }
     if event.is_writable() && conn.next_message < config.messages.len() {
@@ -172,7 +173,7 @@ fn service(
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("send failed: {e}")),
+                Err(e) => return Err(format!("send failed: {}", describe(&e))),
             }
         }
         if conn.next_message == config.messages.len() {
@@ -206,7 +207,7 @@ fn service(
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("receive failed: {e}")),
+                Err(e) => return Err(format!("receive failed: {}", describe(&e))),
             }
         }
     }
