@@ -22,7 +22,12 @@ pub fn init_logging(verbose: u8, quiet: bool) {
         if record.level() == log::Level::Info {
             writeln!(buf, "{}", record.args())
         } else {
-            writeln!(buf, "{}: {}", record.level().as_str().to_lowercase(), record.args())
+            writeln!(
+                buf,
+                "{}: {}",
+                record.level().as_str().to_lowercase(),
+                record.args()
+            )
         }
     });
     // Only fails if a logger is already set (tests calling twice): keep the first.

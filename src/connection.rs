@@ -184,7 +184,11 @@ impl<S> Connection<S> {
 
     /// Reregisters only when the wanted interest differs from the registered one.
     /// Returns whether it did, and whether WRITABLE was newly added.
-    pub fn update_interest(&mut self, registry: &Registry, token: Token) -> io::Result<(bool, bool)> {
+    pub fn update_interest(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<(bool, bool)> {
         let Some(wanted) = self.wanted_interest() else {
             return Ok((false, false));
         };
@@ -281,7 +285,9 @@ impl<S> Connection<S> {
             Phase::Open | Phase::Closing => {}
         }
         let candidates = [
-            timeouts.idle.map(|d| (self.last_activity + d, DeadlineKind::Idle)),
+            timeouts
+                .idle
+                .map(|d| (self.last_activity + d, DeadlineKind::Idle)),
             timeouts
                 .frame
                 .zip(self.frame_started)

@@ -15,9 +15,7 @@ use mio::event::Event;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::connection::{
-    is_peer_error, CloseReason, Connection, DeadlineKind, Phase, Timeouts,
-};
+use crate::connection::{is_peer_error, CloseReason, Connection, DeadlineKind, Phase, Timeouts};
 use crate::net::{configure_accepted, ListenAddr, Listener, SocketOptions};
 use crate::protocol::{Flow, Output, Protocol, Timeout};
 
@@ -291,6 +289,14 @@ impl<P: Protocol> Server<P> {
                     self.serve(key, true, false, now);
                 }
             }
+            match self.control.state.load(Ordering::SeqCst) {
+                IMMEDIATE => break,
+                GRACEFUL if drain_deadline.is_none() => {
+                    drain_deadline = Some(now + self.config.drain_timeout);
+                    self.begin_shutdown(now);
+                }
+                _ => {}
+            }
             self.fire_timers(now);
             self.flush_dirty(now);
             self.sweep(now);
@@ -300,14 +306,6 @@ impl<P: Protocol> Server<P> {
                     self.log_stats();
                     next_stats = self.config.stats_interval.map(|i| now + i);
                 }
-            }
-            match self.control.state.load(Ordering::SeqCst) {
-                IMMEDIATE => break,
-                GRACEFUL if drain_deadline.is_none() => {
-                    drain_deadline = Some(now + self.config.drain_timeout);
-                    self.begin_shutdown(now);
-                }
-                _ => {}
             }
             if let Some(deadline) = drain_deadline {
                 if self.conns.is_empty() || now >= deadline {
@@ -388,7 +386,9 @@ impl<P: Protocol> Server<P> {
         }
         self.accept_paused_until = None;
         for _ in 0..self.config.limits.accepts_per_turn {
-            let Some(listener) = &self.listener else { return };
+            let Some(listener) = &self.listener else {
+                return;
+            };
             match listener.accept() {
                 Ok((stream, peer)) => {
                     if self.conns.len() >= self.config.limits.max_connections {
@@ -458,7 +458,9 @@ impl<P: Protocol> Server<P> {
     }
 
     fn on_event(&mut self, key: usize, event: &Event, now: Instant) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         if conn.phase == Phase::Closed {
             return;
         }
@@ -647,7 +649,9 @@ impl<P: Protocol> Server<P> {
 
     fn flush_dirty(&mut self, now: Instant) {
         while let Some(key) = self.dirty.pop() {
-            let Some(conn) = self.conns.get_mut(key) else { continue };
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
             conn.dirty = false;
             if conn.phase != Phase::Closed && !conn.outbound.is_empty() {
                 self.flush(key, now);
@@ -678,8 +682,10 @@ impl<P: Protocol> Server<P> {
             }
         }
         if conn.read_paused && conn.outbound.len() <= self.config.limits.max_outbound / 2 {
-            // Re-adding READABLE below makes epoll report input that is already waiting.
+            // Reading stopped without seeing WouldBlock, so input may be waiting that epoll
+            // will not report again: read it next turn.
             conn.read_paused = false;
+            self.again.push((key, conn.id));
         }
         if conn.phase != Phase::Closed {
             match conn.update_interest(self.poll.registry(), Token(key)) {
@@ -714,12 +720,16 @@ impl<P: Protocol> Server<P> {
             }
             self.timers.pop();
             let timeouts = &self.config.timeouts;
-            let Some(conn) = self.conns.get_mut(key) else { continue };
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
             if conn.id != id || conn.timer_at != Some(at) {
                 continue; // a stale entry: the connection is gone or re-armed sooner
             }
             conn.timer_at = None;
-            let Some((deadline, kind)) = conn.deadline(timeouts) else { continue };
+            let Some((deadline, kind)) = conn.deadline(timeouts) else {
+                continue;
+            };
             if deadline > now {
                 conn.timer_at = Some(deadline);
                 self.timers.push(Reverse((deadline, key, id)));
@@ -738,8 +748,10 @@ impl<P: Protocol> Server<P> {
                 DeadlineKind::Frame => {
                     log::info!("{}: frame not completed in time, closing", conn.peer);
                     conn.frame_started = None;
-                    let mut out = Output::new(&mut self.reply, &mut self.broadcast, &mut self.requests);
-                    self.protocol.on_timeout(&mut conn.session, Timeout::Frame, &mut out);
+                    let mut out =
+                        Output::new(&mut self.reply, &mut self.broadcast, &mut self.requests);
+                    self.protocol
+                        .on_timeout(&mut conn.session, Timeout::Frame, &mut out);
                     conn.inbound = Vec::new();
                     conn.finish(CloseReason::FrameTimeout);
                     conn.close_reason = CloseReason::FrameTimeout;
@@ -845,6 +857,8 @@ fn fail<S>(conn: &mut Connection<S>, e: &io::Error, op: &str) {
 fn is_transient_accept_error(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted | io::ErrorKind::ConnectionReset
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::ConnectionReset
     ) || e.raw_os_error() == Some(libc::EPROTO)
 }

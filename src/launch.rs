@@ -8,6 +8,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::event_loop::{Server, ServerConfig, ServerHandle, Stats};
+use crate::net::ListenAddr;
 use crate::protocol::echo::Echo;
 use crate::protocol::Protocol;
 
@@ -41,12 +42,41 @@ pub fn describe(e: &io::Error) -> String {
     }
 }
 
+/// Running server loops: handles to stop them and the threads that yield their counters.
+pub struct Workers {
+    pub addr: ListenAddr,
+    pub handles: Vec<ServerHandle>,
+    threads: Vec<JoinHandle<io::Result<Stats>>>,
+}
+
+impl Workers {
+    /// Asks every loop for a graceful shutdown.
+    pub fn shutdown(&self) {
+        for handle in &self.handles {
+            handle.shutdown();
+        }
+    }
+
+    /// Waits for every loop and merges their counters.
+    pub fn join(self) -> Result<Stats, String> {
+        let mut total = Stats::default();
+        for thread in self.threads {
+            let stats = thread
+                .join()
+                .map_err(|_| "a server thread panicked".to_string())?
+                .map_err(|e| format!("server loop failed: {}", describe(&e)))?;
+            total.merge(&stats);
+        }
+        Ok(total)
+    }
+}
+
 /// Binds every worker, then serves until SIGINT or SIGTERM; returns the merged counters.
 pub fn serve_until_signalled(options: LaunchOptions) -> Result<Stats, String> {
-    let (handles, threads) = start(options)?;
-    let mut signals =
-        Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let signal_handles = handles.clone();
+    let workers = start(options)?;
+    let handles = workers.handles.clone();
+    let mut signals = Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -63,28 +93,23 @@ pub fn serve_until_signalled(options: LaunchOptions) -> Result<Stats, String> {
                 } else {
                     log::info!("Caught SIGTERM, exiting.");
                 }
-                for handle in &signal_handles {
+                for handle in &handles {
                     handle.shutdown();
                 }
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
-    join(threads)
+    workers.join()
 }
 
 /// Binds every worker and starts its loop on a thread.
-pub fn start(
-    options: LaunchOptions,
-) -> Result<(Vec<ServerHandle>, Vec<JoinHandle<io::Result<Stats>>>), String> {
+pub fn start(options: LaunchOptions) -> Result<Workers, String> {
     match options.protocol {
         ProtocolKind::Echo => start_with(options, |_| Echo),
     }
 }
 
-fn start_with<P, F>(
-    options: LaunchOptions,
-    make: F,
-) -> Result<(Vec<ServerHandle>, Vec<JoinHandle<io::Result<Stats>>>), String>
+fn start_with<P, F>(options: LaunchOptions, make: F) -> Result<Workers, String>
 where
     P: Protocol + Send + 'static,
     P::Session: Send,
@@ -93,7 +118,9 @@ where
     let workers = options.workers.max(1);
     let mut handles = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
+    let mut addr = None;
     let mut config = options.config;
+    let listen_addr = config.listen.clone();
     if workers > 1 {
         config.socket.reuseport = true;
     }
@@ -108,22 +135,14 @@ where
         if worker == 0 {
             log::info!("Listening on {}", server.local_addr());
         }
-        let (_, handle, thread) = server.spawn();
+        let (bound, handle, thread) = server.spawn();
+        addr.get_or_insert(bound);
         handles.push(handle);
         threads.push(thread);
     }
-    Ok((handles, threads))
-}
-
-/// Waits for every worker and merges their counters.
-pub fn join(threads: Vec<JoinHandle<io::Result<Stats>>>) -> Result<Stats, String> {
-    let mut total = Stats::default();
-    for thread in threads {
-        let stats = thread
-            .join()
-            .map_err(|_| "a server thread panicked".to_string())?
-            .map_err(|e| format!("server loop failed: {}", describe(&e)))?;
-        total.merge(&stats);
-    }
-    Ok(total)
+    Ok(Workers {
+        addr: addr.unwrap_or(listen_addr),
+        handles,
+        threads,
+    })
 }

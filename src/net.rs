@@ -95,7 +95,10 @@ impl Listener {
             Listener::Tcp(l) => l.local_addr().map(ListenAddr::Tcp),
             Listener::Unix(l) => {
                 let addr = l.local_addr()?;
-                let path = addr.as_pathname().map(Path::to_path_buf).unwrap_or_default();
+                let path = addr
+                    .as_pathname()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default();
                 Ok(ListenAddr::Unix(path))
             }
         }
@@ -107,7 +110,9 @@ impl Listener {
             Listener::Tcp(l) => l
                 .accept()
                 .map(|(stream, addr)| (Stream::Tcp(stream), Peer::Tcp(addr))),
-            Listener::Unix(l) => l.accept().map(|(stream, _)| (Stream::Unix(stream), Peer::Unix)),
+            Listener::Unix(l) => l
+                .accept()
+                .map(|(stream, _)| (Stream::Unix(stream), Peer::Unix)),
         }
     }
 }
@@ -134,7 +139,11 @@ impl Source for Listener {
 }
 
 fn bind_tcp(addr: SocketAddr, options: &SocketOptions) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(SockProtocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(SockProtocol::TCP),
+    )?;
     // A restarted server must not wait for TIME_WAIT sockets of its previous life.
     socket.set_reuse_address(true)?;
     if options.reuseport {

@@ -80,7 +80,11 @@ impl Outbound {
             let mut offered = 0;
             for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
                 let bytes = chunk.bytes();
-                let bytes = if i == 0 { &bytes[self.front_written..] } else { bytes };
+                let bytes = if i == 0 {
+                    &bytes[self.front_written..]
+                } else {
+                    bytes
+                };
                 offered += bytes.len();
                 slices[i] = IoSlice::new(bytes);
                 count += 1;
@@ -99,7 +103,9 @@ impl Outbound {
     fn consume(&mut self, mut n: usize) {
         self.len -= n;
         while n > 0 {
-            let Some(front) = self.chunks.front() else { break };
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
             let left = front.bytes().len() - self.front_written;
             if n >= left {
                 n -= left;
@@ -147,7 +153,10 @@ mod tests {
             q.push_shared(Arc::from(&b"shared "[..]));
             q.push_bytes(b"world");
             assert_eq!(q.len(), 18);
-            let mut w = Trickle { got: Vec::new(), limit };
+            let mut w = Trickle {
+                got: Vec::new(),
+                limit,
+            };
             while !q.is_empty() {
                 q.write_to(&mut w).unwrap();
             }

@@ -8,7 +8,10 @@ use multiconn::client::{run_scenario, ScenarioConfig};
 use multiconn::net::resolve;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "The tutorial's multi-connection client: each connection sends two messages and waits for their echo")]
+#[command(
+    version,
+    about = "The tutorial's multi-connection client: each connection sends two messages and waits for their echo"
+)]
 struct Args {
     /// Server address: IPv4, IPv6 (::1) or a name (localhost).
     host: String,

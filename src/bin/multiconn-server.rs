@@ -9,7 +9,10 @@ use multiconn::net::resolve;
 use multiconn::{ListenAddr, ServerConfig};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "A single-threaded, readiness-based TCP server (echo unless --protocol says otherwise)")]
+#[command(
+    version,
+    about = "A single-threaded, readiness-based TCP server (echo unless --protocol says otherwise)"
+)]
 struct Args {
     /// Address to listen on: IPv4, IPv6 (::1) or a name (localhost).
     host: String,

@@ -61,18 +61,27 @@ struct Conn {
 }
 
 /// Runs the scenario, printing the tutorial's transcript lines to `transcript`.
-pub fn run_scenario(config: &ScenarioConfig, transcript: &mut dyn Write) -> io::Result<ScenarioReport> {
+pub fn run_scenario(
+    config: &ScenarioConfig,
+    transcript: &mut dyn Write,
+) -> io::Result<ScenarioReport> {
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(256);
     let mut conns = Slab::with_capacity(config.connections);
     let mut report = ScenarioReport::default();
     let expected: usize = config.messages.iter().map(Vec::len).sum();
     for number in 1..=config.connections {
-        writeln!(transcript, "Starting connection {number} to {}", config.addr)?;
+        writeln!(
+            transcript,
+            "Starting connection {number} to {}",
+            config.addr
+        )?;
         let mut stream = match TcpStream::connect(config.addr) {
             Ok(s) => s,
             Err(e) => {
-                report.failures.push((number, format!("cannot connect: {}", describe(&e))));
+                report
+                    .failures
+                    .push((number, format!("cannot connect: {}", describe(&e))));
                 continue;
             }
         };
@@ -117,7 +126,9 @@ pub fn run_scenario(config: &ScenarioConfig, transcript: &mut dyn Write) -> io::
         }
         for event in events.iter() {
             let key = event.token().0;
-            let Some(conn) = conns.get_mut(key) else { continue };
+            let Some(conn) = conns.get_mut(key) else {
+                continue;
+            };
             let outcome = service(conn, event, &mut buf, config, transcript, poll.registry());
             match outcome {
                 Ok(false) => {}
@@ -149,22 +160,38 @@ fn service(
     if !conn.connected {
         // A non-blocking connect reports its outcome as writability (or an error).
         if let Ok(Some(e)) | Err(e) = conn.stream.take_error() {
-            return Err(format!("cannot connect to {}: {}", config.addr, describe(&e)));
+            return Err(format!(
+                "cannot connect to {}: {}",
+                config.addr,
+                describe(&e)
+            ));
         }
         match conn.stream.peer_addr() {
             Ok(_) => conn.connected = true,
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(false),
-            Err(e) => return Err(format!("cannot connect to {}: {}", config.addr, describe(&e))),
+            Err(e) => {
+                return Err(format!(
+                    "cannot connect to {}: {}",
+                    config.addr,
+                    describe(&e)
+                ))
+            }
         }
     }
     if event.is_writable() && conn.next_message < config.messages.len() {
         while let Some(message) = config.messages.get(conn.next_message) {
             if conn.written == 0 {
-                let _ = writeln!(transcript, "Sending {} to connection {}", ByteStr(message), conn.number);
+                let _ = writeln!(
+                    transcript,
+                    "Sending {} to connection {}",
+                    ByteStr(message),
+                    conn.number
+                );
             }
             match conn.stream.write(&message[conn.written..]) {
                 Ok(n) => {
-                    conn.sent.extend_from_slice(&message[conn.written..conn.written + n]);
+                    conn.sent
+                        .extend_from_slice(&message[conn.written..conn.written + n]);
                     conn.written += n;
                     if conn.written == message.len() {
                         conn.next_message += 1;
@@ -194,7 +221,12 @@ fn service(
                 }
                 Ok(n) => {
                     let got = &buf[..n];
-                    let _ = writeln!(transcript, "Received {} from connection {}", ByteStr(got), conn.number);
+                    let _ = writeln!(
+                        transcript,
+                        "Received {} from connection {}",
+                        ByteStr(got),
+                        conn.number
+                    );
                     let want = conn.sent.get(conn.received..conn.received + n);
                     if want != Some(got) {
                         return Err(format!(

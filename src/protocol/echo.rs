@@ -39,8 +39,14 @@ mod tests {
         let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
         let mut echo = Echo;
         let mut session = echo.open(&peer, &mut out);
-        assert_eq!(echo.on_input(&mut session, b"abc", &mut out), (3, Flow::Continue));
-        assert_eq!(echo.on_input(&mut session, b"de", &mut out), (2, Flow::Continue));
+        assert_eq!(
+            echo.on_input(&mut session, b"abc", &mut out),
+            (3, Flow::Continue)
+        );
+        assert_eq!(
+            echo.on_input(&mut session, b"de", &mut out),
+            (2, Flow::Continue)
+        );
         assert_eq!(reply, b"abcde");
         assert!(broadcast.is_empty());
         assert_eq!(requests, 2);

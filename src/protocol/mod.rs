@@ -89,7 +89,10 @@ pub trait Protocol {
     /// The peer sent FIN; `leftover` is an incomplete frame it never finished (often empty).
     fn on_eof(&mut self, _session: &mut Self::Session, leftover: &[u8], _out: &mut Output<'_>) {
         if !leftover.is_empty() {
-            log::debug!("peer closed in the middle of a frame ({} bytes unused)", leftover.len());
+            log::debug!(
+                "peer closed in the middle of a frame ({} bytes unused)",
+                leftover.len()
+            );
         }
     }
 
@@ -147,6 +150,9 @@ mod tests {
     #[test]
     fn bytestr_escapes_like_python() {
         assert_eq!(ByteStr(b"Message 1").to_string(), "b\"Message 1\"");
-        assert_eq!(ByteStr(b"a\"b\\\n\x00\xff").to_string(), "b\"a\\\"b\\\\\\n\\x00\\xff\"");
+        assert_eq!(
+            ByteStr(b"a\"b\\\n\x00\xff").to_string(),
+            "b\"a\\\"b\\\\\\n\\x00\\xff\""
+        );
     }
 }

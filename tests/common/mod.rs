@@ -32,7 +32,9 @@ impl TestServer {
         tweak(&mut config);
         let server = Server::bind(config, protocol).expect("bind 127.0.0.1:0");
         let (addr, handle, thread) = server.spawn();
-        let ListenAddr::Tcp(addr) = addr else { panic!("expected a TCP address") };
+        let ListenAddr::Tcp(addr) = addr else {
+            panic!("expected a TCP address")
+        };
         TestServer {
             addr,
             handle,
@@ -119,4 +121,96 @@ pub fn spawn_bin(name: &str, args: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn binary")
+}
+
+/// A child process whose stderr lines are collected on a thread, so a test can wait for a
+/// line (an event) with a time limit instead of sleeping.
+pub struct Transcript {
+    lines: std::sync::mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Transcript {
+    pub fn of(stream: impl Read + Send + 'static) -> Transcript {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Transcript {
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (up to `IO_TIMEOUT`) for a line containing `needle`; returns it.
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + IO_TIMEOUT;
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no line containing {needle:?}; saw {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Collects every remaining line until the stream closes.
+    pub fn rest(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.recv_timeout(IO_TIMEOUT) {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+}
+
+/// Starts `multiconn-server` on 127.0.0.1 port 0 with `extra` flags; returns the child,
+/// its stderr transcript, and the address it reported in "Listening on ...".
+pub fn start_server_bin(extra: &[&str]) -> (Child, Transcript, SocketAddr) {
+    let mut args = vec!["127.0.0.1", "0"];
+    args.extend_from_slice(extra);
+    let mut child = spawn_bin("multiconn-server", &args);
+    let mut transcript = Transcript::of(child.stderr.take().unwrap());
+    let line = transcript.wait_for("Listening on ");
+    let addr = line
+        .trim_start_matches("Listening on ")
+        .trim()
+        .parse()
+        .expect("address");
+    (child, transcript, addr)
+}
+
+/// Sends `signal` to a child process.
+pub fn kill(child: &Child, signal: i32) {
+    // SAFETY: kill(2) on a pid we own; no memory is involved.
+    let rc = unsafe { libc::kill(child.id() as i32, signal) };
+    assert_eq!(rc, 0, "kill failed");
+}
+
+/// Waits for a child to exit, at most `IO_TIMEOUT`; kills it and fails the test otherwise.
+pub fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("child did not exit in time");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
