@@ -7,7 +7,7 @@ use std::collections::BinaryHeap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -156,9 +156,13 @@ const IMMEDIATE: u8 = 2;
 struct Control {
     state: AtomicU8,
     waker: Waker,
+    /// Where to send a snapshot of the counters; taken by the loop when woken. The lock
+    /// is touched only by a stats request and the wake it causes, never per event.
+    stats_requests: Mutex<Vec<mpsc::Sender<Stats>>>,
 }
 
-/// Stops a running server from another thread (a signal handler thread, a test).
+/// Stops a running server, or reads its counters, from another thread (a signal handler
+/// thread, a test).
 #[derive(Clone)]
 pub struct ServerHandle {
     control: Arc<Control>,
@@ -173,6 +177,15 @@ impl ServerHandle {
     /// Close everything and return at once.
     pub fn stop_now(&self) {
         self.signal(IMMEDIATE);
+    }
+
+    /// A snapshot of the loop's counters, or `None` if it does not answer within `timeout`
+    /// (it has stopped).
+    pub fn stats(&self, timeout: Duration) -> Option<Stats> {
+        let (tx, rx) = mpsc::channel();
+        self.control.stats_requests.lock().ok()?.push(tx);
+        self.control.waker.wake().ok()?;
+        rx.recv_timeout(timeout).ok()
     }
 
     fn signal(&self, state: u8) {
@@ -231,6 +244,7 @@ impl<P: Protocol> Server<P> {
             control: Arc::new(Control {
                 state: AtomicU8::new(RUNNING),
                 waker,
+                stats_requests: Mutex::new(Vec::new()),
             }),
             stats: Stats::default(),
             next_id: 0,
@@ -277,11 +291,12 @@ impl<P: Protocol> Server<P> {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now),
-                    WAKER => {}
+                    WAKER => self.answer_stats_requests(),
                     Token(key) => self.on_event(key, event, now),
                 }
             }
-            if std::mem::take(&mut self.accept_again) {
+            let accept_resumes = self.accept_paused_until.is_some_and(|until| now >= until);
+            if std::mem::take(&mut self.accept_again) || accept_resumes {
                 self.accept(now);
             }
             for (key, id) in std::mem::take(&mut self.again) {
@@ -352,6 +367,17 @@ impl<P: Protocol> Server<P> {
         .flatten()
         .min()?;
         Some(nearest.saturating_duration_since(Instant::now()))
+    }
+
+    fn answer_stats_requests(&mut self) {
+        let requests = match self.control.stats_requests.lock() {
+            Ok(mut requests) => std::mem::take(&mut *requests),
+            Err(_) => return,
+        };
+        self.stats.open = self.conns.len();
+        for tx in requests {
+            let _ = tx.send(self.stats.clone());
+        }
     }
 
     fn log_stats(&mut self) {
@@ -464,8 +490,10 @@ impl<P: Protocol> Server<P> {
         if conn.phase == Phase::Closed {
             return;
         }
-        if event.is_writable() && !conn.outbound.is_empty() {
-            // Flush first: it frees room that may let reading resume below.
+        let write_ready = event.is_writable() || event.is_write_closed() || event.is_error();
+        if write_ready && !conn.outbound.is_empty() {
+            // Flush first: it frees room that may let reading resume below. On an error
+            // event (a reset while we only wait to write) the write reports the error.
             self.flush(key, now);
         }
         let readable = event.is_readable() || event.is_read_closed() || event.is_error();

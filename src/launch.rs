@@ -31,6 +31,9 @@ pub struct LaunchOptions {
     pub protocol_options: ProtocolOptions,
     /// Threads, each its own loop with its own SO_REUSEPORT listener.
     pub workers: usize,
+    /// Derive `config.limits.max_connections` from the open-files limit (raised to its
+    /// hard maximum) instead of taking it as given, and say so at startup.
+    pub derive_max_connections: bool,
 }
 
 /// Text of an I/O error without Rust's " (os error N)" suffix, for one-line messages.
@@ -57,26 +60,62 @@ impl Workers {
         }
     }
 
-    /// Waits for every loop and merges their counters.
-    pub fn join(self) -> Result<Stats, String> {
-        let mut total = Stats::default();
+    /// Waits for every loop; returns each loop's counters, in worker order.
+    pub fn join(self) -> Result<Vec<Stats>, String> {
+        let mut all = Vec::with_capacity(self.threads.len());
         for thread in self.threads {
             let stats = thread
                 .join()
                 .map_err(|_| "a server thread panicked".to_string())?
                 .map_err(|e| format!("server loop failed: {}", describe(&e)))?;
-            total.merge(&stats);
+            all.push(stats);
         }
-        Ok(total)
+        Ok(all)
     }
+}
+
+/// Descriptors kept free of connections: listener, epoll, waker, files served, logs.
+const FD_HEADROOM: u64 = 100;
+
+/// Raises the soft open-files limit to the hard one (as nginx's `worker_rlimit_nofile`
+/// would) and derives a per-worker connection limit from it. Returns the limit and a
+/// sentence saying how it was derived.
+pub fn raise_open_files_limit(workers: usize) -> (usize, String) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    let soft = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return (10_000, "open-files limit unknown; default".into());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+        limit.rlim_cur
+    };
+    let usable = soft.saturating_sub(FD_HEADROOM).max(1);
+    let per_worker = (usable / workers.max(1) as u64).max(1) as usize;
+    (
+        per_worker,
+        format!("open-files limit {soft}, less {FD_HEADROOM} kept for the server itself"),
+    )
 }
 
 /// Binds every worker, then serves until SIGINT or SIGTERM; returns the merged counters.
 pub fn serve_until_signalled(options: LaunchOptions) -> Result<Stats, String> {
-    let workers = start(options)?;
-    let handles = workers.handles.clone();
+    // Installed before binding, so an early Ctrl-C is handled too rather than killing us.
     let mut signals = Signals::new([SIGINT, SIGTERM])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let workers = start(options)?;
+    let handles = workers.handles.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -99,11 +138,34 @@ pub fn serve_until_signalled(options: LaunchOptions) -> Result<Stats, String> {
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
-    workers.join()
+    let per_worker = workers.join()?;
+    let mut total = Stats::default();
+    for (i, stats) in per_worker.iter().enumerate() {
+        if per_worker.len() > 1 {
+            log::info!("worker {}: totals: {stats}", i + 1);
+        }
+        total.merge(stats);
+    }
+    Ok(total)
+}
+
+/// Combinations that cannot work, refused before anything is bound.
+fn validate(options: &LaunchOptions) -> Result<(), String> {
+    if options.workers == 0 {
+        return Err("--workers must be at least 1".into());
+    }
+    if options.workers > 1 {
+        if let ListenAddr::Unix(_) = options.config.listen {
+            // SO_REUSEPORT balances TCP only; one Unix path has one listener.
+            return Err("--unix works with one worker only".into());
+        }
+    }
+    Ok(())
 }
 
 /// Binds every worker and starts its loop on a thread.
 pub fn start(options: LaunchOptions) -> Result<Workers, String> {
+    validate(&options)?;
     match options.protocol {
         ProtocolKind::Echo => start_with(options, |_| Echo),
     }
@@ -116,26 +178,46 @@ where
     F: Fn(usize) -> P,
 {
     let workers = options.workers.max(1);
-    let mut handles = Vec::with_capacity(workers);
+    let mut handles: Vec<ServerHandle> = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
     let mut addr = None;
     let mut config = options.config;
     let listen_addr = config.listen.clone();
+    let derived = options.derive_max_connections.then(|| {
+        let (limit, why) = raise_open_files_limit(workers);
+        config.limits.max_connections = limit;
+        why
+    });
     if workers > 1 {
         config.socket.reuseport = true;
     }
     for worker in 0..workers {
-        let mut config = config.clone();
+        let mut worker_config = config.clone();
         if workers > 1 {
-            config.name = Some(format!("worker {}", worker + 1));
+            worker_config.name = Some(format!("worker {}", worker + 1));
         }
         let listen = config.listen.clone();
-        let server = Server::bind(config, make(worker))
-            .map_err(|e| format!("cannot listen on {listen}: {}", describe(&e)))?;
+        let server = match Server::bind(worker_config, make(worker)) {
+            Ok(server) => server,
+            Err(e) => {
+                for handle in &handles {
+                    handle.stop_now();
+                }
+                return Err(format!("cannot listen on {listen}: {}", describe(&e)));
+            }
+        };
         if worker == 0 {
             log::info!("Listening on {}", server.local_addr());
+            if let Some(why) = &derived {
+                log::info!(
+                    "Accepting up to {} connections per worker ({why})",
+                    config.limits.max_connections
+                );
+            }
         }
         let (bound, handle, thread) = server.spawn();
+        // With port 0 the first worker's port is the OS's choice; the others must share it.
+        config.listen = bound.clone();
         addr.get_or_insert(bound);
         handles.push(handle);
         threads.push(thread);

@@ -1,5 +1,7 @@
-//! `multiconn-server HOST PORT`: serve a protocol (echo by default) on one event loop.
+//! `multiconn-server HOST PORT`: serve a protocol (echo by default) on one event loop per
+//! worker. Parses flags into a `LaunchOptions` and hands over to the library.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -14,19 +16,64 @@ use multiconn::{ListenAddr, ServerConfig};
     about = "A single-threaded, readiness-based TCP server (echo unless --protocol says otherwise)"
 )]
 struct Args {
-    /// Address to listen on: IPv4, IPv6 (::1) or a name (localhost).
-    host: String,
+    /// Address to listen on: IPv4, IPv6 (::1, ::) or a name (localhost).
+    #[arg(required_unless_present = "unix")]
+    host: Option<String>,
     /// Port to listen on (0: let the OS choose).
-    port: u16,
+    #[arg(required_unless_present = "unix")]
+    port: Option<u16>,
+    /// Listen on this Unix domain socket instead of TCP (a stale socket file is replaced
+    /// only if nothing listens on it).
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["host", "port"])]
+    unix: Option<PathBuf>,
     /// Which protocol to serve.
     #[arg(long, value_enum, default_value_t = ProtocolKind::Echo)]
     protocol: ProtocolKind,
-    /// Bytes owed to one peer before the server stops reading from it.
-    #[arg(long, default_value_t = 1024 * 1024)]
+
+    /// Event loops (threads), each with its own SO_REUSEPORT listener on the address.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    workers: usize,
+    /// Length of the kernel's queue of connections waiting to be accepted.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    backlog: i32,
+    /// Set SO_REUSEPORT, so other processes can listen on the same address.
+    #[arg(long)]
+    reuseport: bool,
+    /// Leave Nagle's algorithm on (TCP_NODELAY is set by default).
+    #[arg(long)]
+    no_nodelay: bool,
+    /// Enable TCP keepalive probes after SECS idle seconds.
+    #[arg(long, value_name = "SECS")]
+    keepalive: Option<u64>,
+    /// Kernel receive buffer per connection (SO_RCVBUF), in bytes.
+    #[arg(long, value_name = "BYTES")]
+    recv_buffer: Option<usize>,
+    /// Kernel send buffer per connection (SO_SNDBUF), in bytes.
+    #[arg(long, value_name = "BYTES")]
+    send_buffer: Option<usize>,
+
+    /// Close a connection with no traffic in either direction for SECS (0: never).
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    idle_timeout: u64,
+    /// Close a peer that reads none of its pending output for SECS (0: never).
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    write_timeout: u64,
+    /// A request that has started must be complete within SECS (0: no limit).
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    frame_timeout: u64,
+    /// On SIGINT/SIGTERM, let pending output drain for up to SECS before closing.
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    drain_timeout: u64,
+    /// Connections past N are accepted and closed at once [default: from the open-files limit].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Bytes owed to one peer before the server stops reading from it (chat: disconnects it).
+    #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
     max_outbound: usize,
-    /// Log a statistics line every SECS seconds.
+    /// Log a statistics line every SECS seconds (totals are logged at exit regardless).
     #[arg(long, value_name = "SECS")]
     stats: Option<u64>,
+
     /// More output: -v shows every message, -vv everything.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -35,19 +82,43 @@ struct Args {
     quiet: bool,
 }
 
+/// 0 on the command line means "no timeout".
+fn timeout(secs: u64) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_secs(secs))
+}
+
 fn main() {
     let args = Args::parse();
     init_logging(args.verbose, args.quiet);
-    let addr = resolve(&args.host, args.port)
-        .unwrap_or_else(|e| die(format!("cannot resolve {}: {e}", args.host), 1));
-    let mut config = ServerConfig::new(ListenAddr::Tcp(addr));
+    let listen = match (&args.unix, &args.host, args.port) {
+        (Some(path), _, _) => ListenAddr::Unix(path.clone()),
+        (None, Some(host), Some(port)) => ListenAddr::Tcp(
+            resolve(host, port).unwrap_or_else(|e| die(format!("cannot resolve {host}: {e}"), 1)),
+        ),
+        _ => die("HOST and PORT, or --unix PATH, are required", 2),
+    };
+    let mut config = ServerConfig::new(listen);
+    config.socket.backlog = args.backlog;
+    config.socket.reuseport = args.reuseport;
+    config.socket.nodelay = !args.no_nodelay;
+    config.socket.keepalive = args.keepalive.map(Duration::from_secs);
+    config.socket.recv_buffer = args.recv_buffer;
+    config.socket.send_buffer = args.send_buffer;
+    config.timeouts.idle = timeout(args.idle_timeout);
+    config.timeouts.write = timeout(args.write_timeout);
+    config.timeouts.frame = timeout(args.frame_timeout);
+    config.drain_timeout = Duration::from_secs(args.drain_timeout);
     config.limits.max_outbound = args.max_outbound;
+    if let Some(n) = args.max_connections {
+        config.limits.max_connections = n;
+    }
     config.stats_interval = args.stats.map(Duration::from_secs);
     let options = LaunchOptions {
         config,
         protocol: args.protocol,
         protocol_options: ProtocolOptions::default(),
-        workers: 1,
+        workers: args.workers,
+        derive_max_connections: args.max_connections.is_none(),
     };
     match serve_until_signalled(options) {
         Ok(stats) => log::info!("totals: {stats}"),

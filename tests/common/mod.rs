@@ -214,3 +214,21 @@ pub fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+impl TestServer {
+    /// Waits (up to `IO_TIMEOUT`) until the server's counters satisfy `done`; returns them.
+    pub fn wait_for_stats(&self, what: &str, done: impl Fn(&Stats) -> bool) -> Stats {
+        let deadline = std::time::Instant::now() + IO_TIMEOUT;
+        loop {
+            let stats = self.handle.stats(IO_TIMEOUT).expect("server answers");
+            if done(&stats) {
+                return stats;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never saw {what}: {stats:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
