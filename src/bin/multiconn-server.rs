@@ -1,5 +1,6 @@
 //! `multiconn-server HOST PORT`: serve a protocol (echo by default) on one event loop.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -24,6 +25,12 @@ struct Args {
     /// Bytes owed to one peer before the server stops reading from it.
     #[arg(long, default_value_t = 1024 * 1024)]
     max_outbound: usize,
+    /// http: serve this file's bytes instead of the default page (read once at start).
+    #[arg(long, value_name = "FILE")]
+    body: Option<PathBuf>,
+    /// http: the largest request header section, in bytes (default 8192); larger is 431.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    max_header: Option<u64>,
     /// Log a statistics line every SECS seconds.
     #[arg(long, value_name = "SECS")]
     stats: Option<u64>,
@@ -46,7 +53,12 @@ fn main() {
     let options = LaunchOptions {
         config,
         protocol: args.protocol,
-        protocol_options: ProtocolOptions::default(),
+        protocol_options: ProtocolOptions {
+            body: args.body,
+            max_header: args
+                .max_header
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        },
         workers: 1,
     };
     match serve_until_signalled(options) {
