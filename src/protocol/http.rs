@@ -450,17 +450,13 @@ fn examine(request: &httparse::Request<'_, '_>) -> Result<RequestHead, BadReques
         } else if name.eq_ignore_ascii_case(b"content-length") {
             // Repeated fields or a list are accepted only when every value agrees
             // (RFC 9110 §8.6); anything else is how request smuggling starts.
-            let mut elements = 0;
+            // An empty value is one empty element, which is no number.
             for element in header.value.split(|&b| b == b',').map(trim_ows) {
-                elements += 1;
                 let n = parse_decimal(element).ok_or("invalid Content-Length")?;
                 if content_length.is_some_and(|seen| seen != n) {
                     return Err("conflicting Content-Length values");
                 }
                 content_length = Some(n);
-            }
-            if elements == 0 {
-                return Err("invalid Content-Length");
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encoding_seen = true;
@@ -572,7 +568,7 @@ impl Protocol for Http {
             used += head_len;
             session.body = head.body;
             // The first response of a call always keeps the connection, however large.
-            let produced = out.reply_buf().len() - output_at_start;
+            let produced = out.reply_buf().len().saturating_sub(output_at_start);
             let over_budget = produced > 0 && produced + self.ok.body.len() > MAX_OUTPUT_PER_READ;
             // A client that sent `Expect: 100-continue` may never send the body we would
             // skip; rather than guess, answer and close (it then knows not to send it).
@@ -1316,7 +1312,7 @@ mod tests {
                     text.push_str("Transfer-Encoding: chunked\r\n");
                     for &size in sizes.iter().filter(|&&s| s > 0) {
                         body.extend_from_slice(format!("{size:x}\r\n").as_bytes());
-                        body.extend(std::iter::repeat_n(b'c', size));
+                        body.resize(body.len() + size, b'c');
                         body.extend_from_slice(b"\r\n");
                     }
                     body.extend_from_slice(b"0\r\n\r\n");
