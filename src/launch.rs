@@ -2,6 +2,7 @@
 //! turn SIGINT/SIGTERM into a graceful shutdown, and collect the counters at the end.
 
 use std::io;
+use std::path::PathBuf;
 use std::thread::JoinHandle;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -10,6 +11,7 @@ use signal_hook::iterator::Signals;
 use crate::event_loop::{Server, ServerConfig, ServerHandle, Stats};
 use crate::net::ListenAddr;
 use crate::protocol::echo::Echo;
+use crate::protocol::http::{Http, HttpConfig};
 use crate::protocol::Protocol;
 
 /// The protocols `multiconn-server --protocol` offers.
@@ -17,11 +19,18 @@ use crate::protocol::Protocol;
 pub enum ProtocolKind {
     /// Send every byte back (the tutorial's multiconn-server).
     Echo,
+    /// A keep-alive HTTP/1.1 server answering GET and HEAD with one page.
+    Http,
 }
 
 /// Settings that only some protocols read; each protocol takes what it needs.
 #[derive(Debug, Clone, Default)]
-pub struct ProtocolOptions {}
+pub struct ProtocolOptions {
+    /// http: the file served instead of the default page (read once at start).
+    pub body: Option<PathBuf>,
+    /// http: the header-section cap in bytes (default `http::DEFAULT_MAX_HEADER`).
+    pub max_header: Option<usize>,
+}
 
 /// How to run: the loop's configuration, the protocol, and how many loops.
 #[derive(Debug, Clone)]
@@ -168,6 +177,10 @@ pub fn start(options: LaunchOptions) -> Result<Workers, String> {
     validate(&options)?;
     match options.protocol {
         ProtocolKind::Echo => start_with(options, |_| Echo),
+        ProtocolKind::Http => {
+            let responder = Http::new(HttpConfig::from_options(&options.protocol_options)?);
+            start_with(options, move |_| responder.clone())
+        }
     }
 }
 

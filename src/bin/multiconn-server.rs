@@ -29,6 +29,12 @@ struct Args {
     /// Which protocol to serve.
     #[arg(long, value_enum, default_value_t = ProtocolKind::Echo)]
     protocol: ProtocolKind,
+    /// http: serve this file's bytes instead of the default page (read once at start).
+    #[arg(long, value_name = "FILE")]
+    body: Option<PathBuf>,
+    /// http: the largest request header section, in bytes (default 8192); larger is 431.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    max_header: Option<u64>,
 
     /// Event loops (threads), each with its own SO_REUSEPORT listener on the address.
     #[arg(long, default_value_t = 1, value_name = "N")]
@@ -116,7 +122,12 @@ fn main() {
     let options = LaunchOptions {
         config,
         protocol: args.protocol,
-        protocol_options: ProtocolOptions::default(),
+        protocol_options: ProtocolOptions {
+            body: args.body,
+            max_header: args
+                .max_header
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        },
         workers: args.workers,
         derive_max_connections: args.max_connections.is_none(),
     };

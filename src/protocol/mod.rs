@@ -3,6 +3,7 @@
 //! is tested by feeding it byte slices.
 
 pub mod echo;
+pub mod http;
 
 use std::fmt;
 use std::sync::Arc;

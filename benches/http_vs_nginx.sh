@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# multiconn's HTTP responder against nginx (one worker), both serving the seed's page on
+# loopback, measured with wrk in alternating rounds. Prints requests/s of each, the ratio,
+# and each server's CPU seconds per 10k requests (utime+stime from /proc/PID/stat).
+#
+# Usage: benches/http_vs_nginx.sh
+# Environment: DURATION=10s (per wrk run)  ROUNDS=3  CONNECTIONS=50  THREADS=1 (wrk threads)
+#              WARMUP=2s (one unmeasured run against each server first; 0 to skip)
+# Needs wrk and nginx: installed with apt-get when missing and running as root; otherwise
+# it says how. On a machine with 2 or more cores the server runs on core 0, wrk on core 1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+CONNECTIONS=${CONNECTIONS:-50}
+THREADS=${THREADS:-1}
+WARMUP=${WARMUP:-2s}
+BODY='<h1>Hello,World!</h1>'
+
+# --- tools ---------------------------------------------------------------------------
+find_nginx() { command -v nginx 2>/dev/null || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true; }
+NGINX=$(find_nginx)
+if ! command -v wrk >/dev/null 2>&1 || [ -z "$NGINX" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing wrk and nginx with apt-get..." >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx >/dev/null
+        NGINX=$(find_nginx)
+    else
+        echo "error: this benchmark needs wrk and nginx; install them with:" >&2
+        echo "    sudo apt-get install wrk nginx    (Debian/Ubuntu)" >&2
+        exit 1
+    fi
+fi
+for tool in wrk curl python3 awk; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is needed" >&2; exit 1; }
+done
+
+echo "building the release server..." >&2
+cargo build --release --quiet --bin multiconn-server
+SERVER_BIN="${CARGO_TARGET_DIR:-target}/release/multiconn-server"
+
+# --- pinning -------------------------------------------------------------------------
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
+    PIN_SERVER=(taskset -c 0)
+    PIN_WRK=(taskset -c 1)
+    PINNING="server on core 0, wrk on core 1"
+else
+    PIN_SERVER=()
+    PIN_WRK=()
+    PINNING="no pinning (fewer than 2 cores or no taskset)"
+fi
+
+# --- processes and cleanup -----------------------------------------------------------
+WORK=$(mktemp -d)
+OURS_PID=""
+NGINX_PID=""
+cleanup() {
+    for pid in $OURS_PID $NGINX_PID; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in $OURS_PID $NGINX_PID; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits until a GET answers, so no round measures start-up.
+wait_ready() {
+    local url=$1
+    for _ in $(seq 100); do
+        curl -s -o /dev/null --max-time 1 "$url" && return 0
+        sleep 0.1
+    done
+    echo "error: nothing answers at $url" >&2
+    exit 1
+}
+
+OURS_PORT=$(free_port)
+"${PIN_SERVER[@]}" "$SERVER_BIN" --protocol http 127.0.0.1 "$OURS_PORT" -q &
+OURS_PID=$!
+OURS_URL="http://127.0.0.1:$OURS_PORT/"
+
+NGINX_PORT=$(free_port)
+mkdir -p "$WORK/nginx"
+cat >"$WORK/nginx.conf" <<EOF
+# One worker, no access log: nginx at its leanest for a fixed page.
+worker_processes 1;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    # nginx closes a keep-alive connection after 1000 requests by default; multiconn
+    # never does. Raise it so both serve the same long-lived connections.
+    keepalive_requests 100000000;
+    client_body_temp_path $WORK/nginx/body;
+    proxy_temp_path $WORK/nginx/proxy;
+    fastcgi_temp_path $WORK/nginx/fastcgi;
+    uwsgi_temp_path $WORK/nginx/uwsgi;
+    scgi_temp_path $WORK/nginx/scgi;
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            default_type text/html;
+            return 200 '$BODY';
+        }
+    }
+}
+EOF
+"${PIN_SERVER[@]}" "$NGINX" -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx.conf" &
+NGINX_PID=$!
+NGINX_URL="http://127.0.0.1:$NGINX_PORT/"
+
+wait_ready "$OURS_URL"
+wait_ready "$NGINX_URL"
+for url in "$OURS_URL" "$NGINX_URL"; do
+    got=$(curl -s --max-time 5 "$url")
+    if [ "$got" != "$BODY" ]; then
+        echo "error: $url answered '$got', not the page" >&2
+        exit 1
+    fi
+done
+
+# nginx's master only supervises; the worker serves. Its pid is the master's child.
+NGINX_WORKER=""
+for _ in $(seq 50); do
+    NGINX_WORKER=$(cat "/proc/$NGINX_PID/task/$NGINX_PID/children" 2>/dev/null | awk '{print $1}')
+    [ -n "$NGINX_WORKER" ] && break
+    sleep 0.1
+done
+[ -n "$NGINX_WORKER" ] || { echo "error: no nginx worker found" >&2; exit 1; }
+
+# --- measuring -----------------------------------------------------------------------
+TICKS=$(getconf CLK_TCK)
+# utime+stime of a whole process (all its threads), in clock ticks. The command name in
+# field 2 may hold spaces, so fields are counted after its closing parenthesis.
+cpu_ticks() {
+    sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
+}
+
+# One wrk run; appends "name requests seconds cpu_seconds rps p99" to the results.
+RESULTS="$WORK/results"
+run() {
+    local name=$1 url=$2 pid=$3 before after out requests seconds rps p99
+    before=$(cpu_ticks "$pid")
+    out=$("${PIN_WRK[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$url")
+    after=$(cpu_ticks "$pid")
+    if grep -q 'Non-2xx\|Socket errors' <<<"$out"; then
+        echo "warning: $name had errors:" >&2
+        grep 'Non-2xx\|Socket errors' <<<"$out" >&2
+    fi
+    requests=$(awk '/requests in/ {print $1}' <<<"$out")
+    seconds=$(awk '/requests in/ {v = $4; sub(/,$/, "", v); print v}' <<<"$out")
+    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+    # wrk prints "10.00s" or "1.00m"; convert to seconds.
+    seconds=$(awk -v s="$seconds" 'BEGIN { u = substr(s, length(s)); v = s + 0;
+        if (u == "m") v *= 60; else if (u == "h") v *= 3600; printf "%.3f", v }')
+    local cpu
+    cpu=$(awk -v a="$after" -v b="$before" -v t="$TICKS" 'BEGIN { printf "%.2f", (a - b) / t }')
+    echo "$name $requests $seconds $cpu $rps $p99" >>"$RESULTS"
+    printf '  %-10s %10.0f req/s  p99 %-8s  cpu %5.2fs (%3.0f%% of a core)  %6.4f cpu-s/10k req\n' \
+        "$name" "$rps" "$p99" "$cpu" "$(awk -v c="$cpu" -v s="$seconds" 'BEGIN { print c / s * 100 }')" \
+        "$(awk -v c="$cpu" -v r="$requests" 'BEGIN { printf "%.4f", c / r * 10000 }')"
+}
+
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, $PINNING, $(nproc) cores"
+echo "multiconn: $SERVER_BIN (pid $OURS_PID); nginx: $($NGINX -v 2>&1 | sed 's/.*version: //') (worker pid $NGINX_WORKER)"
+if [ "$WARMUP" != 0 ]; then
+    "${PIN_WRK[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$OURS_URL" >/dev/null
+    "${PIN_WRK[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$NGINX_URL" >/dev/null
+fi
+: >"$RESULTS"
+for round in $(seq "$ROUNDS"); do
+    echo "round $round"
+    # Alternate who goes first, so drift in the machine's load favours neither.
+    if [ $((round % 2)) = 1 ]; then
+        run multiconn "$OURS_URL" "$OURS_PID"
+        run nginx "$NGINX_URL" "$NGINX_WORKER"
+    else
+        run nginx "$NGINX_URL" "$NGINX_WORKER"
+        run multiconn "$OURS_URL" "$OURS_PID"
+    fi
+done
+
+# --- summary -------------------------------------------------------------------------
+awk '
+    { req[$1] += $2; secs[$1] += $3; cpu[$1] += $4 }
+    END {
+        print "summary (all rounds)"
+        for (name in req) {
+            rps[name] = req[name] / secs[name]
+            per10k[name] = cpu[name] / req[name] * 10000
+            busy[name] = cpu[name] / secs[name] * 100
+            printf "  %-10s %10.0f req/s  %6.4f cpu-s/10k req  (%d requests, %.2f cpu-s, %.0f%% of a core)\n",
+                name, rps[name], per10k[name], req[name], cpu[name], busy[name]
+        }
+        printf "  ratio multiconn/nginx: %.2fx requests/s, %.2fx cpu per request\n",
+            rps["multiconn"] / rps["nginx"], per10k["multiconn"] / per10k["nginx"]
+        # A server well below a full core was not the bottleneck: wrk (or the machine) was,
+        # and requests/s then says little; CPU per request still compares the servers.
+        if (busy["multiconn"] < 90 && busy["nginx"] < 90)
+            print "  note: neither server used a full core: requests/s is bounded by wrk or the machine"
+    }' "$RESULTS"

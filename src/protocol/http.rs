@@ -1,0 +1,1412 @@
+//! HTTP/1.1 responder: the seed's one-shot "Hello,World!" server rebuilt as a keep-alive,
+//! pipelining server. Requests are parsed with `httparse`; every response is assembled from
+//! bytes built once at start, with only the `Date` (cached per second) and `Connection` varying.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use httparse::Status;
+
+use super::{Flow, Output, Protocol, Timeout};
+use crate::launch::ProtocolOptions;
+use crate::net::Peer;
+
+/// The page served when no `--body` is given: the seed's.
+pub const DEFAULT_BODY: &[u8] = b"<h1>Hello,World!</h1>";
+
+/// Default cap on a request's header section (request line and header fields, up to and
+/// including the blank line): 8 KiB, nginx's default for one header buffer. Larger is 431.
+pub const DEFAULT_MAX_HEADER: usize = 8 * 1024;
+
+/// Header fields one request (or one chunked body's trailer section) may carry; more is
+/// answered 431. They are parsed into an array of this many on the stack, so the keep-alive
+/// path allocates nothing; 64 is well above what browsers send (15-25).
+pub const MAX_HEADERS: usize = 64;
+
+/// The largest `--body` file: each response copies the body into the connection's
+/// output, so a page larger than this belongs in a file server, not a responder.
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Response bytes one `on_input` call may produce before it stops honouring keep-alive.
+/// A read of 64 KiB can hold thousands of tiny pipelined requests; with a large `--body`
+/// their responses would be unbounded. A request whose page would take the call past this
+/// budget (unless it is the call's first) is answered with `Connection: close` and the rest
+/// of the pipeline is dropped (HTTP lets a server close between responses; clients retry
+/// unanswered idempotent requests), so one call produces at most this plus one response
+/// (and a few header bytes). The default page never comes near it.
+pub const MAX_OUTPUT_PER_READ: usize = 1024 * 1024;
+
+/// Seconds since the epoch at which `httpdate` stops formatting (year 9999); a clock set
+/// that far ahead is clamped rather than allowed to panic.
+const LAST_FORMATTABLE_SECOND: u64 = 253_402_300_799;
+
+/// What the protocol needs from the command line.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Served for every GET (and its length for every HEAD).
+    pub body: Arc<[u8]>,
+    /// The header-section cap in bytes; see [`DEFAULT_MAX_HEADER`].
+    pub max_header: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            body: Arc::from(DEFAULT_BODY),
+            max_header: DEFAULT_MAX_HEADER,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// From the server's flags: reads the `--body` file (once, here) if one is named.
+    pub fn from_options(options: &ProtocolOptions) -> Result<HttpConfig, String> {
+        let mut config = HttpConfig::default();
+        if let Some(path) = &options.body {
+            config.body = read_body(path)?;
+        }
+        if let Some(max_header) = options.max_header {
+            config.max_header = max_header;
+        }
+        Ok(config)
+    }
+}
+
+/// Reads the file `--body` names, once, at start. The error is one line for `error: ...`.
+pub fn read_body(path: &Path) -> Result<Arc<[u8]>, String> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        format!(
+            "cannot read {}: {}",
+            path.display(),
+            crate::launch::describe(&e)
+        )
+    })?;
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(format!(
+            "{} is {} bytes; --body serves at most {MAX_BODY_BYTES}",
+            path.display(),
+            bytes.len()
+        ));
+    }
+    Ok(Arc::from(bytes))
+}
+
+/// A response built once: status line and fixed headers, and the body. The `Date` and
+/// `Connection` headers and the blank line are added per response.
+#[derive(Debug, Clone)]
+struct Canned {
+    head: Box<[u8]>,
+    body: Arc<[u8]>,
+}
+
+impl Canned {
+    fn new(status: &str, extra_headers: &str, body: Arc<[u8]>) -> Canned {
+        let head = format!(
+            "HTTP/1.1 {status}\r\nServer: multiconn\r\nContent-Type: text/html\r\n\
+             Content-Length: {}\r\n{extra_headers}",
+            body.len()
+        );
+        Canned {
+            head: head.into_bytes().into_boxed_slice(),
+            body,
+        }
+    }
+
+    /// An error page: a short HTML body naming the status.
+    fn error(status: &str, extra_headers: &str) -> Canned {
+        let body = format!("<h1>{status}</h1>");
+        Canned::new(status, extra_headers, Arc::from(body.into_bytes()))
+    }
+}
+
+/// The `Connection` header a response carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnectionHeader {
+    /// HTTP/1.1 keep-alive: the default, nothing to say.
+    Omitted,
+    /// An HTTP/1.0 client asked to keep the connection: confirm it.
+    KeepAlive,
+    Close,
+}
+
+impl ConnectionHeader {
+    fn bytes(self) -> &'static [u8] {
+        match self {
+            ConnectionHeader::Omitted => b"",
+            ConnectionHeader::KeepAlive => b"Connection: keep-alive\r\n",
+            ConnectionHeader::Close => b"Connection: close\r\n",
+        }
+    }
+}
+
+/// `Date: <IMF-fixdate>\r\n`, formatted at most once per second and reused in between.
+#[derive(Debug, Clone)]
+struct DateCache {
+    /// The second (since the epoch) `header` was formatted for; `None` before the first.
+    second: Option<u64>,
+    header: [u8; DATE_HEADER_LEN],
+    /// How many times it was formatted (a test checks the once-per-second promise).
+    formats: u64,
+}
+
+/// `Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n`: the IMF-fixdate is always 29 bytes.
+const DATE_HEADER_LEN: usize = 6 + 29 + 2;
+
+impl DateCache {
+    fn new() -> DateCache {
+        DateCache {
+            second: None,
+            header: [0; DATE_HEADER_LEN],
+            formats: 0,
+        }
+    }
+
+    /// The header for `now`, reformatted only when the second changed.
+    fn header(&mut self, now: SystemTime) -> &[u8; DATE_HEADER_LEN] {
+        let second = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .min(LAST_FORMATTABLE_SECOND);
+        if self.second != Some(second) {
+            let at = UNIX_EPOCH + std::time::Duration::from_secs(second);
+            let mut cursor = &mut self.header[..];
+            // Cannot fail: the buffer holds exactly the 37 bytes this writes.
+            let _ = write!(cursor, "Date: {}\r\n", httpdate::HttpDate::from(at));
+            self.second = Some(second);
+            self.formats += 1;
+        }
+        &self.header
+    }
+}
+
+/// The HTTP responder of one loop. Cloning is cheap (the body is shared); each clone keeps
+/// its own date cache.
+#[derive(Clone)]
+pub struct Http {
+    max_header: usize,
+    ok: Canned,
+    method_not_allowed: Canned,
+    bad_request: Canned,
+    header_too_large: Canned,
+    request_timeout: Canned,
+    /// Complete bytes, written to a connection refused because the server is full.
+    refusal: Box<[u8]>,
+    date: DateCache,
+    /// Where the `Date` comes from; tests substitute a fixed clock to assert exact bytes.
+    clock: fn() -> SystemTime,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http::new(HttpConfig::default())
+    }
+}
+
+/// Per-connection state: what remains of the current request's body. Header sections are
+/// never stored here: an unfinished one stays in the loop's input buffer.
+#[derive(Debug)]
+pub struct HttpSession {
+    peer: Peer,
+    body: Body,
+}
+
+/// The part of a request's body still to be read and discarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// None: the next bytes start a request.
+    Done,
+    /// `Content-Length` framing: this many bytes remain.
+    Length(u64),
+    Chunked(ChunkStage),
+}
+
+/// Where a chunked body is (RFC 9112 §7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkStage {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data: this many bytes remain.
+    Data(u64),
+    /// Expecting the CRLF that ends a chunk's data.
+    DataEnd,
+    /// After the last chunk: the trailer section up to its blank line.
+    Trailers,
+}
+
+/// What one request asks for, once its header section has been checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RequestHead {
+    method: Method,
+    /// `Some(0)`: HTTP/1.0; `Some(1)`: HTTP/1.1 (the only versions `httparse` accepts).
+    minor_version: u8,
+    keep_alive: bool,
+    body: Body,
+    /// `Expect: 100-continue`: the client may hold its body back until told to send it.
+    expects_continue: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Get,
+    Head,
+    Other,
+}
+
+/// The error responses that end a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorPage {
+    BadRequest,
+    HeaderTooLarge,
+    RequestTimeout,
+}
+
+/// Why a header section is refused with 400: for the debug log.
+type BadRequest = &'static str;
+
+impl Http {
+    pub fn new(config: HttpConfig) -> Http {
+        let refusal = {
+            let canned = Canned::error("503 Service Unavailable", "Retry-After: 1\r\n");
+            let mut bytes = canned.head.to_vec();
+            bytes.extend_from_slice(b"Connection: close\r\n\r\n");
+            bytes.extend_from_slice(&canned.body);
+            bytes.into_boxed_slice()
+        };
+        Http {
+            // A zero cap would refuse every request; one byte is the least that means anything.
+            max_header: config.max_header.max(1),
+            ok: Canned::new("200 OK", "", config.body),
+            method_not_allowed: Canned::error("405 Method Not Allowed", "Allow: GET, HEAD\r\n"),
+            bad_request: Canned::error("400 Bad Request", ""),
+            header_too_large: Canned::error("431 Request Header Fields Too Large", ""),
+            request_timeout: Canned::error("408 Request Timeout", ""),
+            refusal,
+            date: DateCache::new(),
+            clock: SystemTime::now,
+        }
+    }
+
+    /// Appends one response: fixed head, the cached `Date`, `Connection`, blank line, body.
+    /// No allocation while `out` has room, which the loop's reused reply buffer usually has.
+    fn respond(
+        canned: &Canned,
+        date: &[u8],
+        connection: ConnectionHeader,
+        with_body: bool,
+        out: &mut Vec<u8>,
+    ) {
+        out.extend_from_slice(&canned.head);
+        out.extend_from_slice(date);
+        out.extend_from_slice(connection.bytes());
+        out.extend_from_slice(b"\r\n");
+        if with_body {
+            out.extend_from_slice(&canned.body);
+        }
+    }
+
+    /// Answers an error that ends the connection: its page with `Connection: close`.
+    fn refuse(&mut self, page: ErrorPage, out: &mut Output<'_>) {
+        // A copy of the 37 bytes, so the cache and the page can be borrowed together.
+        let date = *self.date.header((self.clock)());
+        let canned = match page {
+            ErrorPage::BadRequest => &self.bad_request,
+            ErrorPage::HeaderTooLarge => &self.header_too_large,
+            ErrorPage::RequestTimeout => &self.request_timeout,
+        };
+        Http::respond(
+            canned,
+            &date,
+            ConnectionHeader::Close,
+            true,
+            out.reply_buf(),
+        );
+        out.count_request();
+    }
+
+    /// Discards body bytes of the current request from the front of `input`. Returns the
+    /// bytes used; on return `session.body` is `Done` or more input is needed.
+    /// `Err`: the chunked framing is broken; the response was already sent, so the
+    /// connection can only be closed.
+    fn skip_body(&self, body: &mut Body, input: &[u8]) -> Result<usize, BadRequest> {
+        let mut used = 0;
+        loop {
+            let rest = input.get(used..).unwrap_or_default();
+            match *body {
+                Body::Done => return Ok(used),
+                Body::Length(remaining) | Body::Chunked(ChunkStage::Data(remaining)) => {
+                    let take = remaining.min(rest.len() as u64);
+                    used += take as usize;
+                    let left = remaining - take;
+                    *body = match (*body, left) {
+                        (Body::Length(_), 0) => Body::Done,
+                        (Body::Length(_), _) => Body::Length(left),
+                        (_, 0) => Body::Chunked(ChunkStage::DataEnd),
+                        (_, _) => Body::Chunked(ChunkStage::Data(left)),
+                    };
+                    if left > 0 {
+                        return Ok(used);
+                    }
+                }
+                Body::Chunked(ChunkStage::Size) => match httparse::parse_chunk_size(rest) {
+                    // httparse reads an empty size line as 0; the grammar wants a digit.
+                    Ok(Status::Complete((n, size)))
+                        if rest.first().is_some_and(u8::is_ascii_hexdigit) =>
+                    {
+                        used += n;
+                        *body = Body::Chunked(if size == 0 {
+                            ChunkStage::Trailers
+                        } else {
+                            ChunkStage::Data(size)
+                        });
+                    }
+                    Ok(Status::Complete(_)) | Err(_) => return Err("invalid chunk size line"),
+                    Ok(Status::Partial) if rest.len() > self.max_header => {
+                        return Err("chunk size line over the header limit")
+                    }
+                    Ok(Status::Partial) => return Ok(used),
+                },
+                Body::Chunked(ChunkStage::DataEnd) => match rest {
+                    [b'\r', b'\n', ..] => {
+                        used += 2;
+                        *body = Body::Chunked(ChunkStage::Size);
+                    }
+                    [] | [b'\r'] => return Ok(used),
+                    _ => return Err("chunk data not followed by CRLF"),
+                },
+                Body::Chunked(ChunkStage::Trailers) => {
+                    let mut trailers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    match httparse::parse_headers(rest, &mut trailers) {
+                        Ok(Status::Complete((n, _))) if n <= self.max_header => {
+                            used += n;
+                            *body = Body::Done;
+                        }
+                        Ok(Status::Partial) if rest.len() <= self.max_header => return Ok(used),
+                        Ok(_) => return Err("trailer section over the header limit"),
+                        Err(_) => return Err("malformed trailer section"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The comma-separated elements of a header value, trimmed of optional whitespace,
+/// empty ones skipped (RFC 9110 §5.6.1).
+fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(trim_ows)
+        .filter(|e| !e.is_empty())
+}
+
+fn trim_ows(mut bytes: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = bytes {
+        bytes = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = bytes {
+        bytes = rest;
+    }
+    bytes
+}
+
+/// `1*DIGIT` as a u64; anything else (sign, space, overflow, empty) is `None`.
+fn parse_decimal(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() {
+        return None;
+    }
+    bytes.iter().try_fold(0u64, |n, &b| {
+        if b.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+/// Checks a complete header section and decides the response and the connection's fate.
+fn examine(request: &httparse::Request<'_, '_>) -> Result<RequestHead, BadRequest> {
+    let minor_version = request.version.unwrap_or(1);
+    let method = match request.method {
+        Some("GET") => Method::Get,
+        Some("HEAD") => Method::Head,
+        _ => Method::Other,
+    };
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut hosts = 0;
+    let mut content_length: Option<u64> = None;
+    let mut last_transfer_coding: Option<&[u8]> = None;
+    let mut transfer_encoding_seen = false;
+    let mut expects_continue = false;
+    for header in request.headers.iter() {
+        let name = header.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"connection") {
+            for token in list_elements(header.value) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            // Repeated fields or a list are accepted only when every value agrees
+            // (RFC 9110 §8.6); anything else is how request smuggling starts.
+            // An empty value is one empty element, which is no number.
+            for element in header.value.split(|&b| b == b',').map(trim_ows) {
+                let n = parse_decimal(element).ok_or("invalid Content-Length")?;
+                if content_length.is_some_and(|seen| seen != n) {
+                    return Err("conflicting Content-Length values");
+                }
+                content_length = Some(n);
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            transfer_encoding_seen = true;
+            if let Some(last) = list_elements(header.value).last() {
+                last_transfer_coding = Some(last);
+            }
+        } else if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            expects_continue |= trim_ows(header.value).eq_ignore_ascii_case(b"100-continue");
+        }
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host, or any request with two, is a 400.
+    if hosts > 1 || (minor_version == 1 && hosts == 0) {
+        return Err("missing or repeated Host");
+    }
+    let body = if transfer_encoding_seen {
+        // RFC 9112 §6.1-6.3: with both framings, or in HTTP/1.0, or without chunked as the
+        // final coding, the body's length cannot be trusted: 400 and close.
+        if content_length.is_some() {
+            return Err("both Transfer-Encoding and Content-Length");
+        }
+        if minor_version == 0 {
+            return Err("Transfer-Encoding in an HTTP/1.0 request");
+        }
+        match last_transfer_coding {
+            Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => {
+                Body::Chunked(ChunkStage::Size)
+            }
+            _ => return Err("chunked is not the final transfer coding"),
+        }
+    } else {
+        match content_length {
+            None | Some(0) => Body::Done,
+            Some(n) => Body::Length(n),
+        }
+    };
+    let keep_alive = !close && (minor_version == 1 || keep_alive_token);
+    Ok(RequestHead {
+        method,
+        minor_version,
+        keep_alive,
+        body,
+        expects_continue,
+    })
+}
+
+impl Protocol for Http {
+    type Session = HttpSession;
+
+    fn open(&mut self, peer: &Peer, _out: &mut Output<'_>) -> HttpSession {
+        HttpSession {
+            peer: *peer,
+            body: Body::Done,
+        }
+    }
+
+    fn on_input(
+        &mut self,
+        session: &mut HttpSession,
+        input: &[u8],
+        out: &mut Output<'_>,
+    ) -> (usize, Flow) {
+        let output_at_start = out.reply_buf().len();
+        let mut used = 0;
+        loop {
+            match self.skip_body(&mut session.body, input.get(used..).unwrap_or_default()) {
+                Ok(n) => used += n,
+                Err(why) => {
+                    log::debug!("{}: closing: {why}", session.peer);
+                    return (input.len(), Flow::Close);
+                }
+            }
+            let rest = input.get(used..).unwrap_or_default();
+            if session.body != Body::Done || rest.is_empty() {
+                return (used, Flow::Continue);
+            }
+            // On the stack and reused for each request of the pipeline: no allocation.
+            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut request = httparse::Request::new(&mut fields);
+            let head_len = match request.parse(rest) {
+                Ok(Status::Complete(n)) if n <= self.max_header => n,
+                Ok(Status::Partial) if rest.len() <= self.max_header => {
+                    return (used, Flow::Continue)
+                }
+                Ok(_) | Err(httparse::Error::TooManyHeaders) => {
+                    log::debug!(
+                        "{}: header section over {} bytes or {MAX_HEADERS} fields",
+                        session.peer,
+                        self.max_header
+                    );
+                    self.refuse(ErrorPage::HeaderTooLarge, out);
+                    return (input.len(), Flow::Close);
+                }
+                Err(e) => {
+                    log::debug!("{}: malformed request: {e}", session.peer);
+                    self.refuse(ErrorPage::BadRequest, out);
+                    return (input.len(), Flow::Close);
+                }
+            };
+            let head = match examine(&request) {
+                Ok(head) => head,
+                Err(why) => {
+                    log::debug!("{}: bad request: {why}", session.peer);
+                    self.refuse(ErrorPage::BadRequest, out);
+                    return (input.len(), Flow::Close);
+                }
+            };
+            used += head_len;
+            session.body = head.body;
+            // The first response of a call always keeps the connection, however large.
+            let produced = out.reply_buf().len().saturating_sub(output_at_start);
+            let over_budget = produced > 0 && produced + self.ok.body.len() > MAX_OUTPUT_PER_READ;
+            // A client that sent `Expect: 100-continue` may never send the body we would
+            // skip; rather than guess, answer and close (it then knows not to send it).
+            let body_withheld = head.expects_continue && head.body != Body::Done;
+            let keep_alive = head.keep_alive && !over_budget && !body_withheld;
+            let connection = match (keep_alive, head.minor_version) {
+                (false, _) => ConnectionHeader::Close,
+                (true, 0) => ConnectionHeader::KeepAlive,
+                (true, _) => ConnectionHeader::Omitted,
+            };
+            let date = self.date.header((self.clock)());
+            let (canned, with_body) = match head.method {
+                Method::Get => (&self.ok, true),
+                Method::Head => (&self.ok, false),
+                Method::Other => (&self.method_not_allowed, true),
+            };
+            Http::respond(canned, date, connection, with_body, out.reply_buf());
+            out.count_request();
+            if !keep_alive {
+                return (input.len(), Flow::Close);
+            }
+        }
+    }
+
+    fn on_timeout(&mut self, session: &mut HttpSession, kind: Timeout, out: &mut Output<'_>) {
+        match kind {
+            // An unfinished header section: tell the client why it is being closed. In
+            // the middle of a body the response was already sent, so close silently.
+            Timeout::Frame if session.body == Body::Done => {
+                self.refuse(ErrorPage::RequestTimeout, out)
+            }
+            Timeout::Frame => {}
+        }
+    }
+
+    fn refusal(&self) -> Option<&[u8]> {
+        Some(&self.refusal)
+    }
+
+    fn max_pending_input(&self) -> usize {
+        // The only input ever kept is an unfinished header section, chunk-size line or
+        // trailer section, each refused by `on_input` past `max_header`.
+        self.max_header
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    /// RFC 9110's example date, so responses can be compared byte for byte.
+    fn fixed_clock() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(784_111_777)
+    }
+    const DATE: &str = "Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n";
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    fn responder_with(body: &[u8], max_header: usize) -> Http {
+        let mut http = Http::new(HttpConfig {
+            body: Arc::from(body),
+            max_header,
+        });
+        http.clock = fixed_clock;
+        http
+    }
+
+    fn responder() -> Http {
+        responder_with(DEFAULT_BODY, DEFAULT_MAX_HEADER)
+    }
+
+    /// What feeding a connection produced.
+    #[derive(Debug)]
+    struct Run {
+        reply: Vec<u8>,
+        closed: bool,
+        requests: u64,
+        /// Bytes left unconsumed, as the loop would keep them.
+        pending: Vec<u8>,
+        /// Responses produced by each `on_input` call.
+        replies_per_call: Vec<usize>,
+    }
+
+    /// Feeds `chunks` the way the event loop does: unconsumed bytes are kept and
+    /// presented again, with the next chunk appended. Stops at `Flow::Close`.
+    fn feed<'a>(http: &mut Http, chunks: impl IntoIterator<Item = &'a [u8]>) -> Run {
+        let (mut reply, mut broadcast, mut requests) = (Vec::new(), Vec::<Arc<[u8]>>::new(), 0);
+        let mut pending = Vec::new();
+        let mut closed = false;
+        let mut replies_per_call = Vec::new();
+        let mut session = {
+            let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
+            http.open(&Peer::Unix, &mut out)
+        };
+        for chunk in chunks {
+            pending.extend_from_slice(chunk);
+            let before = requests;
+            let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
+            let (used, flow) = http.on_input(&mut session, &pending, &mut out);
+            assert!(used <= pending.len(), "used {used} of {}", pending.len());
+            replies_per_call.push((requests - before) as usize);
+            pending.drain(..used);
+            if flow == Flow::Close {
+                closed = true;
+                break;
+            }
+            assert!(
+                pending.len() <= http.max_pending_input(),
+                "kept {} bytes",
+                pending.len()
+            );
+        }
+        assert!(broadcast.is_empty());
+        Run {
+            reply,
+            closed,
+            requests,
+            pending,
+            replies_per_call,
+        }
+    }
+
+    fn feed_whole(http: &mut Http, input: &[u8]) -> Run {
+        feed(http, [input])
+    }
+
+    fn response(
+        status: &str,
+        extra: &str,
+        body: &str,
+        connection: &str,
+        with_body: bool,
+    ) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\nServer: multiconn\r\nContent-Type: text/html\r\n\
+             Content-Length: {}\r\n{extra}{DATE}{connection}\r\n{}",
+            body.len(),
+            if with_body { body } else { "" }
+        )
+    }
+
+    const KEEP: &str = "";
+    const CLOSE: &str = "Connection: close\r\n";
+    const KEEP_ALIVE: &str = "Connection: keep-alive\r\n";
+
+    fn ok(connection: &str) -> String {
+        response("200 OK", "", "<h1>Hello,World!</h1>", connection, true)
+    }
+    fn ok_head(connection: &str) -> String {
+        response("200 OK", "", "<h1>Hello,World!</h1>", connection, false)
+    }
+    fn not_allowed(connection: &str) -> String {
+        let status = "405 Method Not Allowed";
+        response(
+            status,
+            "Allow: GET, HEAD\r\n",
+            &format!("<h1>{status}</h1>"),
+            connection,
+            true,
+        )
+    }
+    fn error_page(status: &str) -> String {
+        response(status, "", &format!("<h1>{status}</h1>"), CLOSE, true)
+    }
+    fn bad_request() -> String {
+        error_page("400 Bad Request")
+    }
+    fn too_large() -> String {
+        error_page("431 Request Header Fields Too Large")
+    }
+
+    fn text(run: &Run) -> String {
+        String::from_utf8_lossy(&run.reply).into_owned()
+    }
+
+    /// A GET of any path is answered with the page, the connection kept and input used up.
+    #[test]
+    fn get_answers_the_page() {
+        for path in ["/", "/some/where?q=1", "/index.html", "*"] {
+            let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+            let run = feed_whole(&mut responder(), request.as_bytes());
+            assert_eq!(text(&run), ok(KEEP), "{path}");
+            assert!(!run.closed);
+            assert!(run.pending.is_empty());
+            assert_eq!(run.requests, 1);
+        }
+    }
+
+    /// HEAD gets the GET's headers, Content-Length included, and no body.
+    #[test]
+    fn head_has_no_body() {
+        let run = feed_whole(&mut responder(), b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(text(&run), ok_head(KEEP));
+    }
+
+    /// `--body` bytes are served as they are, with their own length.
+    #[test]
+    fn serves_the_configured_body() {
+        let body = b"\x00binary\xffpage";
+        let run = feed_whole(&mut responder_with(body, DEFAULT_MAX_HEADER), GET);
+        let mut expected = b"HTTP/1.1 200 OK\r\nServer: multiconn\r\nContent-Type: text/html\r\nContent-Length: 12\r\n".to_vec();
+        expected.extend_from_slice(DATE.as_bytes());
+        expected.extend_from_slice(b"\r\n");
+        expected.extend_from_slice(body);
+        assert_eq!(run.reply, expected);
+    }
+
+    /// Ten pipelined requests in one input are all answered, in order, by one call.
+    #[test]
+    fn pipelined_requests_answered_in_one_call() {
+        let mut input = Vec::new();
+        for i in 0..10 {
+            let method = if i % 3 == 1 { "HEAD" } else { "GET" };
+            input
+                .extend_from_slice(format!("{method} /{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        }
+        let run = feed_whole(&mut responder(), &input);
+        let expected: String = (0..10)
+            .map(|i| if i % 3 == 1 { ok_head(KEEP) } else { ok(KEEP) })
+            .collect();
+        assert_eq!(text(&run), expected);
+        assert_eq!(run.replies_per_call, vec![10]);
+        assert!(run.pending.is_empty());
+    }
+
+    /// The keep-alive decision for each version and `Connection` header, tokens
+    /// compared without regard to case, in lists, and across repeated fields.
+    #[test]
+    fn keep_alive_decisions() {
+        let cases: &[(&str, &str, &str, bool)] = &[
+            // (version, extra header lines, expected Connection header, closes)
+            ("1.1", "", KEEP, false),
+            ("1.1", "Connection: close\r\n", CLOSE, true),
+            ("1.1", "Connection: CLOSE\r\n", CLOSE, true),
+            ("1.1", "Connection: keep-alive\r\n", KEEP, false),
+            ("1.1", "Connection: Keep-Alive, Close\r\n", CLOSE, true),
+            (
+                "1.1",
+                "Connection: upgrade\r\nConnection: close\r\n",
+                CLOSE,
+                true,
+            ),
+            ("1.1", "Connection: closed\r\n", KEEP, false),
+            ("1.0", "", CLOSE, true),
+            ("1.0", "Connection: keep-alive\r\n", KEEP_ALIVE, false),
+            ("1.0", "Connection:  Keep-Alive \r\n", KEEP_ALIVE, false),
+            ("1.0", "Connection: te, keep-alive\r\n", KEEP_ALIVE, false),
+            ("1.0", "Connection: keep-alive, close\r\n", CLOSE, true),
+        ];
+        for &(version, extra, connection, closes) in cases {
+            let request = format!("GET / HTTP/{version}\r\nHost: x\r\n{extra}\r\n");
+            let run = feed_whole(&mut responder(), request.as_bytes());
+            assert_eq!(text(&run), ok(connection), "{version} {extra:?}");
+            assert_eq!(run.closed, closes, "{version} {extra:?}");
+        }
+    }
+
+    /// Requests after one that closes the connection are not answered.
+    #[test]
+    fn close_ends_the_pipeline() {
+        let mut input = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec();
+        input.extend_from_slice(GET);
+        let run = feed_whole(&mut responder(), &input);
+        assert_eq!(text(&run), ok(CLOSE));
+        assert!(run.closed);
+        assert_eq!(run.requests, 1);
+    }
+
+    /// HTTP/1.0 needs no Host; HTTP/1.1 needs exactly one.
+    #[test]
+    fn host_rules() {
+        let run = feed_whole(&mut responder(), b"GET / HTTP/1.0\r\n\r\n");
+        assert_eq!(text(&run), ok(CLOSE));
+        for request in [
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n",
+        ] {
+            let run = feed_whole(&mut responder(), request);
+            assert_eq!(
+                text(&run),
+                bad_request(),
+                "{}",
+                String::from_utf8_lossy(request)
+            );
+            assert!(run.closed);
+        }
+    }
+
+    /// Malformed request lines and header fields get 400 and the connection closes;
+    /// nothing after them is answered.
+    #[test]
+    fn malformed_requests_get_400() {
+        let cases: &[&[u8]] = &[
+            b"GARBAGE\r\n\r\n",
+            b"GET\r\n\r\n",
+            b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+            b"GET / FTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHo st: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\rY\r\n\r\n",
+            b"G\x00T / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /\x7f HTTP/1.1\r\nHost: x\r\n\r\n",
+        ];
+        for &request in cases {
+            let mut input = request.to_vec();
+            input.extend_from_slice(GET);
+            let run = feed_whole(&mut responder(), &input);
+            assert_eq!(
+                text(&run),
+                bad_request(),
+                "{}",
+                String::from_utf8_lossy(request)
+            );
+            assert!(run.closed);
+            assert_eq!(run.requests, 1);
+        }
+    }
+
+    /// Invalid or conflicting Content-Length is 400; agreeing duplicates are one length.
+    #[test]
+    fn content_length_validation() {
+        for value in [
+            "abc",
+            "-1",
+            "+1",
+            "",
+            " ",
+            "1 2",
+            "0x10",
+            "1.0",
+            "3, 4",
+            "3,",
+            "99999999999999999999999",
+        ] {
+            let request = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {value}\r\n\r\n");
+            let run = feed_whole(&mut responder(), request.as_bytes());
+            assert_eq!(text(&run), bad_request(), "{value:?}");
+        }
+        let two =
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd";
+        assert_eq!(text(&feed_whole(&mut responder(), two)), bad_request());
+        let agreeing =
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\ncontent-length: 3\r\n\r\nabc";
+        let mut input = agreeing.to_vec();
+        input.extend_from_slice(GET);
+        let run = feed_whole(&mut responder(), &input);
+        assert_eq!(text(&run), not_allowed(KEEP) + &ok(KEEP));
+    }
+
+    /// Transfer-Encoding that cannot frame the body reliably is 400 and close.
+    #[test]
+    fn transfer_encoding_validation() {
+        for headers in [
+            "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+            "Transfer-Encoding: gzip\r\n",
+            "Transfer-Encoding: chunked, gzip\r\n",
+            "Transfer-Encoding:\r\n",
+        ] {
+            let request = format!("POST / HTTP/1.1\r\nHost: x\r\n{headers}\r\n0\r\n\r\n");
+            let run = feed_whole(&mut responder(), request.as_bytes());
+            assert_eq!(text(&run), bad_request(), "{headers:?}");
+            assert!(run.closed);
+        }
+        let old = b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert_eq!(text(&feed_whole(&mut responder(), old)), bad_request());
+    }
+
+    /// Other methods get 405 with Allow; the connection stays open and a body is skipped.
+    #[test]
+    fn other_methods_get_405() {
+        for method in ["POST", "PUT", "DELETE", "OPTIONS", "get", "PATCH"] {
+            let mut input =
+                format!("{method} / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nGET /")
+                    .into_bytes();
+            input.extend_from_slice(GET);
+            let run = feed_whole(&mut responder(), &input);
+            assert_eq!(text(&run), not_allowed(KEEP) + &ok(KEEP), "{method}");
+            assert!(!run.closed);
+        }
+    }
+
+    /// A header section over the limit is 431 and close, whether it arrived whole or not,
+    /// and so are too many header fields.
+    #[test]
+    fn oversized_header_sections_get_431() {
+        let max = 100;
+        let long = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Long: {}\r\n\r\n",
+            "a".repeat(80)
+        );
+        assert!(long.len() > max);
+        let run = feed_whole(&mut responder_with(DEFAULT_BODY, max), long.as_bytes());
+        assert_eq!(text(&run), too_large());
+        assert!(run.closed);
+        // Arriving in pieces: refused as soon as the unfinished part passes the limit.
+        let run = feed(
+            &mut responder_with(DEFAULT_BODY, max),
+            long.as_bytes().chunks(7),
+        );
+        assert_eq!(text(&run), too_large());
+        assert_eq!(run.replies_per_call.len(), max / 7 + 1);
+        // Exactly at the limit is fine.
+        let exact = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+            "a".repeat(max - 32)
+        );
+        assert_eq!(exact.len(), max);
+        let run = feed_whole(&mut responder_with(DEFAULT_BODY, max), exact.as_bytes());
+        assert_eq!(text(&run), ok(KEEP));
+        // One field more than the array holds.
+        let mut many = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+        for i in 0..MAX_HEADERS {
+            many.push_str(&format!("X-{i}: y\r\n"));
+        }
+        many.push_str("\r\n");
+        let run = feed_whole(&mut responder(), many.as_bytes());
+        assert_eq!(text(&run), too_large());
+    }
+
+    /// A Content-Length body is skipped across calls without being kept, and the request
+    /// after it is answered.
+    #[test]
+    fn content_length_body_is_discarded_across_calls() {
+        let chunks: [&[u8]; 4] = [
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n123",
+            b"45",
+            b"67890GET / HTTP/1.1\r",
+            b"\nHost: x\r\n\r\n",
+        ];
+        let run = feed(&mut responder(), chunks);
+        assert_eq!(text(&run), not_allowed(KEEP) + &ok(KEEP));
+        assert_eq!(run.replies_per_call, vec![1, 0, 0, 1]);
+        assert!(run.pending.is_empty());
+    }
+
+    /// A GET may carry a body; it is skipped, not read as the next request.
+    #[test]
+    fn get_with_body_is_answered_and_body_skipped() {
+        let mut input =
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 15\r\n\r\nGET /x HTTP/1.1".to_vec();
+        input.extend_from_slice(GET);
+        let run = feed_whole(&mut responder(), &input);
+        assert_eq!(text(&run), ok(KEEP) + &ok(KEEP));
+        assert_eq!(run.requests, 2);
+    }
+
+    const CHUNKED_POST: &[u8] = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n\
+        4\r\nWiki\r\n5;name=value\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-Trailer: yes\r\n\r\n";
+
+    /// A chunked body (extensions, trailers) is decoded and skipped; the next request
+    /// is answered.
+    #[test]
+    fn chunked_body_is_discarded() {
+        let mut input = CHUNKED_POST.to_vec();
+        input.extend_from_slice(GET);
+        let run = feed_whole(&mut responder(), &input);
+        assert_eq!(text(&run), not_allowed(KEEP) + &ok(KEEP));
+        assert!(!run.closed);
+        assert!(run.pending.is_empty());
+        // Chunk data that looks like a request is data, not a request.
+        let sneaky = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+            1b\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n\r\n0\r\n\r\n";
+        let run = feed_whole(&mut responder(), sneaky);
+        assert_eq!(text(&run), not_allowed(KEEP));
+        assert_eq!(run.requests, 1);
+    }
+
+    /// Broken chunked framing closes the connection; the response was already sent, so
+    /// nothing more is written.
+    #[test]
+    fn broken_chunked_body_closes() {
+        for body in [
+            &b"zz\r\n"[..],
+            b"\r\n",
+            b";ext\r\n",
+            b"4\r\nWikiXY",
+            b"4\r\nWiki\n",
+            b"11111111111111111\r\n",
+            b"0\r\nBad Trailer\r\n\r\n",
+        ] {
+            let mut input =
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            input.extend_from_slice(body);
+            input.extend_from_slice(GET);
+            let run = feed_whole(&mut responder(), &input);
+            assert_eq!(
+                text(&run),
+                not_allowed(KEEP),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert!(run.closed, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    /// An unfinished chunk-size line or trailer section is capped like a header section.
+    #[test]
+    fn chunk_lines_are_capped() {
+        let max = 64;
+        let head = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let size_line = [&head[..], b"5;", &[b'e'; 80]].concat();
+        let run = feed(
+            &mut responder_with(DEFAULT_BODY, max),
+            [&head[..], &size_line[head.len()..]],
+        );
+        assert_eq!(text(&run), not_allowed(KEEP));
+        assert!(run.closed);
+        let trailers = [&head[..], b"0\r\nX: ", &[b'e'; 80]].concat();
+        let run = feed(
+            &mut responder_with(DEFAULT_BODY, max),
+            [&head[..], &trailers[head.len()..]],
+        );
+        assert!(run.closed);
+    }
+
+    /// With `Expect: 100-continue` and a body, the client may hold the body back, so the
+    /// response closes the connection rather than guess where the next request starts.
+    #[test]
+    fn expect_continue_with_body_closes() {
+        let request =
+            b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
+        let run = feed_whole(&mut responder(), request);
+        assert_eq!(text(&run), not_allowed(CLOSE));
+        assert!(run.closed);
+        let no_body = b"GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n";
+        let run = feed_whole(&mut responder(), no_body);
+        assert_eq!(text(&run), ok(KEEP));
+    }
+
+    /// A pipeline whose responses pass the per-read budget is answered up to it, the last
+    /// response saying `Connection: close`.
+    #[test]
+    fn output_per_read_is_bounded() {
+        let body = vec![b'x'; 300 * 1024];
+        let mut http = responder_with(&body, DEFAULT_MAX_HEADER);
+        let input = GET.repeat(8);
+        let run = feed_whole(&mut http, &input);
+        // 3 × 300 KiB fit in 1 MiB; the fourth would not, so it closes.
+        assert!(run.closed);
+        assert_eq!(run.requests, 4);
+        let body = String::from_utf8(body).unwrap();
+        let keep = response("200 OK", "", &body, KEEP, true);
+        let close = response("200 OK", "", &body, CLOSE, true);
+        assert_eq!(text(&run), keep.repeat(3) + &close);
+        assert!(run.reply.len() <= MAX_OUTPUT_PER_READ + close.len());
+        // A single response larger than the budget still keeps the connection.
+        let mut http = responder_with(&vec![b'y'; MAX_OUTPUT_PER_READ + 1], DEFAULT_MAX_HEADER);
+        let run = feed_whole(&mut http, GET);
+        assert!(!run.closed);
+    }
+
+    /// Every split of a mixed pipeline into two reads gives the same responses as one read.
+    #[test]
+    fn every_split_point_gives_the_same_responses() {
+        let input = [
+            GET,
+            b"HEAD /h HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+            CHUNKED_POST,
+            b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ]
+        .concat();
+        let whole = feed_whole(&mut responder(), &input);
+        let expected =
+            ok(KEEP) + &ok_head(KEEP) + &not_allowed(KEEP) + &ok(KEEP_ALIVE) + &ok(CLOSE);
+        assert_eq!(text(&whole), expected);
+        assert!(whole.closed);
+        for split in 0..=input.len() {
+            let run = feed(&mut responder(), [&input[..split], &input[split..]]);
+            assert_eq!(run.reply, whole.reply, "split at {split}");
+            assert!(run.closed && run.pending.is_empty(), "split at {split}");
+            assert_eq!(run.requests, 5, "split at {split}");
+        }
+        let bytewise = feed(&mut responder(), input.chunks(1));
+        assert_eq!(text(&bytewise), expected);
+        assert!(bytewise.closed);
+    }
+
+    /// Errors are found wherever the bad request is split.
+    #[test]
+    fn errors_found_at_every_split_point() {
+        let input = b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 2\r\n\r\n";
+        for split in 0..=input.len() {
+            let run = feed(&mut responder(), [&input[..split], &input[split..]]);
+            assert_eq!(text(&run), bad_request(), "split at {split}");
+        }
+        let run = feed(&mut responder(), input.chunks(1));
+        assert_eq!(text(&run), bad_request());
+    }
+
+    /// A frame timeout in a header section answers 408 and closes; in a body, silence.
+    #[test]
+    fn frame_timeout() {
+        let mut http = responder();
+        let (mut reply, mut broadcast, mut requests) = (Vec::new(), Vec::<Arc<[u8]>>::new(), 0);
+        let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
+        let mut session = http.open(&Peer::Unix, &mut out);
+        assert_eq!(
+            http.on_input(&mut session, b"GET / HT", &mut out),
+            (0, Flow::Continue)
+        );
+        http.on_timeout(&mut session, Timeout::Frame, &mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&reply),
+            error_page("408 Request Timeout")
+        );
+
+        let mut reply = Vec::new();
+        let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
+        let mut session = http.open(&Peer::Unix, &mut out);
+        let post = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r";
+        assert_eq!(
+            http.on_input(&mut session, post, &mut out),
+            (post.len() - 2, Flow::Continue)
+        );
+        out.reply_buf().clear();
+        http.on_timeout(&mut session, Timeout::Frame, &mut out);
+        assert!(reply.is_empty());
+    }
+
+    /// A refused connection gets a complete 503 that closes.
+    #[test]
+    fn refusal_is_a_503() {
+        let http = responder();
+        let expected = "HTTP/1.1 503 Service Unavailable\r\nServer: multiconn\r\nContent-Type: text/html\r\n\
+            Content-Length: 32\r\nRetry-After: 1\r\nConnection: close\r\n\r\n<h1>503 Service Unavailable</h1>";
+        assert_eq!(
+            http.refusal().map(String::from_utf8_lossy).as_deref(),
+            Some(expected)
+        );
+    }
+
+    /// The loop's cap on kept input is the header limit.
+    #[test]
+    fn max_pending_input_is_the_header_limit() {
+        assert_eq!(responder_with(DEFAULT_BODY, 1234).max_pending_input(), 1234);
+        assert_eq!(responder().max_pending_input(), DEFAULT_MAX_HEADER);
+    }
+
+    /// The Date header is formatted once per second and reused within it.
+    #[test]
+    fn date_is_formatted_once_per_second() {
+        let mut cache = DateCache::new();
+        let t = fixed_clock();
+        assert_eq!(cache.header(t), DATE.as_bytes());
+        assert_eq!(
+            cache.header(t + Duration::from_millis(999)),
+            DATE.as_bytes()
+        );
+        assert_eq!(cache.formats, 1);
+        assert_eq!(
+            cache.header(t + Duration::from_secs(1)),
+            b"Date: Sun, 06 Nov 1994 08:49:38 GMT\r\n"
+        );
+        assert_eq!(cache.formats, 2);
+        // A clock outside what HTTP dates can say is clamped, not a panic.
+        assert_eq!(
+            cache.header(UNIX_EPOCH - Duration::from_secs(5)),
+            b"Date: Thu, 01 Jan 1970 00:00:00 GMT\r\n"
+        );
+        assert_eq!(
+            cache.header(UNIX_EPOCH + Duration::from_secs(u64::MAX / 4)),
+            b"Date: Fri, 31 Dec 9999 23:59:59 GMT\r\n"
+        );
+    }
+
+    /// The responder reformats the date only when the second changes, across requests.
+    #[test]
+    fn responder_reuses_the_date() {
+        let mut http = responder();
+        let run = feed_whole(&mut http, &GET.repeat(50));
+        assert_eq!(run.requests, 50);
+        assert_eq!(http.date.formats, 1);
+    }
+
+    /// `--body` reads the file once; a missing or oversized file is a one-line error.
+    #[test]
+    #[allow(clippy::needless_update)] // other protocols' options join the struct later
+    fn body_file_loading() {
+        let dir = std::env::temp_dir().join(format!("multiconn-http-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let page = dir.join("page.html");
+        std::fs::write(&page, b"<p>mine</p>").unwrap();
+        let options = ProtocolOptions {
+            body: Some(page.clone()),
+            max_header: Some(512),
+            ..Default::default()
+        };
+        let config = HttpConfig::from_options(&options).unwrap();
+        assert_eq!(&*config.body, b"<p>mine</p>");
+        assert_eq!(config.max_header, 512);
+        let missing = dir.join("missing.html");
+        let err = read_body(&missing).unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "cannot read {}: No such file or directory",
+                missing.display()
+            )
+        );
+        let big = dir.join("big.html");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_BODY_BYTES as u64 + 1)
+            .unwrap();
+        let err = read_body(&big).unwrap_err();
+        assert!(err.contains("--body serves at most"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A request as the property tests generate it.
+    #[derive(Debug, Clone)]
+    struct TestRequest {
+        method: &'static str,
+        http10: bool,
+        body: Option<(bool, Vec<usize>)>,
+        extra_headers: usize,
+    }
+
+    impl TestRequest {
+        fn bytes(&self) -> Vec<u8> {
+            let version = if self.http10 { "1.0" } else { "1.1" };
+            let mut text = format!("{} /p HTTP/{version}\r\nHost: x\r\n", self.method);
+            if self.http10 {
+                text.push_str("Connection: keep-alive\r\n");
+            }
+            for i in 0..self.extra_headers {
+                text.push_str(&format!("X-Filler-{i}: {}\r\n", "v".repeat(i)));
+            }
+            let mut body = Vec::new();
+            match &self.body {
+                None => {}
+                Some((false, sizes)) => {
+                    let len: usize = sizes.iter().sum();
+                    text.push_str(&format!("Content-Length: {len}\r\n"));
+                    body = vec![b'b'; len];
+                }
+                Some((true, sizes)) => {
+                    text.push_str("Transfer-Encoding: chunked\r\n");
+                    for &size in sizes.iter().filter(|&&s| s > 0) {
+                        body.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+                        body.resize(body.len() + size, b'c');
+                        body.extend_from_slice(b"\r\n");
+                    }
+                    body.extend_from_slice(b"0\r\n\r\n");
+                }
+            }
+            text.push_str("\r\n");
+            [text.into_bytes(), body].concat()
+        }
+
+        fn expected(&self) -> String {
+            let connection = if self.http10 { KEEP_ALIVE } else { KEEP };
+            match self.method {
+                "GET" => ok(connection),
+                "HEAD" => ok_head(connection),
+                _ => not_allowed(connection),
+            }
+        }
+    }
+
+    fn test_request() -> impl Strategy<Value = TestRequest> {
+        (
+            prop::sample::select(vec!["GET", "HEAD", "POST", "PUT"]),
+            any::<bool>(),
+            prop::option::of((any::<bool>(), prop::collection::vec(0usize..40, 0..4))),
+            0usize..4,
+        )
+            .prop_map(|(method, http10, body, extra_headers)| TestRequest {
+                method,
+                // HTTP/1.0 cannot carry a chunked body.
+                http10: http10 && !matches!(body, Some((true, _))),
+                body,
+                extra_headers,
+            })
+    }
+
+    proptest! {
+        /// Arbitrary bytes, in arbitrary pieces, never panic and never leave more than
+        /// the cap pending (`feed` checks both).
+        #[test]
+        fn random_input_never_panics(
+            data in prop::collection::vec(any::<u8>(), 0..600),
+            cuts in prop::collection::vec(0usize..600, 0..8),
+            max_header in 1usize..300,
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(data.len())).collect();
+            cuts.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut start = 0;
+            for cut in cuts.into_iter().chain([data.len()]) {
+                pieces.push(&data[start..cut]);
+                start = cut;
+            }
+            feed(&mut responder_with(DEFAULT_BODY, max_header), pieces);
+        }
+
+        /// Request-shaped noise: a valid request with bytes changed or cut still never
+        /// panics, wherever it is split.
+        #[test]
+        fn mutated_requests_never_panic(
+            request in test_request(),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            split in any::<prop::sample::Index>(),
+        ) {
+            let mut bytes = request.bytes();
+            for (at, byte) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+            }
+            let split = split.index(bytes.len() + 1);
+            feed(&mut responder_with(DEFAULT_BODY, 128), [&bytes[..split], &bytes[split..]]);
+        }
+
+        /// A pipeline of valid requests, split anywhere into any pieces, is answered with
+        /// exactly the responses the requests call for, in order.
+        #[test]
+        fn valid_pipelines_split_anywhere(
+            requests in prop::collection::vec(test_request(), 1..6),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..10),
+        ) {
+            let input: Vec<u8> = requests.iter().flat_map(|r| r.bytes()).collect();
+            let expected: String = requests.iter().map(|r| r.expected()).collect();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.index(input.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut start = 0;
+            for cut in cuts.into_iter().chain([input.len()]) {
+                pieces.push(&input[start..cut]);
+                start = cut;
+            }
+            let run = feed(&mut responder(), pieces);
+            prop_assert_eq!(text(&run), expected);
+            prop_assert!(!run.closed);
+            prop_assert!(run.pending.is_empty());
+            prop_assert_eq!(run.requests, requests.len() as u64);
+        }
+    }
+}
