@@ -10,6 +10,7 @@ use signal_hook::iterator::Signals;
 
 use crate::event_loop::{Server, ServerConfig, ServerHandle, Stats};
 use crate::net::ListenAddr;
+use crate::protocol::app::{App, DEFAULT_MAX_CONTENT_LENGTH};
 use crate::protocol::echo::Echo;
 use crate::protocol::http::{Http, HttpConfig};
 use crate::protocol::Protocol;
@@ -21,6 +22,8 @@ pub enum ProtocolKind {
     Echo,
     /// A keep-alive HTTP/1.1 server answering GET and HEAD with one page.
     Http,
+    /// The tutorial's application protocol (app-server.py): JSON search and binary requests.
+    App,
 }
 
 /// Settings that only some protocols read; each protocol takes what it needs.
@@ -30,6 +33,8 @@ pub struct ProtocolOptions {
     pub body: Option<PathBuf>,
     /// http: the header-section cap in bytes (default `http::DEFAULT_MAX_HEADER`).
     pub max_header: Option<usize>,
+    /// app: the largest `content-length` accepted, in bytes (default `app::DEFAULT_MAX_CONTENT_LENGTH`).
+    pub max_content_length: Option<usize>,
 }
 
 /// How to run: the loop's configuration, the protocol, and how many loops.
@@ -180,6 +185,11 @@ pub fn start(options: LaunchOptions) -> Result<Workers, String> {
         ProtocolKind::Http => {
             let responder = Http::new(HttpConfig::from_options(&options.protocol_options)?);
             start_with(options, move |_| responder.clone())
+        }
+        ProtocolKind::App => {
+            let max = options.protocol_options.max_content_length;
+            let max = max.unwrap_or(DEFAULT_MAX_CONTENT_LENGTH);
+            start_with(options, |_| App::new(max))
         }
     }
 }

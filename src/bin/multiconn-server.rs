@@ -8,6 +8,7 @@ use clap::Parser;
 use multiconn::cli::{die, init_logging};
 use multiconn::launch::{serve_until_signalled, LaunchOptions, ProtocolKind, ProtocolOptions};
 use multiconn::net::resolve;
+use multiconn::protocol::app::DEFAULT_MAX_CONTENT_LENGTH;
 use multiconn::{ListenAddr, ServerConfig};
 
 #[derive(Parser, Debug)]
@@ -76,6 +77,9 @@ struct Args {
     /// Bytes owed to one peer before the server stops reading from it (chat: disconnects it).
     #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
     max_outbound: usize,
+    /// app: the largest request content accepted, in bytes; larger is refused from the header.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_CONTENT_LENGTH)]
+    max_content_length: usize,
     /// Log a statistics line every SECS seconds (totals are logged at exit regardless).
     #[arg(long, value_name = "SECS")]
     stats: Option<u64>,
@@ -127,6 +131,7 @@ fn main() {
             max_header: args
                 .max_header
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            max_content_length: Some(args.max_content_length),
         },
         workers: args.workers,
         derive_max_connections: args.max_connections.is_none(),

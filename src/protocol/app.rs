@@ -258,6 +258,14 @@ pub fn decode(
     Decoder::new(max_content_length).decode(buf)
 }
 
+/// The JSON header text of the frame at the start of `bytes`, if all of it is there and
+/// it is UTF-8 (for logs that show what was sent or received).
+pub fn header_text(bytes: &[u8]) -> Option<&str> {
+    let (&[high, low], rest) = bytes.split_first_chunk::<PREFIX_LEN>()?;
+    let header = rest.get(..usize::from(u16::from_be_bytes([high, low])))?;
+    std::str::from_utf8(header).ok()
+}
+
 /// Checks a complete JSON header: an object with the four required keys of the right
 /// types, a `content-length` within `max_content_length`, and for JSON content an
 /// encoding we can read (refused now rather than after buffering the content).
