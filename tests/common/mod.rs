@@ -112,6 +112,7 @@ pub fn spawn_bin(name: &str, args: &[&str]) -> Child {
     let path = match name {
         "multiconn-server" => env!("CARGO_BIN_EXE_multiconn-server"),
         "multiconn-client" => env!("CARGO_BIN_EXE_multiconn-client"),
+        "app-client" => env!("CARGO_BIN_EXE_app-client"),
         other => panic!("unknown binary {other}"),
     };
     Command::new(path)
