@@ -252,6 +252,45 @@ fn five_hundred_concurrent_clients() {
     assert_eq!((stats.accepted, stats.requests), (500, 500));
 }
 
+/// Interest like the tutorial's Message, minus its waste: requests answered in lock step
+/// are written at once, so WRITABLE is never registered and nothing is reregistered.
+#[test]
+fn lock_step_requests_never_register_writable() {
+    let server = TestServer::start(App::default(), |_| {});
+    let mut conns: Vec<TcpStream> = (0..10).map(|_| server.connect()).collect();
+    for i in 0..100 {
+        for conn in conns.iter_mut() {
+            let (request, reply) = pipelined_case(i);
+            write_all(conn, &request);
+            assert_eq!(read_frame(conn), reply);
+        }
+    }
+    drop(conns);
+    let stats = server.stop();
+    assert_eq!(stats.requests, 1000);
+    assert_eq!(stats.reregistrations, 0);
+    assert_eq!(stats.writable_registrations, 0);
+}
+
+/// A 4 MiB binary request arriving over many reads is answered, and the connection
+/// goes on serving: the content is gathered, not refused or cut.
+#[test]
+fn large_binary_request_is_answered() {
+    let server = TestServer::start(App::default(), |_| {});
+    let mut conn = server.connect();
+    let content = pseudo_random_bytes(5, 4 * 1024 * 1024);
+    let mut writer = conn.try_clone().unwrap();
+    let request = binary(&content);
+    let sender = std::thread::spawn(move || writer.write_all(&request));
+    assert_eq!(read_frame(&mut conn), binary_reply(&content[..10]));
+    sender.join().unwrap().expect("write");
+    write_all(&mut conn, &search("ring"));
+    assert_eq!(
+        read_frame(&mut conn),
+        result_reply("In the caves beneath the Misty Mountains. 💍")
+    );
+}
+
 /// A client that reads slowly through a small receive window: every answer still comes,
 /// in order, and the server asked for WRITABLE only because bytes were left over.
 #[test]
