@@ -72,12 +72,16 @@ fn cpu_time() -> (f64, f64) {
     (secs(usage.ru_utime), secs(usage.ru_stime))
 }
 
-/// One connection's loop: write the message, read its echo, count, until `stop`.
-fn round_trips(addr: SocketAddr, size: usize, stop: &AtomicBool) -> std::io::Result<u64> {
-    let mut stream = TcpStream::connect(addr)?;
+fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(stream)
+}
+
+/// One connection's loop: write the message, read its echo, count, until `stop`.
+fn round_trips(mut stream: TcpStream, size: usize, stop: &AtomicBool) -> std::io::Result<u64> {
     let message: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     let mut echo = vec![0u8; size];
     let mut count = 0;
@@ -96,11 +100,21 @@ fn main() {
     let args = parse_args();
     let stop = Arc::new(AtomicBool::new(false));
     let cpu_before = cpu_time();
-    let threads: Vec<_> = (0..args.connections)
+    // All connections first, so the clock runs only while every thread is at work.
+    let streams: Vec<TcpStream> = (0..args.connections)
         .map(|_| {
+            connect(args.addr).unwrap_or_else(|e| {
+                eprintln!("error: cannot connect to {}: {e}", args.addr);
+                std::process::exit(1)
+            })
+        })
+        .collect();
+    let threads: Vec<_> = streams
+        .into_iter()
+        .map(|stream| {
             let stop = stop.clone();
-            let (addr, size) = (args.addr, args.size);
-            std::thread::spawn(move || round_trips(addr, size, &stop))
+            let size = args.size;
+            std::thread::spawn(move || round_trips(stream, size, &stop))
         })
         .collect();
     let started = Instant::now();

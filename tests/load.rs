@@ -7,7 +7,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, ExitStatus};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -187,7 +187,14 @@ fn duration_mode_stops_near_the_duration() {
     let report = json(&out);
     assert_eq!(report["elapsed_s"], 2.0);
     assert_eq!(report["options"]["warmup_s"], 1.0);
-    assert!(report["requests"]["completed"].as_u64().unwrap() > 100);
+    let requests = &report["requests"];
+    assert!(requests["completed"].as_u64().unwrap() > 100);
+    // Closed loop: each connection had its next request out when the time was up.
+    assert_eq!(requests["in_flight"], 4);
+    assert_eq!(
+        requests["sent"].as_u64(),
+        requests["completed"].as_u64().map(|n| n + 4)
+    );
     assert!(
         out.elapsed >= Duration::from_millis(2900) && out.elapsed < Duration::from_millis(4500),
         "took {:?}",
@@ -323,10 +330,16 @@ fn rate_sends_rate_times_duration() {
 #[test]
 fn corrupted_byte_is_a_mismatch_and_fails_the_run() {
     for allow_errors in [false, true] {
-        let addr = double(4, |number, stream| {
-            echo_with(stream, |offset, chunk| {
-                // Byte 1000 of the first connection's stream is flipped.
-                if number == 0 && offset <= 1000 && 1000 < offset + chunk.len() as u64 {
+        // Byte 1000 of one connection's stream (whichever gets there first, so a connection
+        // that starts late on a busy machine cannot dodge it) is flipped, once.
+        let corrupted = Arc::new(AtomicBool::new(false));
+        let addr = double(4, move |_, stream| {
+            let corrupted = corrupted.clone();
+            echo_with(stream, move |offset, chunk| {
+                if offset <= 1000
+                    && 1000 < offset + chunk.len() as u64
+                    && !corrupted.swap(true, Ordering::SeqCst)
+                {
                     chunk[(1000 - offset) as usize] ^= 0x20;
                 }
             })

@@ -1,7 +1,7 @@
 //! `multiconn-client HOST PORT NUM_CONNS`: the tutorial's multi-connection echo client; with
 //! `--duration` or `--requests` a load generator (the loops live in `multiconn::client`).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -180,12 +180,17 @@ fn load(args: &Args, addr: std::net::SocketAddr, stop: StopAt) {
         None
     };
     let report = run_load(&config, &control, progress).unwrap_or_else(|e: LoadError| die(e, 1));
-    if args.json {
-        let json = serde_json::to_string(&report)
-            .unwrap_or_else(|e| die(format!("cannot write the report: {e}"), 1));
-        println!("{json}");
+    let text = if args.json {
+        serde_json::to_string(&report)
+            .unwrap_or_else(|e| die(format!("cannot write the report: {e}"), 1))
     } else {
-        println!("{report}");
+        report.to_string()
+    };
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{text}") {
+        // A reader that went away (`| head`) is not worth a second message.
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            die(format!("cannot write the report: {e}"), 1);
+        }
     }
     if report.partial {
         std::process::exit(EXIT_INTERRUPTED);

@@ -390,9 +390,9 @@ impl fmt::Display for LoadReport {
             header += &format!(", open loop at {} req/s", thousands(rate.round() as u64));
         }
         let elapsed = format_duration(Duration::from_secs_f64(self.elapsed_s));
-        match (o.requests, o.warmup_s > 0.0) {
-            (Some(n), _) => header += &format!(", {} requests in {elapsed}", thousands(n)),
-            (None, _) => header += &format!(", {elapsed}"),
+        match o.requests {
+            Some(n) => header += &format!(", {} requests in {elapsed}", thousands(n)),
+            None => header += &format!(", {elapsed}"),
         }
         if o.warmup_s > 0.0 {
             header += &format!(
