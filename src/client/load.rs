@@ -434,6 +434,8 @@ struct LoadLoop<'a> {
     slot: u64,
     /// Connections this loop started with: slot `k` belongs to connection `k % slots_per_round`.
     slots_per_round: u64,
+    /// Scratch list of the connections whose slot came this turn.
+    due_keys: Vec<usize>,
     start: Instant,
     measure_start: Instant,
     deadline: Option<Instant>,
@@ -498,6 +500,7 @@ impl<'a> LoadLoop<'a> {
                 .map(|r| r * count as f64 / config.connections as f64),
             slot: 0,
             slots_per_round: count as u64,
+            due_keys: Vec::with_capacity(count),
             // Set for real once every loop is connected.
             start: now,
             measure_start: now,
@@ -685,7 +688,8 @@ impl<'a> LoadLoop<'a> {
                 }
                 self.on_event(event.token().0, event);
             }
-            for key in std::mem::take(&mut self.again) {
+            let mut again = std::mem::take(&mut self.again);
+            for &key in &again {
                 if self.conns.contains(key) {
                     let now = Instant::now();
                     if let Err(failure) = self.read(key, false, now) {
@@ -694,6 +698,11 @@ impl<'a> LoadLoop<'a> {
                     }
                     self.after_io(key, now);
                 }
+            }
+            again.clear();
+            if self.again.is_empty() {
+                // Keep the allocation for the next time a read budget runs out.
+                self.again = again;
             }
         }
     }
@@ -944,7 +953,8 @@ impl<'a> LoadLoop<'a> {
         if self.slots_per_round == 0 {
             return;
         }
-        let mut due = Vec::new();
+        // Reused every turn: the schedule must not allocate per request.
+        let mut due = std::mem::take(&mut self.due_keys);
         while let Some(at) = self.slot_time(self.slot) {
             if at > now || self.deadline.is_some_and(|d| at >= d) {
                 break;
@@ -958,11 +968,13 @@ impl<'a> LoadLoop<'a> {
                 }
             }
         }
-        for key in due {
+        for &key in &due {
             if self.conns.contains(key) {
                 self.after_io(key, now);
             }
         }
+        due.clear();
+        self.due_keys = due;
     }
 
     /// Hands this second's progress figures to the printer.
