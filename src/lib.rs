@@ -9,7 +9,7 @@
 //!   function that decides its interest.
 //! - [`outbound`]: the queue of bytes owed to a peer, written with one `writev`.
 //! - [`protocol`]: state machines over bytes that never touch a socket (echo, ...).
-//! - [`client`]: the tutorial's multi-connection client.
+//! - [`client`]: the tutorial's multi-connection client, and the load generator.
 //! - [`launch`]: protocol choice, worker loops and signals, as `multiconn-server` runs them.
 //! - [`cli`]: what the binaries share (logging setup, error exit).
 

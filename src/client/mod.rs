@@ -1,7 +1,20 @@
-//! Clients: the tutorial's multi-connection scenario and app client (and, later, the load generator).
+//! Clients: the tutorial's multi-connection scenario ([`scenario`]), the app protocol's
+//! one-shot client ([`app`]), and the load generator (`multiconn-client` with
+//! `--duration` or `--requests`): its loops ([`load`]), what it sends and checks per
+//! protocol ([`workload`]), its report ([`report`]), and the duration syntax of its flags
+//! ([`duration`]).
 
 pub mod app;
+pub mod duration;
+pub mod load;
+pub mod report;
 pub mod scenario;
+pub mod timer;
+pub mod workload;
 
 pub use app::{run_app_client, AppClientConfig, AppClientError, AppResponse};
+pub use duration::{format_duration, parse_duration};
+pub use load::{run_load, LoadConfig, LoadControl, LoadError, StopAt};
+pub use report::LoadReport;
 pub use scenario::{run_scenario, ScenarioConfig, ScenarioReport};
+pub use workload::{LoadProtocol, Workload};

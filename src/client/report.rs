@@ -1,0 +1,679 @@
+//! What a load run measured: the counters and latency histograms each loop keeps
+//! ([`Tally`], merged across threads), and the final [`LoadReport`] built from them, which
+//! prints for people (`Display`) or serialises as one JSON object (`serde`). Also the
+//! once-a-second progress line.
+
+use std::fmt;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::duration::format_duration;
+
+/// Latencies are recorded in microseconds up to this (ten minutes, well past the 60 s a
+/// report must cover); longer ones are recorded as this value.
+pub const MAX_LATENCY_US: u64 = 600 * 1_000_000;
+/// Significant decimal digits kept by the histograms (0.1% error).
+const LATENCY_SIGFIG: u8 = 3;
+
+/// An empty latency histogram with the bounds every part of a run shares (so they merge).
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, LATENCY_SIGFIG)
+        .expect("constant bounds are valid: low >= 1, high >= 2 * low, sigfig <= 5")
+}
+
+/// Errors by kind.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ErrorCounts {
+    /// All kinds added up.
+    pub total: u64,
+    /// Connections that could not be established (refused, unreachable, timed out).
+    pub connect: u64,
+    /// Connections the server reset or closed in the middle of the run.
+    pub reset: u64,
+    /// Requests not answered within `--timeout` (their connection is then closed).
+    pub timeout: u64,
+    /// Responses that did not match the request (a wrong echoed byte, malformed HTTP);
+    /// their connection is then closed, since the stream can no longer be trusted.
+    pub mismatched: u64,
+    /// Well-formed responses reporting a failure (HTTP 4xx/5xx); the connection goes on.
+    pub status: u64,
+}
+
+impl ErrorCounts {
+    fn merge(&mut self, other: &ErrorCounts) {
+        self.connect += other.connect;
+        self.reset += other.reset;
+        self.timeout += other.timeout;
+        self.mismatched += other.mismatched;
+        self.status += other.status;
+        self.total = self.connect + self.reset + self.timeout + self.mismatched + self.status;
+    }
+}
+
+/// Everything one loop counted during the measured window; merged across loops.
+#[derive(Debug, Clone)]
+pub struct Tally {
+    /// Connections established.
+    pub connected: u64,
+    /// Established connections later closed by an error.
+    pub lost: u64,
+    /// Requests issued in the measured window.
+    pub sent: u64,
+    /// Of those, answered (including answers with a failure status).
+    pub completed: u64,
+    /// Issued but lost with their connection (reset, timeout, mismatch).
+    pub failed: u64,
+    /// Issued and still unanswered when the run ended.
+    pub in_flight: u64,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    pub errors: ErrorCounts,
+    /// From each request's intended send time (the schedule, with `--rate`) to its answer.
+    pub latency: Histogram<u64>,
+    /// From each request's actual send to its answer (differs only with `--rate`).
+    pub uncorrected: Histogram<u64>,
+    /// The first error seen, for the report.
+    pub first_error: Option<String>,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally {
+            connected: 0,
+            lost: 0,
+            sent: 0,
+            completed: 0,
+            failed: 0,
+            in_flight: 0,
+            bytes_out: 0,
+            bytes_in: 0,
+            errors: ErrorCounts::default(),
+            latency: new_histogram(),
+            uncorrected: new_histogram(),
+            first_error: None,
+        }
+    }
+}
+
+impl Tally {
+    pub fn merge(&mut self, other: &Tally) {
+        self.connected += other.connected;
+        self.lost += other.lost;
+        self.sent += other.sent;
+        self.completed += other.completed;
+        self.failed += other.failed;
+        self.in_flight += other.in_flight;
+        self.bytes_out += other.bytes_out;
+        self.bytes_in += other.bytes_in;
+        self.errors.merge(&other.errors);
+        // Same bounds everywhere (new_histogram), so adding cannot fail.
+        let _ = self.latency.add(&other.latency);
+        let _ = self.uncorrected.add(&other.uncorrected);
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&other.first_error);
+        }
+    }
+
+    /// Records one answered request's latencies.
+    pub fn record(&mut self, corrected: Duration, uncorrected: Duration) {
+        self.latency.saturating_record(micros(corrected));
+        self.uncorrected.saturating_record(micros(uncorrected));
+    }
+
+    /// Counts one error of a kind; keeps the first message.
+    pub fn error(
+        &mut self,
+        kind: fn(&mut ErrorCounts) -> &mut u64,
+        message: impl FnOnce() -> String,
+    ) {
+        *kind(&mut self.errors) += 1;
+        self.errors.total += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(message());
+        }
+    }
+}
+
+/// Whole microseconds, at least 1 (the histogram's lowest value): a sub-microsecond
+/// round trip is reported as 1 µs rather than dropped.
+fn micros(d: Duration) -> u64 {
+    (d.as_micros().min(u128::from(MAX_LATENCY_US)) as u64).max(1)
+}
+
+/// Percentiles of one latency histogram, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub min: u64,
+    pub mean: f64,
+    pub stdev: f64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p99_9: u64,
+    pub p99_99: u64,
+    pub max: u64,
+}
+
+impl LatencySummary {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        let q = |quantile: f64| {
+            if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(quantile)
+            }
+        };
+        LatencySummary {
+            count: h.len(),
+            min: if h.is_empty() { 0 } else { h.min() },
+            mean: round2(h.mean()),
+            stdev: round2(h.stdev()),
+            p50: q(0.50),
+            p90: q(0.90),
+            p99: q(0.99),
+            p99_9: q(0.999),
+            p99_99: q(0.9999),
+            max: if h.is_empty() { 0 } else { h.max() },
+        }
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// The options of the run, echoed in the JSON report so a result carries its settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReportOptions {
+    pub address: String,
+    pub protocol: &'static str,
+    pub connections: usize,
+    pub threads: usize,
+    /// Measured duration asked for (`--duration`), if any.
+    pub duration_s: Option<f64>,
+    /// Requests asked for (`--requests`), if any.
+    pub requests: Option<u64>,
+    pub warmup_s: f64,
+    /// Message size (echo).
+    pub size: usize,
+    pub pipeline: usize,
+    /// Open-loop rate, requests per second in total, if any.
+    pub rate: Option<f64>,
+    pub connect_timeout_s: f64,
+    pub timeout_s: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ConnectionCounts {
+    pub requested: usize,
+    pub connected: u64,
+    /// Established, then closed by an error during the run.
+    pub lost: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RequestCounts {
+    /// Issued during the measured window.
+    pub sent: u64,
+    /// Answered (including HTTP failure statuses, counted in `errors.status`).
+    pub completed: u64,
+    /// Lost with a connection that failed.
+    pub failed: u64,
+    /// Still unanswered when the run ended: neither done nor failed.
+    pub in_flight: u64,
+    /// Completed per second of measured time.
+    pub per_second: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ByteCounts {
+    pub out: u64,
+    #[serde(rename = "in")]
+    pub in_: u64,
+    pub out_per_second: f64,
+    pub in_per_second: f64,
+}
+
+/// CPU time the generator itself used (all its threads), from `getrusage`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct CpuTime {
+    pub user_s: f64,
+    pub system_s: f64,
+}
+
+/// The result of a load run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LoadReport {
+    /// True when the run was interrupted (Ctrl-C): the figures cover the time measured.
+    pub partial: bool,
+    pub options: ReportOptions,
+    /// Measured time in seconds (after warm-up; up to the last answer with `--requests`).
+    pub elapsed_s: f64,
+    pub connections: ConnectionCounts,
+    pub requests: RequestCounts,
+    pub bytes: ByteCounts,
+    /// From each request's intended send time: with `--rate`, the schedule, so a stalled
+    /// server shows in the percentiles (no coordinated omission); otherwise the actual send.
+    pub latency_us: LatencySummary,
+    /// With `--rate` only: from each request's actual send, for comparison.
+    pub latency_uncorrected_us: Option<LatencySummary>,
+    pub errors: ErrorCounts,
+    /// The first error's message, if any.
+    pub first_error: Option<String>,
+    pub client_cpu: CpuTime,
+}
+
+impl LoadReport {
+    /// Builds the report from the merged tally of all loops.
+    pub fn new(
+        options: ReportOptions,
+        tally: &Tally,
+        elapsed: Duration,
+        partial: bool,
+        cpu: CpuTime,
+    ) -> Self {
+        let secs = elapsed.as_secs_f64();
+        let per_second = |n: u64| {
+            if secs > 0.0 {
+                round2(n as f64 / secs)
+            } else {
+                0.0
+            }
+        };
+        let open_loop = options.rate.is_some();
+        LoadReport {
+            partial,
+            elapsed_s: (secs * 1e6).round() / 1e6,
+            connections: ConnectionCounts {
+                requested: options.connections,
+                connected: tally.connected,
+                lost: tally.lost,
+            },
+            requests: RequestCounts {
+                sent: tally.sent,
+                completed: tally.completed,
+                failed: tally.failed,
+                in_flight: tally.in_flight,
+                per_second: per_second(tally.completed),
+            },
+            bytes: ByteCounts {
+                out: tally.bytes_out,
+                in_: tally.bytes_in,
+                out_per_second: per_second(tally.bytes_out),
+                in_per_second: per_second(tally.bytes_in),
+            },
+            latency_us: LatencySummary::of(&tally.latency),
+            latency_uncorrected_us: open_loop.then(|| LatencySummary::of(&tally.uncorrected)),
+            errors: tally.errors,
+            first_error: tally.first_error.clone(),
+            client_cpu: cpu,
+            options,
+        }
+    }
+
+    /// Whether anything failed: an error of any kind or a request lost with its connection.
+    pub fn has_failures(&self) -> bool {
+        self.errors.total > 0 || self.requests.failed > 0
+    }
+}
+
+/// `1824012` → `1,824,012`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Bytes in decimal units, as network figures are given: `116.7 MB`.
+pub fn human_bytes(n: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = n;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{value:.0} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn us(value: u64) -> String {
+    format_duration(Duration::from_micros(value))
+}
+
+fn latency_line(s: &LatencySummary) -> String {
+    if s.count == 0 {
+        return "no answers measured".to_string();
+    }
+    format!(
+        "min {}  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+        us(s.min),
+        us(s.p50),
+        us(s.p90),
+        us(s.p99),
+        us(s.p99_9),
+        us(s.max)
+    )
+}
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = &self.options;
+        if self.partial {
+            writeln!(f, "INTERRUPTED: partial report for the time measured")?;
+        }
+        let what = match o.protocol {
+            "echo" => format!("{}-byte messages", o.size),
+            "http" => "HTTP GET /".to_string(),
+            other => other.to_string(),
+        };
+        let mut header = format!("{} connections, {what}", o.connections);
+        if o.threads > 1 {
+            header += &format!(", {} threads", o.threads);
+        }
+        if o.pipeline > 1 {
+            header += &format!(", pipeline {}", o.pipeline);
+        }
+        if let Some(rate) = o.rate {
+            header += &format!(", open loop at {} req/s", thousands(rate.round() as u64));
+        }
+        let elapsed = format_duration(Duration::from_secs_f64(self.elapsed_s));
+        match o.requests {
+            Some(n) => header += &format!(", {} requests in {elapsed}", thousands(n)),
+            None => header += &format!(", {elapsed}"),
+        }
+        if o.warmup_s > 0.0 {
+            header += &format!(
+                " (after {} warm-up)",
+                format_duration(Duration::from_secs_f64(o.warmup_s))
+            );
+        }
+        writeln!(f, "{header}")?;
+        if self.connections.connected < self.connections.requested as u64 {
+            writeln!(
+                f,
+                "connected  {} of {} (the others failed: see errors)",
+                self.connections.connected, self.connections.requested
+            )?;
+        }
+        let b = &self.bytes;
+        writeln!(
+            f,
+            "requests   {}   {}/s      bytes out {}  in {} ({}/s out, {}/s in)",
+            thousands(self.requests.completed),
+            thousands(self.requests.per_second.round() as u64),
+            human_bytes(b.out as f64),
+            human_bytes(b.in_ as f64),
+            human_bytes(b.out_per_second),
+            human_bytes(b.in_per_second),
+        )?;
+        if self.requests.in_flight > 0 {
+            writeln!(
+                f,
+                "in flight  {} sent but unanswered when the run ended (not counted as done)",
+                thousands(self.requests.in_flight)
+            )?;
+        }
+        match &self.latency_uncorrected_us {
+            Some(uncorrected) => {
+                writeln!(
+                    f,
+                    "latency    {}   (from intended send time)",
+                    latency_line(&self.latency_us)
+                )?;
+                writeln!(
+                    f,
+                    "uncorrected {}  (from actual send)",
+                    latency_line(uncorrected)
+                )?;
+            }
+            None => writeln!(f, "latency    {}", latency_line(&self.latency_us))?,
+        }
+        let e = &self.errors;
+        let mut errors = format!(
+            "errors     {} (connect {}, reset {}, timeout {}, mismatched {}",
+            thousands(e.total),
+            e.connect,
+            e.reset,
+            e.timeout,
+            e.mismatched
+        );
+        if o.protocol == "http" || e.status > 0 {
+            errors += &format!(", status {}", e.status);
+        }
+        errors.push(')');
+        if self.requests.failed > 0 {
+            errors += &format!(
+                "; {} requests lost with their connections",
+                thousands(self.requests.failed)
+            );
+        }
+        writeln!(f, "{errors}")?;
+        if let Some(first) = &self.first_error {
+            writeln!(f, "first error: {first}")?;
+        }
+        let cpu = &self.client_cpu;
+        write!(
+            f,
+            "client cpu {:.2}s user + {:.2}s system",
+            cpu.user_s, cpu.system_s
+        )?;
+        Ok(())
+    }
+}
+
+/// What one second of a run did, for the progress line.
+#[derive(Debug, Clone)]
+pub struct Interval {
+    pub completed: u64,
+    pub errors: u64,
+    pub latency: Histogram<u64>,
+}
+
+impl Default for Interval {
+    fn default() -> Self {
+        Interval {
+            completed: 0,
+            errors: 0,
+            latency: new_histogram(),
+        }
+    }
+}
+
+impl Interval {
+    pub fn merge_from(&mut self, other: &mut Interval) {
+        self.completed += other.completed;
+        self.errors += other.errors;
+        let _ = self.latency.add(&other.latency);
+        other.completed = 0;
+        other.errors = 0;
+        other.latency.reset();
+    }
+
+    /// `[  3s] 182,401 req/s  p50 240µs  p99 510µs  errors 0`, with `warm-up` during it.
+    pub fn line(&self, second: u64, span: Duration, warmup: bool) -> String {
+        let secs = span.as_secs_f64().max(1e-3);
+        let rate = (self.completed as f64 / secs).round() as u64;
+        let phase = if warmup { " warm-up" } else { "" };
+        if self.latency.is_empty() {
+            return format!(
+                "[{second:>3}s]{phase} {} req/s  errors {}",
+                thousands(rate),
+                self.errors
+            );
+        }
+        format!(
+            "[{second:>3}s]{phase} {} req/s  p50 {}  p99 {}  errors {}",
+            thousands(rate),
+            us(self.latency.value_at_quantile(0.5)),
+            us(self.latency.value_at_quantile(0.99)),
+            self.errors
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> ReportOptions {
+        ReportOptions {
+            address: "127.0.0.1:54321".into(),
+            protocol: "echo",
+            connections: 50,
+            threads: 1,
+            duration_s: Some(10.0),
+            requests: None,
+            warmup_s: 1.0,
+            size: 64,
+            pipeline: 1,
+            rate: None,
+            connect_timeout_s: 3.0,
+            timeout_s: 10.0,
+        }
+    }
+
+    /// Large counts get thousands separators.
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(1_824_012), "1,824,012");
+    }
+
+    /// Byte counts use decimal units with one decimal.
+    #[test]
+    fn bytes_in_decimal_units() {
+        assert_eq!(human_bytes(512.0), "512 B");
+        assert_eq!(human_bytes(116_736_768.0), "116.7 MB");
+        assert_eq!(human_bytes(11_700_000.0), "11.7 MB");
+    }
+
+    /// Merging tallies adds counters and histograms and keeps the first error.
+    #[test]
+    fn tallies_merge() {
+        let mut a = Tally {
+            sent: 3,
+            completed: 2,
+            ..Tally::default()
+        };
+        a.record(Duration::from_micros(100), Duration::from_micros(100));
+        a.record(Duration::from_micros(300), Duration::from_micros(200));
+        let mut b = Tally {
+            completed: 1,
+            ..Tally::default()
+        };
+        b.record(Duration::from_millis(2), Duration::from_millis(2));
+        b.error(|e| &mut e.mismatched, || "bad byte".into());
+        a.merge(&b);
+        assert_eq!((a.sent, a.completed, a.latency.len()), (3, 3, 3));
+        assert_eq!(a.errors.mismatched, 1);
+        assert_eq!(a.errors.total, 1);
+        assert_eq!(a.first_error.as_deref(), Some("bad byte"));
+        assert!(a.latency.equivalent(a.latency.max(), 2_000));
+    }
+
+    /// The human report has the four lines and the JSON one has every documented
+    /// field; the uncorrected latency appears only for open-loop runs.
+    #[test]
+    fn report_renders_both_ways() {
+        let mut tally = Tally {
+            connected: 50,
+            sent: 1_824_012,
+            completed: 1_824_012,
+            bytes_out: 116_736_768,
+            bytes_in: 116_736_768,
+            ..Tally::default()
+        };
+        tally.record(Duration::from_micros(41), Duration::from_micros(41));
+        tally.record(Duration::from_micros(243), Duration::from_micros(243));
+        let report = LoadReport::new(
+            options(),
+            &tally,
+            Duration::from_secs(10),
+            false,
+            CpuTime::default(),
+        );
+        let text = report.to_string();
+        assert!(
+            text.starts_with("50 connections, 64-byte messages, 10.00s (after 1.00s warm-up)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("requests   1,824,012   182,401/s      bytes out 116.7 MB  in 116.7 MB"),
+            "{text}"
+        );
+        assert!(text.contains("latency    min 41µs  p50 41µs"), "{text}");
+        assert!(
+            text.contains("errors     0 (connect 0, reset 0, timeout 0, mismatched 0)"),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+        for field in [
+            "partial",
+            "options",
+            "elapsed_s",
+            "connections",
+            "requests",
+            "bytes",
+            "latency_us",
+            "errors",
+            "client_cpu",
+        ] {
+            assert!(json.get(field).is_some(), "missing {field}");
+        }
+        assert_eq!(json["latency_uncorrected_us"], serde_json::Value::Null);
+        assert_eq!(json["bytes"]["in"], 116_736_768);
+
+        let mut open = options();
+        open.rate = Some(1000.0);
+        let report = LoadReport::new(
+            open,
+            &tally,
+            Duration::from_secs(10),
+            true,
+            CpuTime::default(),
+        );
+        let text = report.to_string();
+        assert!(text.starts_with("INTERRUPTED"), "{text}");
+        assert!(
+            text.contains("(from intended send time)") && text.contains("uncorrected min"),
+            "{text}"
+        );
+        assert!(serde_json::to_value(&report).unwrap()["latency_uncorrected_us"]["p99"].is_u64());
+    }
+
+    /// The progress line shows the interval's rate and percentiles.
+    #[test]
+    fn progress_line() {
+        let mut total = Interval::default();
+        let mut part = Interval {
+            completed: 1_000,
+            ..Interval::default()
+        };
+        part.latency.record(240).unwrap();
+        total.merge_from(&mut part);
+        assert_eq!(part.completed, 0);
+        assert_eq!(
+            total.line(3, Duration::from_millis(500), false),
+            "[  3s] 2,000 req/s  p50 240µs  p99 240µs  errors 0"
+        );
+        assert_eq!(
+            Interval::default().line(1, Duration::from_secs(1), true),
+            "[  1s] warm-up 0 req/s  errors 0"
+        );
+    }
+}

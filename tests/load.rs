@@ -1,0 +1,649 @@
+//! The load generator against the in-process echo server, against small test doubles
+//! (a server that corrupts a byte, one that stalls, one that never answers, an HTTP one),
+//! and through the real `multiconn-client` binary for its flags, JSON, exit codes and Ctrl-C.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, ExitStatus};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{spawn_bin, TestServer, IO_TIMEOUT};
+use multiconn::client::{
+    run_load, LoadConfig, LoadControl, LoadProtocol, LoadReport, StopAt, Workload,
+};
+use multiconn::protocol::echo::Echo;
+
+fn config(addr: SocketAddr, connections: usize, stop: StopAt) -> LoadConfig {
+    LoadConfig {
+        addr,
+        connections,
+        stop,
+        warmup: Duration::ZERO,
+        pipeline: 1,
+        rate: None,
+        workload: Workload {
+            protocol: LoadProtocol::Echo,
+            size: 64,
+            host: addr.to_string(),
+            seed: 42,
+        },
+        connect_timeout: Duration::from_secs(3),
+        timeout: Duration::from_secs(10),
+        threads: 1,
+    }
+}
+
+fn run(config: &LoadConfig) -> LoadReport {
+    run_load(config, &LoadControl::new(), None).expect("load run")
+}
+
+/// What a finished binary printed.
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+/// Runs `multiconn-client` with `args` to the end; kills it and fails if it takes longer
+/// than the test timeout (so a hang is a failure, not a stuck test run).
+fn client(args: &[&str]) -> Output {
+    let started = Instant::now();
+    let mut child = spawn_bin("multiconn-client", args);
+    let stdout = read_all_in_background(child.stdout.take().unwrap());
+    let (stderr_tx, stderr_rx) = mpsc::channel();
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr_pipe.read_to_string(&mut text);
+        let _ = stderr_tx.send(text);
+    });
+    // stderr reaches EOF when the process exits.
+    let stderr = match stderr_rx.recv_timeout(IO_TIMEOUT) {
+        Ok(text) => text,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("multiconn-client {args:?} did not finish within {IO_TIMEOUT:?}");
+        }
+    };
+    let status = child.wait().expect("wait");
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr,
+        elapsed: started.elapsed(),
+    }
+}
+
+fn read_all_in_background(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    })
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_str(output.stdout.trim())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", output.stdout))
+}
+
+/// A blocking test double on 127.0.0.1:0 that serves `connections` connections, each on
+/// its own thread with `serve`, then stops accepting.
+fn double<F>(connections: usize, serve: F) -> SocketAddr
+where
+    F: Fn(usize, TcpStream) + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serve = Arc::new(serve);
+    std::thread::spawn(move || {
+        for number in 0..connections {
+            let Ok((stream, _)) = listener.accept() else {
+                return;
+            };
+            stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            stream.set_nodelay(true).unwrap();
+            let serve = serve.clone();
+            std::thread::spawn(move || serve(number, stream));
+        }
+    });
+    addr
+}
+
+/// Echoes everything, passing each chunk through `mangle` (which may sleep or flip bits)
+/// with the count of bytes this connection echoed before it.
+fn echo_with(mut stream: TcpStream, mut mangle: impl FnMut(u64, &mut [u8])) {
+    let mut buf = [0u8; 4096];
+    let mut offset = 0u64;
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        mangle(offset, &mut buf[..n]);
+        offset += n as u64;
+        if stream.write_all(&buf[..n]).is_err() {
+            return;
+        }
+    }
+}
+
+/// `--requests 10000` completes exactly 10,000 verified requests, and the server saw
+/// exactly that many messages' bytes (nothing sent twice, nothing skipped).
+#[test]
+fn requests_mode_completes_exactly_n_verified() {
+    let server = TestServer::start(Echo, |_| {});
+    let report = run(&config(server.addr, 10, StopAt::Requests(10_000)));
+    assert_eq!(report.requests.sent, 10_000);
+    assert_eq!(report.requests.completed, 10_000);
+    assert_eq!(report.latency_us.count, 10_000);
+    assert_eq!(
+        (
+            report.requests.failed,
+            report.requests.in_flight,
+            report.errors.total
+        ),
+        (0, 0, 0)
+    );
+    assert_eq!(report.bytes.out, 10_000 * 64);
+    assert_eq!(report.bytes.in_, 10_000 * 64);
+    assert!(!report.partial && !report.has_failures());
+    let stats = server.stop();
+    assert_eq!(stats.bytes_in, 10_000 * 64);
+}
+
+/// Several threads and a pipeline still complete exactly the requested count.
+#[test]
+fn threads_and_pipeline_complete_exactly_n() {
+    let server = TestServer::start(Echo, |_| {});
+    let mut config = config(server.addr, 7, StopAt::Requests(10_001));
+    config.threads = 2;
+    config.pipeline = 8;
+    config.workload.size = 1000;
+    let report = run(&config);
+    assert_eq!(report.requests.completed, 10_001);
+    assert_eq!(report.connections.connected, 7);
+    assert_eq!(report.options.threads, 2);
+    assert_eq!(report.errors.total, 0);
+    assert_eq!(server.stop().bytes_in, 10_001 * 1000);
+}
+
+/// `--duration 2s` measures 2 s after the default 1 s warm-up and then stops: the binary
+/// exits about 3 s after it started, reporting exactly 2 s of measured time.
+#[test]
+fn duration_mode_stops_near_the_duration() {
+    let server = TestServer::start(Echo, |_| {});
+    let port = server.addr.port().to_string();
+    let out = client(&["127.0.0.1", &port, "4", "--duration", "2s", "--json"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let report = json(&out);
+    assert_eq!(report["elapsed_s"], 2.0);
+    assert_eq!(report["options"]["warmup_s"], 1.0);
+    let requests = &report["requests"];
+    assert!(requests["completed"].as_u64().unwrap() > 100);
+    // Closed loop: each connection had its next request out when the time was up.
+    assert_eq!(requests["in_flight"], 4);
+    assert_eq!(
+        requests["sent"].as_u64(),
+        requests["completed"].as_u64().map(|n| n + 4)
+    );
+    assert!(
+        out.elapsed >= Duration::from_millis(2900) && out.elapsed < Duration::from_millis(4500),
+        "took {:?}",
+        out.elapsed
+    );
+}
+
+/// `--json` prints one JSON object with every documented field, latencies in µs as integers.
+#[test]
+fn json_report_has_the_documented_fields() {
+    let server = TestServer::start(Echo, |_| {});
+    let port = server.addr.port().to_string();
+    let out = client(&[
+        "127.0.0.1",
+        &port,
+        "5",
+        "--requests",
+        "2000",
+        "--size",
+        "100",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout.lines().count(), 1, "one line: {}", out.stdout);
+    let report = json(&out);
+    assert_eq!(report["partial"], false);
+    let options = &report["options"];
+    assert_eq!(options["address"], format!("127.0.0.1:{port}"));
+    assert_eq!(options["protocol"], "echo");
+    assert_eq!(options["connections"], 5);
+    assert_eq!(options["requests"], 2000);
+    assert_eq!(options["duration_s"], serde_json::Value::Null);
+    assert_eq!(options["size"], 100);
+    assert_eq!(options["pipeline"], 1);
+    for key in [
+        "threads",
+        "warmup_s",
+        "rate",
+        "connect_timeout_s",
+        "timeout_s",
+    ] {
+        assert!(options.get(key).is_some(), "options.{key}");
+    }
+    assert!(report["elapsed_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["connections"]["connected"], 5);
+    assert_eq!(report["requests"]["sent"], 2000);
+    assert_eq!(report["requests"]["completed"], 2000);
+    for key in ["failed", "in_flight"] {
+        assert_eq!(report["requests"][key], 0, "requests.{key}");
+    }
+    assert!(report["requests"]["per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["bytes"]["out"], 200_000);
+    assert_eq!(report["bytes"]["in"], 200_000);
+    let latency = &report["latency_us"];
+    assert_eq!(latency["count"], 2000);
+    for key in ["min", "p50", "p90", "p99", "p99_9", "p99_99", "max"] {
+        assert!(
+            latency[key].as_u64().is_some_and(|v| v >= 1),
+            "latency_us.{key}: {}",
+            latency[key]
+        );
+    }
+    assert!(latency["p50"].as_u64() <= latency["p99"].as_u64());
+    assert_eq!(
+        report["latency_uncorrected_us"],
+        serde_json::Value::Null,
+        "closed loop"
+    );
+    for key in [
+        "total",
+        "connect",
+        "reset",
+        "timeout",
+        "mismatched",
+        "status",
+    ] {
+        assert_eq!(report["errors"][key], 0, "errors.{key}");
+    }
+    assert!(report["client_cpu"]["user_s"].is_f64());
+}
+
+/// The human report (the default) has the lines.
+#[test]
+fn human_report_by_default() {
+    let server = TestServer::start(Echo, |_| {});
+    let port = server.addr.port().to_string();
+    let out = client(&["127.0.0.1", &port, "3", "--requests", "300"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("3 connections, 64-byte messages, 300 requests in "),
+        "{}",
+        out.stdout
+    );
+    assert!(lines[1].starts_with("requests   300   "), "{}", out.stdout);
+    assert!(lines[2].starts_with("latency    min "), "{}", out.stdout);
+    assert_eq!(
+        lines[3],
+        "errors     0 (connect 0, reset 0, timeout 0, mismatched 0)"
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "no progress unless asked or a terminal: {}",
+        out.stderr
+    );
+}
+
+/// `--rate 1000 --duration 2s` sends about 2000 requests (within 10%), and reports both
+/// the corrected and the uncorrected latency.
+#[test]
+fn rate_sends_rate_times_duration() {
+    let server = TestServer::start(Echo, |_| {});
+    let mut config = config(server.addr, 10, StopAt::Duration(Duration::from_secs(2)));
+    config.rate = Some(1000.0);
+    let report = run(&config);
+    let sent = report.requests.sent;
+    assert!((1800..=2200).contains(&sent), "sent {sent}");
+    assert!(report.requests.completed + report.requests.in_flight == sent);
+    let uncorrected = report
+        .latency_uncorrected_us
+        .expect("open loop reports both");
+    assert_eq!(uncorrected.count, report.latency_us.count);
+    assert!(
+        uncorrected.min <= report.latency_us.min,
+        "the schedule can only add time"
+    );
+    assert_eq!(report.errors.total, 0);
+}
+
+/// A server that corrupts one byte is caught: one mismatch (that connection is closed
+/// and its request counted as failed), exit code 1; `--allow-errors` exits 0 with the
+/// same counts.
+#[test]
+fn corrupted_byte_is_a_mismatch_and_fails_the_run() {
+    for allow_errors in [false, true] {
+        // Byte 1000 of one connection's stream (whichever gets there first, so a connection
+        // that starts late on a busy machine cannot dodge it) is flipped, once.
+        let corrupted = Arc::new(AtomicBool::new(false));
+        let addr = double(4, move |_, stream| {
+            let corrupted = corrupted.clone();
+            echo_with(stream, move |offset, chunk| {
+                if offset <= 1000
+                    && 1000 < offset + chunk.len() as u64
+                    && !corrupted.swap(true, Ordering::SeqCst)
+                {
+                    chunk[(1000 - offset) as usize] ^= 0x20;
+                }
+            })
+        });
+        let port = addr.port().to_string();
+        let mut args = vec!["127.0.0.1", &port, "4", "--requests", "400", "--json"];
+        if allow_errors {
+            args.push("--allow-errors");
+        }
+        let out = client(&args);
+        let report = json(&out);
+        assert_eq!(report["errors"]["mismatched"], 1, "{report}");
+        assert_eq!(report["errors"]["total"], 1);
+        assert_eq!(report["connections"]["lost"], 1);
+        assert_eq!(report["requests"]["failed"], 1);
+        assert_eq!(
+            report["requests"]["completed"], 399,
+            "the other connections finish the run"
+        );
+        assert!(report["first_error"]
+            .as_str()
+            .unwrap()
+            .contains("echo mismatch at byte 40 of a 64-byte message"));
+        if allow_errors {
+            assert!(out.status.success(), "{}", out.stderr);
+        } else {
+            assert_eq!(out.status.code(), Some(1));
+            assert!(
+                out.stderr.contains("error: 1 errors, 1 requests failed"),
+                "{}",
+                out.stderr
+            );
+        }
+    }
+}
+
+/// Open loop against a server that stalls for 500 ms mid-run: the corrected p99 shows the
+/// stall (≥ 400 ms) while the uncorrected one, which coordinated omission would report,
+/// stays far lower.
+#[test]
+fn stall_shows_in_the_corrected_p99() {
+    let stall_until: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let echoed = Arc::new(AtomicU64::new(0));
+    let addr = double(2, move |_, stream| {
+        let (stall_until, echoed) = (stall_until.clone(), echoed.clone());
+        echo_with(stream, move |_, chunk| {
+            // After 200 messages (about 0.5 s at 400/s) the whole server stops for 500 ms.
+            let before = echoed.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+            let until = {
+                let mut stall = stall_until.lock().unwrap();
+                if stall.is_none() && before >= 200 * 64 {
+                    *stall = Some(Instant::now() + Duration::from_millis(500));
+                }
+                *stall
+            };
+            if let Some(until) = until {
+                std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            }
+        })
+    });
+    let mut config = config(addr, 2, StopAt::Duration(Duration::from_secs(2)));
+    config.rate = Some(400.0);
+    let report = run(&config);
+    let uncorrected = report.latency_uncorrected_us.expect("open loop");
+    assert!(
+        report.latency_us.p99 >= 400_000,
+        "corrected p99 {} µs",
+        report.latency_us.p99
+    );
+    assert!(
+        uncorrected.max >= 400_000,
+        "the stalled requests themselves"
+    );
+    assert!(
+        uncorrected.p99 < 100_000,
+        "uncorrected p99 {} µs",
+        uncorrected.p99
+    );
+    assert!(
+        report.requests.sent >= 700,
+        "the schedule catches up after the stall: {}",
+        report.requests.sent
+    );
+    assert_eq!(report.errors.total, 0);
+}
+
+/// A server that never answers: each connection's request times out after `--timeout`,
+/// counted as timeouts and failed requests, and the run ends instead of hanging.
+#[test]
+fn unanswered_requests_time_out() {
+    let addr = double(3, |_, mut stream| {
+        let mut sink = [0u8; 1024];
+        while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+    });
+    let mut config = config(addr, 3, StopAt::Requests(100));
+    config.timeout = Duration::from_millis(300);
+    let started = Instant::now();
+    let report = run(&config);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(report.errors.timeout, 3);
+    assert_eq!(report.requests.failed, 3);
+    assert_eq!(report.requests.completed, 0);
+    assert!(report.has_failures());
+    assert!(report
+        .first_error
+        .unwrap()
+        .contains("no answer within 300ms"));
+}
+
+/// A refused port: one clear line on stderr, exit code 1, and no hang.
+#[test]
+fn refused_port_is_a_clear_error() {
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }; // closed again: nothing listens there now
+    let port = port.to_string();
+    let out = client(&["127.0.0.1", &port, "5", "--requests", "100"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.stderr,
+        format!("error: cannot connect to 127.0.0.1:{port}: Connection refused\n")
+    );
+    assert!(out.stdout.is_empty());
+    assert!(
+        out.elapsed < Duration::from_secs(5),
+        "took {:?}",
+        out.elapsed
+    );
+}
+
+/// Without load flags the binary still runs the tutorial's scenario with its transcript.
+#[test]
+fn tutorial_scenario_still_works() {
+    let server = TestServer::start(Echo, |_| {});
+    let port = server.addr.port().to_string();
+    let out = client(&["127.0.0.1", &port, "2"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let addr = server.addr;
+    for line in [
+        format!("Starting connection 1 to {addr}"),
+        format!("Starting connection 2 to {addr}"),
+        "Sending b\"Message 1 from client.\" to connection 1".to_string(),
+        "Sending b\"Message 2 from client.\" to connection 2".to_string(),
+        "Closing connection 1".to_string(),
+        "Closing connection 2".to_string(),
+    ] {
+        assert!(
+            out.stdout.lines().any(|l| l == line),
+            "missing {line:?} in\n{}",
+            out.stdout
+        );
+    }
+    let received: String = out
+        .stdout
+        .lines()
+        .filter(|l| l.ends_with("from connection 1") && l.starts_with("Received "))
+        .collect();
+    assert!(
+        received.contains("Message 1 from client."),
+        "{}",
+        out.stdout
+    );
+}
+
+/// Load flags without a load mode are a usage error (exit 2), as is `--protocol app` until
+/// the app protocol exists: said clearly, not silently run as echo.
+#[test]
+fn unavailable_or_misplaced_options_are_refused() {
+    let out = client(&["127.0.0.1", "9", "1", "--rate", "10"]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--duration") || out.stderr.contains("--requests"),
+        "{}",
+        out.stderr
+    );
+    let out = client(&[
+        "127.0.0.1",
+        "9",
+        "1",
+        "--requests",
+        "5",
+        "--protocol",
+        "app",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        out.stderr.contains("--protocol app is not available yet"),
+        "{}",
+        out.stderr
+    );
+    let out = client(&["127.0.0.1", "9", "1", "--duration", "10q"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stderr.contains("invalid duration"), "{}", out.stderr);
+    let out = client(&["127.0.0.1", "9", "1", "--requests", "5", "--pipeline", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.stderr, "error: --pipeline must be between 1 and 1024\n");
+}
+
+/// Ctrl-C during a run: the report still comes, marked partial, with exit code 130.
+#[test]
+fn ctrl_c_gives_a_partial_report_and_exit_130() {
+    let server = TestServer::start(Echo, |_| {});
+    let port = server.addr.port().to_string();
+    let mut child: Child = spawn_bin(
+        "multiconn-client",
+        &[
+            "127.0.0.1",
+            &port,
+            "2",
+            "--duration",
+            "30s",
+            "--warmup",
+            "0",
+            "--json",
+            "--progress",
+        ],
+    );
+    let stdout = read_all_in_background(child.stdout.take().unwrap());
+    let (line_tx, line_rx) = mpsc::channel();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = line_tx.send(line);
+        }
+    });
+    // The first progress line says the run is under way.
+    let first = line_rx.recv_timeout(IO_TIMEOUT);
+    if first.is_err() {
+        let _ = child.kill();
+    }
+    let first = first.expect("a progress line");
+    assert!(
+        first.starts_with("[  1s] ") && first.contains(" req/s"),
+        "{first}"
+    );
+    // SAFETY: kill only sends a signal to the child we started.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let stdout = stdout.join().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON report");
+    assert_eq!(report["partial"], true);
+    let elapsed = report["elapsed_s"].as_f64().unwrap();
+    assert!((1.0..10.0).contains(&elapsed), "measured {elapsed} s");
+    assert!(report["requests"]["completed"].as_u64().unwrap() > 0);
+}
+
+/// An HTTP/1.1 test double answering in turn with Content-Length, chunked and 503
+/// responses; requests are counted across its connections.
+fn http_double(connections: usize, requests_seen: Arc<AtomicU64>) -> SocketAddr {
+    double(connections, move |_, mut stream| {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let request: Vec<u8> = buf.drain(..end + 4).collect();
+                assert!(
+                    request.starts_with(b"GET / HTTP/1.1\r\nHost: "),
+                    "{request:?}"
+                );
+                // Counted across connections, so exactly one answer in ten is a 503.
+                let response: &[u8] = match requests_seen.fetch_add(1, Ordering::SeqCst) % 10 {
+                    9 => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy",
+                    n if n % 2 == 0 => b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nHello, World!",
+                    _ => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\nHello, \r\n6\r\nWorld!\r\n0\r\n\r\n",
+                };
+                if stream.write_all(response).is_err() {
+                    return;
+                }
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+}
+
+/// `--protocol http`: keep-alive GETs, responses framed by Content-Length or chunked;
+/// 5xx answers are counted as status errors while the connections carry on.
+#[test]
+fn http_protocol_against_a_test_double() {
+    let seen = Arc::new(AtomicU64::new(0));
+    let addr = http_double(4, seen.clone());
+    let mut config = config(addr, 4, StopAt::Requests(400));
+    config.workload.protocol = LoadProtocol::Http;
+    config.pipeline = 4;
+    let report = run(&config);
+    assert_eq!(report.requests.completed, 400);
+    assert_eq!(seen.load(Ordering::SeqCst), 400);
+    assert_eq!(report.errors.status, 40, "every tenth answer is a 503");
+    assert_eq!(report.errors.total, 40);
+    assert_eq!(
+        (
+            report.errors.mismatched,
+            report.requests.failed,
+            report.connections.lost
+        ),
+        (0, 0, 0)
+    );
+    assert!(report.has_failures());
+}

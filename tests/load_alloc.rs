@@ -1,0 +1,108 @@
+//! The load generator allocates nothing per request: with a counting global allocator,
+//! runs of 2,000 and 22,000 requests allocate the same (fixed) amount. The echo server
+//! runs as a separate process so that only the generator's allocations are counted; this
+//! file holds one test so that no other test's allocations are counted with it.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::Child;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::spawn_bin;
+use multiconn::client::{run_load, LoadConfig, LoadControl, LoadProtocol, StopAt, Workload};
+
+/// Counts every allocation and reallocation of the process.
+struct CountingAllocator;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is passed on unchanged to the system allocator.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+/// `multiconn-server` on a free port, killed when dropped.
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the echo server binary and reads the address it listens on from its log.
+fn start_server() -> (ServerProcess, SocketAddr) {
+    let mut child = spawn_bin("multiconn-server", &["127.0.0.1", "0"]);
+    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
+    let server = ServerProcess(child);
+    let first = log.next().expect("a log line").expect("readable log");
+    let addr = first
+        .strip_prefix("Listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .parse()
+        .expect("an address");
+    // Keep draining the log (a line per closed connection) so the server never blocks on it.
+    std::thread::spawn(move || log.for_each(drop));
+    (server, addr)
+}
+
+fn allocations_for(addr: SocketAddr, requests: u64, rate: Option<f64>) -> u64 {
+    let config = LoadConfig {
+        addr,
+        connections: 10,
+        stop: StopAt::Requests(requests),
+        warmup: Duration::ZERO,
+        pipeline: 4,
+        rate,
+        workload: Workload {
+            protocol: LoadProtocol::Echo,
+            size: 64,
+            host: addr.to_string(),
+            seed: 1,
+        },
+        connect_timeout: Duration::from_secs(3),
+        timeout: Duration::from_secs(10),
+        threads: 1,
+    };
+    let control = LoadControl::new();
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    let report = run_load(&config, &control, None).expect("load run");
+    let after = ALLOCATIONS.load(Ordering::SeqCst);
+    assert_eq!(report.requests.completed, requests);
+    assert_eq!(report.errors.total, 0);
+    drop(report);
+    after - before
+}
+
+/// 20,000 more requests, closed loop or on a schedule, cost no more allocations than the
+/// setup's own variation (threads, sockets, histograms), i.e. none per request.
+#[test]
+fn no_allocation_per_request() {
+    let (_server, addr) = start_server();
+    for rate in [None, Some(50_000.0)] {
+        let small = allocations_for(addr, 2_000, rate);
+        let large = allocations_for(addr, 22_000, rate);
+        assert!(
+            large <= small + 50,
+            "rate {rate:?}: {small} allocations for 2,000 requests, {large} for 22,000"
+        );
+    }
+}
