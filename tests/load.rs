@@ -509,29 +509,14 @@ fn tutorial_scenario_still_works() {
     );
 }
 
-/// Load flags without a load mode are a usage error (exit 2), as is `--protocol app` until
-/// the app protocol exists: said clearly, not silently run as echo.
+/// Load flags without a load mode are a usage error (exit 2): said clearly, not silently
+/// ignored.
 #[test]
 fn unavailable_or_misplaced_options_are_refused() {
     let out = client(&["127.0.0.1", "9", "1", "--rate", "10"]);
     assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
     assert!(
         out.stderr.contains("--duration") || out.stderr.contains("--requests"),
-        "{}",
-        out.stderr
-    );
-    let out = client(&[
-        "127.0.0.1",
-        "9",
-        "1",
-        "--requests",
-        "5",
-        "--protocol",
-        "app",
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        out.stderr.contains("--protocol app is not available yet"),
         "{}",
         out.stderr
     );
@@ -646,4 +631,57 @@ fn http_protocol_against_a_test_double() {
         (0, 0, 0)
     );
     assert!(report.has_failures());
+}
+
+/// `--protocol app` against the real app server: every search answered and verified.
+#[test]
+fn app_protocol_against_the_app_server() {
+    let server = TestServer::start(multiconn::protocol::app::App::default(), |_| {});
+    let port = server.addr.port().to_string();
+    let out = client(&[
+        "127.0.0.1",
+        &port,
+        "20",
+        "--requests",
+        "4000",
+        "--pipeline",
+        "4",
+        "--protocol",
+        "app",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let report = json(&out);
+    assert_eq!(report["options"]["protocol"], "app");
+    assert_eq!(report["requests"]["completed"], 4000);
+    assert_eq!(report["errors"]["total"], 0);
+    let stats = server.stop();
+    assert_eq!(stats.requests, 4000);
+}
+
+/// `--protocol http` against the real HTTP responder: keep-alive, every response framed.
+#[test]
+fn http_protocol_against_the_http_server() {
+    let server = TestServer::start(multiconn::protocol::http::Http::default(), |_| {});
+    let port = server.addr.port().to_string();
+    let out = client(&[
+        "127.0.0.1",
+        &port,
+        "20",
+        "--requests",
+        "4000",
+        "--pipeline",
+        "4",
+        "--protocol",
+        "http",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let report = json(&out);
+    assert_eq!(report["options"]["protocol"], "http");
+    assert_eq!(report["requests"]["completed"], 4000);
+    assert_eq!(report["errors"]["total"], 0);
+    let stats = server.stop();
+    assert_eq!(stats.requests, 4000);
+    assert_eq!(stats.accepted, 20, "keep-alive: one connection each");
 }

@@ -23,7 +23,7 @@ const EXIT_INTERRUPTED: i32 = 130;
 enum ProtocolArg {
     /// Random bytes, expected back unchanged.
     Echo,
-    /// The tutorial's JSON-header protocol (search requests): not available yet.
+    /// The tutorial's JSON-header protocol: search requests, answers checked.
     App,
     /// `GET /` over HTTP/1.1 with keep-alive.
     Http,
@@ -137,10 +137,7 @@ fn load(args: &Args, addr: std::net::SocketAddr, stop: StopAt) {
     let protocol = match args.protocol {
         ProtocolArg::Echo => LoadProtocol::Echo,
         ProtocolArg::Http => LoadProtocol::Http,
-        ProtocolArg::App => die(
-            "--protocol app is not available yet: the app protocol's codec has not landed in this build",
-            2,
-        ),
+        ProtocolArg::App => LoadProtocol::App,
     };
     let host = if args.port == 80 {
         args.host.clone()

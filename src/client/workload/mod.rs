@@ -2,11 +2,13 @@
 //! protocol-specific part of the generator. Each connection owns one [`Exchange`] that
 //! writes requests and reads their responses back, in order, without allocating per request.
 
+pub mod app;
 pub mod echo;
 pub mod http;
 
 use std::fmt;
 
+pub use app::AppExchange;
 pub use echo::EchoExchange;
 pub use http::HttpExchange;
 
@@ -53,6 +55,8 @@ pub trait Exchange {
 pub enum LoadProtocol {
     /// Send `size` random bytes, expect them back unchanged.
     Echo,
+    /// The tutorial's JSON-header protocol: `search` requests, answers checked.
+    App,
     /// `GET /` with keep-alive; any 2xx or 3xx with a body length counts.
     Http,
 }
@@ -61,6 +65,7 @@ impl LoadProtocol {
     pub fn name(self) -> &'static str {
         match self {
             LoadProtocol::Echo => "echo",
+            LoadProtocol::App => "app",
             LoadProtocol::Http => "http",
         }
     }
@@ -86,6 +91,7 @@ impl Workload {
                 self.size,
                 self.seed ^ connection.wrapping_mul(0x9e37_79b9_7f4a_7c15),
             )),
+            LoadProtocol::App => ConnExchange::App(AppExchange::new()),
             LoadProtocol::Http => ConnExchange::Http(HttpExchange::new(&self.host)),
         }
     }
@@ -95,6 +101,7 @@ impl Workload {
 #[derive(Debug)]
 pub enum ConnExchange {
     Echo(EchoExchange),
+    App(AppExchange),
     Http(HttpExchange),
 }
 
@@ -102,6 +109,7 @@ impl Exchange for ConnExchange {
     fn write_request(&mut self, out: &mut Vec<u8>) {
         match self {
             ConnExchange::Echo(e) => e.write_request(out),
+            ConnExchange::App(e) => e.write_request(out),
             ConnExchange::Http(e) => e.write_request(out),
         }
     }
@@ -109,6 +117,7 @@ impl Exchange for ConnExchange {
     fn read_response(&mut self, input: &[u8]) -> Result<Progress, ResponseError> {
         match self {
             ConnExchange::Echo(e) => e.read_response(input),
+            ConnExchange::App(e) => e.read_response(input),
             ConnExchange::Http(e) => e.read_response(input),
         }
     }
@@ -116,6 +125,7 @@ impl Exchange for ConnExchange {
     fn max_pending(&self) -> usize {
         match self {
             ConnExchange::Echo(e) => e.max_pending(),
+            ConnExchange::App(e) => e.max_pending(),
             ConnExchange::Http(e) => e.max_pending(),
         }
     }
