@@ -633,10 +633,9 @@ fn http_protocol_against_a_test_double() {
     assert!(report.has_failures());
 }
 
-/// `--protocol app` against the real app server: every search answered and verified.
-#[test]
-fn app_protocol_against_the_app_server() {
-    let server = TestServer::start(multiconn::protocol::app::App::default(), |_| {});
+/// Runs `--requests 4000 --pipeline 4` with `protocol` over 20 connections against
+/// `server`; checks every request completed without error and the server saw each one.
+fn every_request_answered(server: TestServer, protocol: &str) -> multiconn::Stats {
     let port = server.addr.port().to_string();
     let out = client(&[
         "127.0.0.1",
@@ -647,41 +646,30 @@ fn app_protocol_against_the_app_server() {
         "--pipeline",
         "4",
         "--protocol",
-        "app",
+        protocol,
         "--json",
     ]);
     assert!(out.status.success(), "{}", out.stderr);
     let report = json(&out);
-    assert_eq!(report["options"]["protocol"], "app");
+    assert_eq!(report["options"]["protocol"], protocol);
     assert_eq!(report["requests"]["completed"], 4000);
     assert_eq!(report["errors"]["total"], 0);
     let stats = server.stop();
     assert_eq!(stats.requests, 4000);
+    stats
+}
+
+/// `--protocol app` against the real app server: every search answered and verified.
+#[test]
+fn app_protocol_against_the_app_server() {
+    let server = TestServer::start(multiconn::protocol::app::App::default(), |_| {});
+    every_request_answered(server, "app");
 }
 
 /// `--protocol http` against the real HTTP responder: keep-alive, every response framed.
 #[test]
 fn http_protocol_against_the_http_server() {
     let server = TestServer::start(multiconn::protocol::http::Http::default(), |_| {});
-    let port = server.addr.port().to_string();
-    let out = client(&[
-        "127.0.0.1",
-        &port,
-        "20",
-        "--requests",
-        "4000",
-        "--pipeline",
-        "4",
-        "--protocol",
-        "http",
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", out.stderr);
-    let report = json(&out);
-    assert_eq!(report["options"]["protocol"], "http");
-    assert_eq!(report["requests"]["completed"], 4000);
-    assert_eq!(report["errors"]["total"], 0);
-    let stats = server.stop();
-    assert_eq!(stats.requests, 4000);
+    let stats = every_request_answered(server, "http");
     assert_eq!(stats.accepted, 20, "keep-alive: one connection each");
 }
