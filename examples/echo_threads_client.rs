@@ -1,148 +1,133 @@
-//! A thread-per-connection, closed-loop echo load generator in the style of rust_echo_bench:
-//! N std threads, each with one blocking socket, writing a fixed-size message and reading
-//! its echo back, as often as it can for a duration. It exists as the yardstick that
-//! `multiconn-client` is compared against (same server, same connections, same size):
+//! A thread-per-connection, closed-loop echo load generator in the style of rust_echo_bench,
+//! the reference `benches/compare/run.sh` drives both servers with. Each of CONNS threads
+//! owns one blocking connection and repeats: write PIPELINE messages of SIZE bytes in one
+//! `write`, read the same number of bytes back, check them, until SECS have passed.
+//! Prints one line: `round_trips=N elapsed_secs=S req_per_sec=R conns=C size=B pipeline=P`.
 //!
-//! ```text
-//! cargo run --release --example echo_threads_client -- 127.0.0.1 54321 50 --duration 5 --size 64
-//! ```
-//!
-//! It prints round trips per second and the CPU time this process used (user, system).
+//! `cargo run --release --example echo_threads_client -- 127.0.0.1 54321 50 10 64`
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-/// A blocked read or write gives up after this, so a dead server cannot hang the run.
+use clap::Parser;
+
+/// A server that stops answering for this long fails the run instead of hanging it.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
+#[derive(Parser, Debug)]
+#[command(about = "Thread-per-connection closed-loop echo load generator")]
 struct Args {
-    addr: SocketAddr,
-    connections: usize,
-    duration: Duration,
+    /// Server address.
+    host: String,
+    /// Server port.
+    port: u16,
+    /// Connections, one thread each.
+    conns: usize,
+    /// How long to run, in seconds.
+    secs: f64,
+    /// Bytes per message.
     size: usize,
-}
-
-fn usage() -> ! {
-    eprintln!("usage: echo_threads_client HOST PORT CONNECTIONS [--duration SECS] [--size BYTES]");
-    std::process::exit(2)
-}
-
-fn parse_args() -> Args {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.len() < 3 {
-        usage();
-    }
-    let port: u16 = args[1].parse().unwrap_or_else(|_| usage());
-    let addr = (args[0].as_str(), port)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .unwrap_or_else(|| usage());
-    let connections: usize = args[2].parse().unwrap_or_else(|_| usage());
-    let mut duration = Duration::from_secs(5);
-    let mut size = 64;
-    let mut rest = args[3..].iter();
-    while let Some(flag) = rest.next() {
-        let value = rest.next().unwrap_or_else(|| usage());
-        match flag.as_str() {
-            "--duration" => {
-                duration = Duration::from_secs_f64(value.parse().unwrap_or_else(|_| usage()))
-            }
-            "--size" => size = value.parse().unwrap_or_else(|_| usage()),
-            _ => usage(),
-        }
-    }
-    Args {
-        addr,
-        connections,
-        duration,
-        size,
-    }
-}
-
-/// CPU seconds used by this process so far: (user, system).
-fn cpu_time() -> (f64, f64) {
-    // SAFETY: getrusage only writes the zeroed struct it is given.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    (secs(usage.ru_utime), secs(usage.ru_stime))
-}
-
-fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let stream = TcpStream::connect(addr)?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    Ok(stream)
-}
-
-/// One connection's loop: write the message, read its echo, count, until `stop`.
-fn round_trips(mut stream: TcpStream, size: usize, stop: &AtomicBool) -> std::io::Result<u64> {
-    let message: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-    let mut echo = vec![0u8; size];
-    let mut count = 0;
-    while !stop.load(Ordering::Relaxed) {
-        stream.write_all(&message)?;
-        stream.read_exact(&mut echo)?;
-        if echo != message {
-            return Err(std::io::Error::other("echo mismatch"));
-        }
-        count += 1;
-    }
-    Ok(count)
+    /// Messages in flight per connection, written together and awaited together.
+    #[arg(default_value_t = 1)]
+    pipeline: usize,
 }
 
 fn main() {
-    let args = parse_args();
+    let args = Args::parse();
+    let run_for = match Duration::try_from_secs_f64(args.secs) {
+        Ok(d) if !d.is_zero() => d,
+        _ => fail("SECS must be a positive number of seconds"),
+    };
+    if args.conns == 0 || args.size == 0 || args.pipeline == 0 {
+        fail("CONNS, SIZE and PIPELINE must be positive");
+    }
+    let addr = multiconn::net::resolve(&args.host, args.port)
+        .unwrap_or_else(|e| fail(format!("cannot resolve {}: {e}", args.host)));
     let stop = Arc::new(AtomicBool::new(false));
-    let cpu_before = cpu_time();
-    // All connections first, so the clock runs only while every thread is at work.
-    let streams: Vec<TcpStream> = (0..args.connections)
-        .map(|_| {
-            connect(args.addr).unwrap_or_else(|e| {
-                eprintln!("error: cannot connect to {}: {e}", args.addr);
-                std::process::exit(1)
+    // Every thread connects first; the clock starts when all are connected.
+    let start_line = Arc::new(Barrier::new(args.conns + 1));
+    let workers: Vec<_> = (0..args.conns)
+        .map(|i| {
+            let (stop, start_line) = (stop.clone(), start_line.clone());
+            let (size, pipeline) = (args.size, args.pipeline);
+            std::thread::spawn(move || {
+                let connected = connect(addr);
+                start_line.wait();
+                let mut stream = connected?;
+                drive(&mut stream, i, size, pipeline, &stop)
             })
         })
         .collect();
-    let threads: Vec<_> = streams
-        .into_iter()
-        .map(|stream| {
-            let stop = stop.clone();
-            let size = args.size;
-            std::thread::spawn(move || round_trips(stream, size, &stop))
-        })
-        .collect();
+    start_line.wait();
     let started = Instant::now();
-    std::thread::sleep(args.duration);
+    std::thread::sleep(run_for);
     stop.store(true, Ordering::Relaxed);
-    let mut total = 0;
-    let mut errors = 0;
-    for thread in threads {
-        match thread.join() {
-            Ok(Ok(count)) => total += count,
-            Ok(Err(e)) => {
-                eprintln!("error: {e}");
-                errors += 1;
-            }
-            Err(_) => errors += 1,
+    let mut round_trips = 0u64;
+    let mut failures = Vec::new();
+    for (i, worker) in workers.into_iter().enumerate() {
+        match worker.join() {
+            Ok(Ok(n)) => round_trips += n,
+            Ok(Err(e)) => failures.push(format!("connection {}: {e}", i + 1)),
+            Err(_) => failures.push(format!("connection {}: thread panicked", i + 1)),
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu_after = cpu_time();
-    println!(
-        "{} connections, {}-byte messages, {elapsed:.2}s: {total} round trips, {:.0} req/s, cpu {:.2}s user + {:.2}s system, errors {errors}",
-        args.connections,
-        args.size,
-        total as f64 / elapsed,
-        cpu_after.0 - cpu_before.0,
-        cpu_after.1 - cpu_before.1,
-    );
-    if errors > 0 {
-        std::process::exit(1);
+    if !failures.is_empty() {
+        fail(failures.join("; "));
     }
+    println!(
+        "round_trips={round_trips} elapsed_secs={elapsed:.3} req_per_sec={:.0} conns={} size={} pipeline={}",
+        round_trips as f64 / elapsed,
+        args.conns,
+        args.size,
+        args.pipeline
+    );
+}
+
+fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
+    let stream = TcpStream::connect(addr).map_err(|e| format!("connect to {addr}: {e}"))?;
+    let setup = || -> std::io::Result<()> {
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))
+    };
+    setup().map_err(|e| format!("socket options: {e}"))?;
+    Ok(stream)
+}
+
+/// The closed loop of one connection; returns the messages echoed.
+fn drive(
+    stream: &mut TcpStream,
+    conn: usize,
+    size: usize,
+    pipeline: usize,
+    stop: &AtomicBool,
+) -> Result<u64, String> {
+    // Content differs per connection, so bytes delivered to the wrong peer would be noticed.
+    let batch: Vec<u8> = (0..size * pipeline)
+        .map(|j| (j.wrapping_mul(31) ^ conn) as u8)
+        .collect();
+    let mut echo = vec![0u8; batch.len()];
+    let mut messages = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        stream
+            .write_all(&batch)
+            .map_err(|e| format!("write: {e}"))?;
+        stream
+            .read_exact(&mut echo)
+            .map_err(|e| format!("read: {e}"))?;
+        if echo != batch {
+            return Err("the echo differs from what was sent".into());
+        }
+        messages += pipeline as u64;
+    }
+    Ok(messages)
+}
+
+fn fail(e: impl std::fmt::Display) -> ! {
+    eprintln!("error: {e}");
+    std::process::exit(1)
 }

@@ -731,6 +731,14 @@ impl<P: Protocol> Server<P> {
             self.closing.push(key);
             return;
         }
+        let only_idle_deadline = conn.frame_started.is_none()
+            && conn.write_stalled_since.is_none()
+            && !matches!(conn.phase, Phase::Lingering { .. });
+        if conn.timer_at.is_some() && only_idle_deadline {
+            // Activity only moves the idle deadline later, so the armed timer is not later
+            // than it: nothing to do. This skips the deadline arithmetic on every message.
+            return;
+        }
         if let Some((at, _)) = conn.deadline(&self.config.timeouts) {
             // The queue is lazy: an entry may be earlier than the real deadline (activity
             // only moves deadlines later); a new entry is pushed only when one comes sooner.
