@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use mio::event::Event;
 use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook::consts::SIGINT;
+use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::connection::{is_peer_error, CloseReason, Connection, DeadlineKind, Phase, Timeouts};
@@ -23,6 +25,7 @@ use crate::protocol::{Flow, Output, Protocol, Timeout};
 /// token is simply its slab key.
 const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
+const SIGNALS: Token = Token(usize::MAX - 2);
 
 /// Size of the loop's scratch read buffer: one read takes at most this much.
 const READ_CHUNK: usize = 64 * 1024;
@@ -223,6 +226,16 @@ pub struct Server<P: Protocol> {
     closing: Vec<usize>,
     accept_paused_until: Option<Instant>,
     last_accept_error_log: Option<Instant>,
+    /// SIGINT/SIGTERM, when this loop takes them (the binary's first worker).
+    signals: Option<SignalWatch>,
+}
+
+/// Signals delivered to the loop through a self-pipe, and the other workers a shutdown
+/// is passed on to.
+struct SignalWatch {
+    signals: Signals,
+    peers: Vec<ServerHandle>,
+    caught: u32,
 }
 
 impl<P: Protocol> Server<P> {
@@ -259,6 +272,7 @@ impl<P: Protocol> Server<P> {
             closing: Vec::new(),
             accept_paused_until: None,
             last_accept_error_log: None,
+            signals: None,
         })
     }
 
@@ -271,6 +285,25 @@ impl<P: Protocol> Server<P> {
         ServerHandle {
             control: self.control.clone(),
         }
+    }
+
+    /// Like [`run`](Self::run), also taking SIGINT/SIGTERM inside the loop: the first
+    /// starts a graceful shutdown here and in `peers`, a second exits the process at once
+    /// with status 130.
+    pub fn run_until_signalled(
+        mut self,
+        mut signals: Signals,
+        peers: Vec<ServerHandle>,
+    ) -> io::Result<Stats> {
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(SignalWatch {
+            signals,
+            peers,
+            caught: 0,
+        });
+        self.run()
     }
 
     /// Serves until a shutdown request; returns the loop's counters. Only errors of the
@@ -292,6 +325,7 @@ impl<P: Protocol> Server<P> {
                 match event.token() {
                     LISTENER => self.accept(now),
                     WAKER => self.answer_stats_requests(),
+                    SIGNALS => self.on_signals(),
                     Token(key) => self.on_event(key, event, now),
                 }
             }
@@ -367,6 +401,29 @@ impl<P: Protocol> Server<P> {
         .flatten()
         .min()?;
         Some(nearest.saturating_duration_since(Instant::now()))
+    }
+
+    fn on_signals(&mut self) {
+        let Some(watch) = &mut self.signals else {
+            return;
+        };
+        for signal in watch.signals.pending() {
+            watch.caught += 1;
+            if watch.caught > 1 {
+                // A second signal: the operator does not want to wait for the drain.
+                log::warn!("Second signal, exiting now.");
+                std::process::exit(130);
+            }
+            if signal == SIGINT {
+                log::info!("Caught keyboard interrupt, exiting.");
+            } else {
+                log::info!("Caught SIGTERM, exiting.");
+            }
+            self.control.state.fetch_max(GRACEFUL, Ordering::SeqCst);
+            for peer in &watch.peers {
+                peer.shutdown();
+            }
+        }
     }
 
     fn answer_stats_requests(&mut self) {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::thread::JoinHandle;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
+use signal_hook_mio::v1_0::Signals;
 
 use crate::event_loop::{Server, ServerConfig, ServerHandle, Stats};
 use crate::net::ListenAddr;
@@ -124,35 +124,14 @@ pub fn raise_open_files_limit(workers: usize) -> (usize, String) {
 }
 
 /// Binds every worker, then serves until SIGINT or SIGTERM; returns the merged counters.
+/// The first worker runs on this thread and takes the signals inside its own loop, so a
+/// one-worker server is a single-threaded process (which also spares every recv and send
+/// glibc's thread-cancellation bookkeeping).
 pub fn serve_until_signalled(options: LaunchOptions) -> Result<Stats, String> {
     // Installed before binding, so an early Ctrl-C is handled too rather than killing us.
-    let mut signals = Signals::new([SIGINT, SIGTERM])
+    let signals = Signals::new([SIGINT, SIGTERM])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let workers = start(options)?;
-    let handles = workers.handles.clone();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut caught = 0;
-            for signal in signals.forever() {
-                caught += 1;
-                if caught > 1 {
-                    // A second signal: the operator does not want to wait for the drain.
-                    log::warn!("Second signal, exiting now.");
-                    std::process::exit(130);
-                }
-                if signal == SIGINT {
-                    log::info!("Caught keyboard interrupt, exiting.");
-                } else {
-                    log::info!("Caught SIGTERM, exiting.");
-                }
-                for handle in &handles {
-                    handle.shutdown();
-                }
-            }
-        })
-        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
-    let per_worker = workers.join()?;
+    let per_worker = dispatch(options, Foreground { signals })?;
     let mut total = Stats::default();
     for (i, stats) in per_worker.iter().enumerate() {
         if per_worker.len() > 1 {
@@ -161,6 +140,11 @@ pub fn serve_until_signalled(options: LaunchOptions) -> Result<Stats, String> {
         total.merge(stats);
     }
     Ok(total)
+}
+
+/// Binds every worker and starts each loop on a thread of its own.
+pub fn start(options: LaunchOptions) -> Result<Workers, String> {
+    dispatch(options, Spawn)
 }
 
 /// Combinations that cannot work, refused before anything is bound.
@@ -177,35 +161,105 @@ fn validate(options: &LaunchOptions) -> Result<(), String> {
     Ok(())
 }
 
-/// Binds every worker and starts its loop on a thread.
-pub fn start(options: LaunchOptions) -> Result<Workers, String> {
+/// What to do with the bound servers of one protocol.
+trait Launcher {
+    type Output;
+    fn launch<P>(self, servers: Vec<Server<P>>) -> Result<Self::Output, String>
+    where
+        P: Protocol + Send + 'static,
+        P::Session: Send;
+}
+
+/// Every loop on a thread of its own.
+struct Spawn;
+
+impl Launcher for Spawn {
+    type Output = Workers;
+    fn launch<P>(self, servers: Vec<Server<P>>) -> Result<Workers, String>
+    where
+        P: Protocol + Send + 'static,
+        P::Session: Send,
+    {
+        let addr = servers
+            .first()
+            .map(|server| server.local_addr().clone())
+            .ok_or("no worker to start")?;
+        let (handles, threads) = servers
+            .into_iter()
+            .map(|server| {
+                let (_, handle, thread) = server.spawn();
+                (handle, thread)
+            })
+            .unzip();
+        Ok(Workers {
+            addr,
+            handles,
+            threads,
+        })
+    }
+}
+
+/// The first loop on this thread, taking the signals; the others on threads.
+struct Foreground {
+    signals: Signals,
+}
+
+impl Launcher for Foreground {
+    type Output = Vec<Stats>;
+    fn launch<P>(self, mut servers: Vec<Server<P>>) -> Result<Vec<Stats>, String>
+    where
+        P: Protocol + Send + 'static,
+        P::Session: Send,
+    {
+        if servers.is_empty() {
+            return Err("no worker to start".into());
+        }
+        let first = servers.remove(0);
+        let others = if servers.is_empty() {
+            None
+        } else {
+            Some(Spawn.launch(servers)?)
+        };
+        let peers = others
+            .as_ref()
+            .map(|w| w.handles.clone())
+            .unwrap_or_default();
+        let mut all = vec![first
+            .run_until_signalled(self.signals, peers)
+            .map_err(|e| format!("server loop failed: {}", describe(&e)))?];
+        if let Some(others) = others {
+            all.extend(others.join()?);
+        }
+        Ok(all)
+    }
+}
+
+/// Builds the chosen protocol, binds every worker with it, and launches them.
+fn dispatch<L: Launcher>(options: LaunchOptions, launcher: L) -> Result<L::Output, String> {
     validate(&options)?;
     match options.protocol {
-        ProtocolKind::Echo => start_with(options, |_| Echo),
+        ProtocolKind::Echo => launcher.launch(bind_all(options, |_| Echo)?),
         ProtocolKind::Http => {
             let responder = Http::new(HttpConfig::from_options(&options.protocol_options)?);
-            start_with(options, move |_| responder.clone())
+            launcher.launch(bind_all(options, move |_| responder.clone())?)
         }
         ProtocolKind::App => {
             let max = options.protocol_options.max_content_length;
             let max = max.unwrap_or(DEFAULT_MAX_CONTENT_LENGTH);
-            start_with(options, |_| App::new(max))
+            launcher.launch(bind_all(options, |_| App::new(max))?)
         }
     }
 }
 
-fn start_with<P, F>(options: LaunchOptions, make: F) -> Result<Workers, String>
+/// Binds one server per worker, all on the same address (SO_REUSEPORT when several).
+fn bind_all<P, F>(options: LaunchOptions, make: F) -> Result<Vec<Server<P>>, String>
 where
-    P: Protocol + Send + 'static,
-    P::Session: Send,
+    P: Protocol,
     F: Fn(usize) -> P,
 {
     let workers = options.workers.max(1);
-    let mut handles: Vec<ServerHandle> = Vec::with_capacity(workers);
-    let mut threads = Vec::with_capacity(workers);
-    let mut addr = None;
+    let mut servers = Vec::with_capacity(workers);
     let mut config = options.config;
-    let listen_addr = config.listen.clone();
     let derived = options.derive_max_connections.then(|| {
         let (limit, why) = raise_open_files_limit(workers);
         config.limits.max_connections = limit;
@@ -219,16 +273,8 @@ where
         if workers > 1 {
             worker_config.name = Some(format!("worker {}", worker + 1));
         }
-        let listen = config.listen.clone();
-        let server = match Server::bind(worker_config, make(worker)) {
-            Ok(server) => server,
-            Err(e) => {
-                for handle in &handles {
-                    handle.stop_now();
-                }
-                return Err(format!("cannot listen on {listen}: {}", describe(&e)));
-            }
-        };
+        let server = Server::bind(worker_config, make(worker))
+            .map_err(|e| format!("cannot listen on {}: {}", config.listen, describe(&e)))?;
         if worker == 0 {
             log::info!("Listening on {}", server.local_addr());
             if let Some(why) = &derived {
@@ -237,17 +283,10 @@ where
                     config.limits.max_connections
                 );
             }
+            // With port 0 the first worker's port is the OS's choice; the others share it.
+            config.listen = server.local_addr().clone();
         }
-        let (bound, handle, thread) = server.spawn();
-        // With port 0 the first worker's port is the OS's choice; the others must share it.
-        config.listen = bound.clone();
-        addr.get_or_insert(bound);
-        handles.push(handle);
-        threads.push(thread);
+        servers.push(server);
     }
-    Ok(Workers {
-        addr: addr.unwrap_or(listen_addr),
-        handles,
-        threads,
-    })
+    Ok(servers)
 }
