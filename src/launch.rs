@@ -8,6 +8,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::event_loop::{Server, ServerConfig, ServerHandle, Stats};
+use crate::protocol::chat::{self, Chat};
 use crate::protocol::echo::Echo;
 use crate::protocol::Protocol;
 
@@ -16,11 +17,16 @@ use crate::protocol::Protocol;
 pub enum ProtocolKind {
     /// Send every byte back (the tutorial's multiconn-server).
     Echo,
+    /// Group chat: each line goes to every other client as `[HOST:PORT] text`.
+    Chat,
 }
 
 /// Settings that only some protocols read; each protocol takes what it needs.
 #[derive(Debug, Clone, Default)]
-pub struct ProtocolOptions {}
+pub struct ProtocolOptions {
+    /// chat: the longest line accepted, in bytes (default `chat::DEFAULT_MAX_LINE`).
+    pub max_line: Option<usize>,
+}
 
 /// How to run: the loop's configuration, the protocol, and how many loops.
 #[derive(Debug, Clone)]
@@ -78,6 +84,18 @@ pub fn start(
 ) -> Result<(Vec<ServerHandle>, Vec<JoinHandle<io::Result<Stats>>>), String> {
     match options.protocol {
         ProtocolKind::Echo => start_with(options, |_| Echo),
+        ProtocolKind::Chat => {
+            let max_line = options.protocol_options.max_line;
+            let max_line = max_line.unwrap_or(chat::DEFAULT_MAX_LINE);
+            let needed = max_line.saturating_add(chat::LINE_OVERHEAD);
+            if needed > options.config.limits.max_outbound {
+                // One maximal line would cut every recipient as a slow consumer.
+                return Err(format!(
+                    "--max-line {max_line} needs --max-outbound of at least {needed} for chat"
+                ));
+            }
+            start_with(options, move |_| Chat::new(max_line))
+        }
     }
 }
 

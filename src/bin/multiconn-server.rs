@@ -6,6 +6,7 @@ use clap::Parser;
 use multiconn::cli::{die, init_logging};
 use multiconn::launch::{serve_until_signalled, LaunchOptions, ProtocolKind, ProtocolOptions};
 use multiconn::net::resolve;
+use multiconn::protocol::chat::DEFAULT_MAX_LINE;
 use multiconn::{ListenAddr, ServerConfig};
 
 #[derive(Parser, Debug)]
@@ -18,9 +19,13 @@ struct Args {
     /// Which protocol to serve.
     #[arg(long, value_enum, default_value_t = ProtocolKind::Echo)]
     protocol: ProtocolKind,
-    /// Bytes owed to one peer before the server stops reading from it.
-    #[arg(long, default_value_t = 1024 * 1024)]
+    /// Bytes owed to one peer: past it the server stops reading from it, and a chat
+    /// client that falls this far behind is disconnected as a slow consumer.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024)]
     max_outbound: usize,
+    /// Chat: the longest line accepted; a longer one gets `! line too long` and is disconnected.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE)]
+    max_line: usize,
     /// Log a statistics line every SECS seconds.
     #[arg(long, value_name = "SECS")]
     stats: Option<u64>,
@@ -43,7 +48,9 @@ fn main() {
     let options = LaunchOptions {
         config,
         protocol: args.protocol,
-        protocol_options: ProtocolOptions::default(),
+        protocol_options: ProtocolOptions {
+            max_line: Some(args.max_line),
+        },
         workers: 1,
     };
     match serve_until_signalled(options) {

@@ -2,6 +2,7 @@
 //! bytes (their own, or for chat other connections'). They never touch a socket, so each
 //! is tested by feeding it byte slices.
 
+pub mod chat;
 pub mod echo;
 
 use std::fmt;
