@@ -2,6 +2,7 @@
 //! turn SIGINT/SIGTERM into a graceful shutdown, and collect the counters at the end.
 
 use std::io;
+use std::path::PathBuf;
 use std::thread::JoinHandle;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -10,6 +11,7 @@ use signal_hook::iterator::Signals;
 use crate::event_loop::{Server, ServerConfig, ServerHandle, Stats};
 use crate::protocol::chat::{self, Chat};
 use crate::protocol::echo::Echo;
+use crate::protocol::file::FileServer;
 use crate::protocol::Protocol;
 
 /// The protocols `multiconn-server --protocol` offers.
@@ -19,6 +21,8 @@ pub enum ProtocolKind {
     Echo,
     /// Group chat: each line goes to every other client as `[HOST:PORT] text`.
     Chat,
+    /// File transfer from --root: `PATH` line → `OK <size>` and the bytes, or `ERR <reason>`.
+    File,
 }
 
 /// Settings that only some protocols read; each protocol takes what it needs.
@@ -26,6 +30,8 @@ pub enum ProtocolKind {
 pub struct ProtocolOptions {
     /// chat: the longest line accepted, in bytes (default `chat::DEFAULT_MAX_LINE`).
     pub max_line: Option<usize>,
+    /// file: the directory served; `--protocol file` requires it.
+    pub root: Option<PathBuf>,
 }
 
 /// How to run: the loop's configuration, the protocol, and how many loops.
@@ -95,6 +101,17 @@ pub fn start(
                 ));
             }
             start_with(options, move |_| Chat::new(max_line))
+        }
+        ProtocolKind::File => {
+            let Some(root) = options.protocol_options.root.clone() else {
+                return Err("--protocol file needs --root DIR".to_string());
+            };
+            let server = FileServer::new(&root).map_err(|e| {
+                let reason = describe(&e);
+                format!("cannot serve files from {}: {reason}", root.display())
+            })?;
+            log::info!("Serving files from {}", server.root().display());
+            start_with(options, move |_| server.clone())
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `multiconn-server HOST PORT`: serve a protocol (echo by default) on one event loop.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -26,6 +27,9 @@ struct Args {
     /// Chat: the longest line accepted; a longer one gets `! line too long` and is disconnected.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE)]
     max_line: usize,
+    /// File: the directory whose files are served (required by --protocol file).
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
     /// Log a statistics line every SECS seconds.
     #[arg(long, value_name = "SECS")]
     stats: Option<u64>,
@@ -50,6 +54,7 @@ fn main() {
         protocol: args.protocol,
         protocol_options: ProtocolOptions {
             max_line: Some(args.max_line),
+            root: args.root,
         },
         workers: 1,
     };

@@ -4,6 +4,7 @@
 
 pub mod chat;
 pub mod echo;
+pub mod file;
 
 use std::fmt;
 use std::sync::Arc;
