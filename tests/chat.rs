@@ -165,10 +165,14 @@ fn quit_leaves() {
     a.expect(&format!("[{}] bye\n", b.name));
     a.expect(&format!("* {} left\n", b.name));
     assert_eq!(b.rest(), b"", "the quitter gets nothing, then EOF");
+    // Like ncat, close on EOF (else the server lingers up to 2 s for this FIN).
+    drop(b);
     let mut c = Member::join(server.addr);
     a.expect(&format!("* {} joined\n", c.name));
     c.send("after\n");
     a.expect(&format!("[{}] after\n", c.name));
+    // Closed sockets wake the loop's graceful stop at once; idle ones would not.
+    drop((a, c));
     let stats = server.stop();
     assert_eq!(stats.closed_by(CloseReason::Protocol), 1);
 }
@@ -186,6 +190,7 @@ fn too_long_line_is_refused() {
     b.send("seventeen bytes!!\n");
     assert_eq!(b.rest(), TOO_LONG);
     a.expect(&format!("* {} left\n", b.name));
+    drop(b);
 
     // Without a line end: refused as soon as it cannot fit, not at its end.
     let mut c = Member::join(server.addr);
@@ -193,6 +198,7 @@ fn too_long_line_is_refused() {
     c.send("eighteen bytes, no");
     assert_eq!(c.rest(), TOO_LONG);
     a.expect(&format!("* {} left\n", c.name));
+    drop((a, c));
     assert_eq!(server.stop().requests, 1);
 }
 

@@ -39,8 +39,11 @@ pub struct Chat {
 /// One member of the room.
 #[derive(Debug)]
 pub struct ChatSession {
+    peer: Peer,
     /// `[HOST:PORT] `, formatted once when the client connects.
     prefix: Box<[u8]>,
+    /// Its departure was announced already (at `quit`, an over-long line or its FIN).
+    left: bool,
 }
 
 impl Chat {
@@ -62,6 +65,16 @@ impl Chat {
         self.batch.extend_from_slice(&session.prefix);
         self.batch.extend_from_slice(line);
         self.batch.push(b'\n');
+    }
+
+    /// Tells the others this member left, once. It is announced when the member leaves the
+    /// room (it receives nothing more from then on), not when its socket is finally
+    /// closed, which may be seconds later after a lingering close.
+    fn leave(&self, session: &mut ChatSession, out: &mut Output<'_>) {
+        if !session.left {
+            session.left = true;
+            out.broadcast(Arc::from(format!("* {} left\n", session.peer).into_bytes()));
+        }
     }
 
     fn flush_batch(&mut self, out: &mut Output<'_>) {
@@ -88,7 +101,9 @@ impl Protocol for Chat {
     fn open(&mut self, peer: &Peer, out: &mut Output<'_>) -> ChatSession {
         out.broadcast(Arc::from(format!("* {peer} joined\n").into_bytes()));
         ChatSession {
+            peer: *peer,
             prefix: format!("[{peer}] ").into_bytes().into_boxed_slice(),
+            left: false,
         }
     }
 
@@ -115,27 +130,39 @@ impl Protocol for Chat {
                 break self.refuse(session, line.len(), out);
             }
             if line == QUIT {
-                log::debug!("{}: quit", PeerName(&session.prefix));
+                log::debug!("{}: quit", session.peer);
                 break Flow::Close;
             }
             // Guarded: formatting every line would cost more than relaying it.
             if log::log_enabled!(log::Level::Debug) {
-                log::debug!("{}: {}", PeerName(&session.prefix), ByteStr(line));
+                log::debug!("{}: {}", session.peer, ByteStr(line));
             }
             self.push_line(session, line, out);
             out.count_request();
         };
-        // Lines before a `quit` or an over-long line are still delivered.
+        // Lines before a `quit` or an over-long line are still delivered, before the
+        // departure.
         self.flush_batch(out);
         match flow {
-            // Nothing after the last line is read: the session is over.
-            Flow::Close => (input.len(), Flow::Close),
+            Flow::Close => {
+                self.leave(session, out);
+                // Nothing after the last line is read: the session is over.
+                (input.len(), Flow::Close)
+            }
             Flow::Continue => (used, Flow::Continue),
         }
     }
 
-    fn on_close(&mut self, _session: ChatSession, peer: &Peer, out: &mut Output<'_>) {
-        out.broadcast(Arc::from(format!("* {peer} left\n").into_bytes()));
+    fn on_eof(&mut self, session: &mut ChatSession, leftover: &[u8], out: &mut Output<'_>) {
+        if !leftover.is_empty() {
+            log::debug!("{}: left with an unfinished line, dropped", session.peer);
+        }
+        self.leave(session, out);
+    }
+
+    fn on_close(&mut self, mut session: ChatSession, _peer: &Peer, out: &mut Output<'_>) {
+        // Cut as a slow consumer, a socket error, a timeout, shutdown: announced now.
+        self.leave(&mut session, out);
     }
 
     fn max_pending_input(&self) -> usize {
@@ -148,22 +175,11 @@ impl Chat {
     fn refuse(&self, session: &ChatSession, len: usize, out: &mut Output<'_>) -> Flow {
         log::info!(
             "{}: line of {len} bytes or more exceeds {}, closing",
-            PeerName(&session.prefix),
+            session.peer,
             self.max_line
         );
         out.send(TOO_LONG);
         Flow::Close
-    }
-}
-
-/// A session's peer name for logs, taken from its `[HOST:PORT] ` prefix.
-struct PeerName<'a>(&'a [u8]);
-
-impl std::fmt::Display for PeerName<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = self.0.strip_prefix(b"[").unwrap_or(self.0);
-        let name = name.strip_suffix(b"] ").unwrap_or(name);
-        f.write_str(&String::from_utf8_lossy(name))
     }
 }
 
@@ -190,7 +206,8 @@ mod tests {
     }
 
     /// Feeds `pieces` one after another the way the loop does: unconsumed bytes are kept
-    /// and presented again, joined to the next piece. Stops at `Flow::Close`.
+    /// and presented again, joined to the next piece. Stops at `Flow::Close`, after which
+    /// the departure must have been announced, last (it is checked and left out here).
     fn run(chat: &mut Chat, pieces: &[&[u8]]) -> Produced {
         let (mut reply, mut broadcast, mut requests) = (Vec::new(), Vec::<Arc<[u8]>>::new(), 0);
         let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
@@ -219,6 +236,12 @@ mod tests {
                 "a complete line was left unconsumed"
             );
         }
+        let left = format!("* {PEER} left\n");
+        if produced.flow == Some(Flow::Close) {
+            let last = broadcast.pop().expect("a departure notice");
+            assert_eq!(&last[..], left.as_bytes(), "the departure comes last");
+        }
+        assert!(broadcast.iter().all(|c| &c[..] != left.as_bytes()));
         produced.reply = reply;
         produced.chunk_sizes = broadcast.iter().map(|c| c.len()).collect();
         produced.broadcast = broadcast.iter().flat_map(|c| c.iter().copied()).collect();
@@ -326,23 +349,30 @@ mod tests {
         assert!(*last <= BATCH_BYTES);
     }
 
-    /// Joining and leaving are announced to the others.
+    /// Joining and leaving are announced to the others, leaving exactly once: at the
+    /// member's FIN, `quit` or over-long line, else when the connection is closed.
     #[test]
     fn join_and_leave_notices() {
-        let (mut reply, mut broadcast, mut requests) = (Vec::new(), Vec::<Arc<[u8]>>::new(), 0);
-        let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
-        let mut chat = Chat::default();
-        let session = chat.open(&peer(), &mut out);
-        chat.on_close(session, &peer(), &mut out);
-        let texts: Vec<&[u8]> = broadcast.iter().map(|c| &c[..]).collect();
-        assert_eq!(
-            texts,
-            [
-                b"* 10.0.0.1:4000 joined\n".as_slice(),
-                b"* 10.0.0.1:4000 left\n"
-            ]
-        );
-        assert!(reply.is_empty());
+        let joined: &[u8] = b"* 10.0.0.1:4000 joined\n";
+        let left: &[u8] = b"* 10.0.0.1:4000 left\n";
+        type Steps = fn(&mut Chat, &mut ChatSession, &mut Output<'_>);
+        let cases: [Steps; 4] = [
+            |_, _, _| {},
+            |chat, s, out| chat.on_eof(s, b"", out),
+            |chat, s, out| chat.on_eof(s, b"unfinished", out),
+            |chat, s, out| assert_eq!(chat.on_input(s, b"quit\n", out), (5, Flow::Close)),
+        ];
+        for before_close in cases {
+            let (mut reply, mut broadcast, mut requests) = (Vec::new(), Vec::<Arc<[u8]>>::new(), 0);
+            let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
+            let mut chat = Chat::default();
+            let mut session = chat.open(&peer(), &mut out);
+            before_close(&mut chat, &mut session, &mut out);
+            chat.on_close(session, &peer(), &mut out);
+            let texts: Vec<&[u8]> = broadcast.iter().map(|c| &c[..]).collect();
+            assert_eq!(texts, [joined, left]);
+            assert!(reply.is_empty());
+        }
     }
 
     proptest! {
