@@ -135,6 +135,10 @@ pub struct Connection<S> {
     pub timer_at: Option<Instant>,
     /// Queued on the loop's list of connections to flush at the end of the batch.
     pub dirty: bool,
+    /// A streaming protocol's `on_drained` was stopped by the loop's per-turn budget while
+    /// it still had output: the loop serves the connection again next turn, and until then
+    /// an empty queue does not mean the connection is finished.
+    pub more_to_stream: bool,
 }
 
 impl<S> Connection<S> {
@@ -156,6 +160,7 @@ impl<S> Connection<S> {
             write_stalled_since: None,
             timer_at: None,
             dirty: false,
+            more_to_stream: false,
         }
     }
 
@@ -178,6 +183,8 @@ impl<S> Connection<S> {
             (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
             (true, false) => Some(Interest::READABLE),
             (false, true) => Some(Interest::WRITABLE),
+            // Nothing to wait for, but the loop itself comes back next turn.
+            (false, false) if self.more_to_stream => Some(self.registered),
             (false, false) => None,
         }
     }

@@ -673,11 +673,17 @@ impl<P: Protocol> Server<P> {
         }
     }
 
-    /// Lets a streaming protocol refill the outbound buffer once it has drained.
+    /// Lets a streaming protocol refill the outbound buffer once it has drained. This runs
+    /// while `Closing` too: a client that sends its request and then shuts down its write
+    /// side (`nc -N`, `shutdown(SHUT_WR)`) must still get the whole response. It runs
+    /// before `settle`, which would otherwise finish a `Closing` connection the moment its
+    /// queue ran empty between two chunks; `more_to_stream` keeps it alive across turns.
     fn stream_more(&mut self, key: usize, now: Instant) {
+        self.conns[key].more_to_stream = false;
         for _ in 0..self.config.limits.reads_per_turn {
             let conn = &mut self.conns[key];
-            if conn.phase != Phase::Open || conn.outbound.len() > LOW_WATER {
+            let streaming = matches!(conn.phase, Phase::Open | Phase::Closing);
+            if !streaming || conn.outbound.len() > LOW_WATER {
                 return;
             }
             let flow = {
@@ -697,7 +703,8 @@ impl<P: Protocol> Server<P> {
             }
         }
         // Budget used while the socket still takes everything: continue next turn.
-        let conn = &self.conns[key];
+        let conn = &mut self.conns[key];
+        conn.more_to_stream = true;
         self.again.push((key, conn.id));
     }
 
@@ -750,7 +757,7 @@ impl<P: Protocol> Server<P> {
     fn settle(&mut self, key: usize, now: Instant) {
         let conn = &mut self.conns[key];
         self.stats.peak_outbound = self.stats.peak_outbound.max(conn.outbound.len());
-        if conn.phase == Phase::Closing && conn.outbound.is_empty() {
+        if conn.phase == Phase::Closing && conn.outbound.is_empty() && !conn.more_to_stream {
             if conn.peer_closed {
                 conn.phase = Phase::Closed;
             } else {

@@ -11,7 +11,9 @@ use signal_hook_mio::v1_0::Signals;
 use crate::event_loop::{Server, ServerConfig, ServerHandle, Stats};
 use crate::net::ListenAddr;
 use crate::protocol::app::{App, DEFAULT_MAX_CONTENT_LENGTH};
+use crate::protocol::chat::{self, Chat};
 use crate::protocol::echo::Echo;
+use crate::protocol::file::FileServer;
 use crate::protocol::http::{Http, HttpConfig};
 use crate::protocol::Protocol;
 
@@ -24,6 +26,10 @@ pub enum ProtocolKind {
     Http,
     /// The tutorial's application protocol (app-server.py): JSON search and binary requests.
     App,
+    /// Group chat: each line goes to every other client as `[HOST:PORT] text`.
+    Chat,
+    /// File transfer from --root: `PATH` line → `OK <size>` and the bytes, or `ERR <reason>`.
+    File,
 }
 
 /// Settings that only some protocols read; each protocol takes what it needs.
@@ -35,6 +41,10 @@ pub struct ProtocolOptions {
     pub max_header: Option<usize>,
     /// app: the largest `content-length` accepted, in bytes (default `app::DEFAULT_MAX_CONTENT_LENGTH`).
     pub max_content_length: Option<usize>,
+    /// chat: the longest line accepted, in bytes (default `chat::DEFAULT_MAX_LINE`).
+    pub max_line: Option<usize>,
+    /// file: the directory served; `--protocol file` requires it.
+    pub root: Option<PathBuf>,
 }
 
 /// How to run: the loop's configuration, the protocol, and how many loops.
@@ -157,6 +167,15 @@ fn validate(options: &LaunchOptions) -> Result<(), String> {
             // SO_REUSEPORT balances TCP only; one Unix path has one listener.
             return Err("--unix works with one worker only".into());
         }
+        if options.protocol == ProtocolKind::Chat {
+            // A room spread over loops would need a shared roster and cross-thread queues
+            // on every line: locks on the hot path. One loop serves thousands of members.
+            return Err(
+                "--protocol chat runs one room on one loop: use --workers 1 (a room shared \
+                 across threads would put locks on every line)"
+                    .into(),
+            );
+        }
     }
     Ok(())
 }
@@ -247,6 +266,29 @@ fn dispatch<L: Launcher>(options: LaunchOptions, launcher: L) -> Result<L::Outpu
             let max = options.protocol_options.max_content_length;
             let max = max.unwrap_or(DEFAULT_MAX_CONTENT_LENGTH);
             launcher.launch(bind_all(options, |_| App::new(max))?)
+        }
+        ProtocolKind::Chat => {
+            let max_line = options.protocol_options.max_line;
+            let max_line = max_line.unwrap_or(chat::DEFAULT_MAX_LINE);
+            let needed = max_line.saturating_add(chat::LINE_OVERHEAD);
+            if needed > options.config.limits.max_outbound {
+                // One maximal line would cut every recipient as a slow consumer.
+                return Err(format!(
+                    "--max-line {max_line} needs --max-outbound of at least {needed} for chat"
+                ));
+            }
+            launcher.launch(bind_all(options, move |_| Chat::new(max_line))?)
+        }
+        ProtocolKind::File => {
+            let Some(root) = options.protocol_options.root.clone() else {
+                return Err("--protocol file needs --root DIR".to_string());
+            };
+            let server = FileServer::new(&root).map_err(|e| {
+                let reason = describe(&e);
+                format!("cannot serve files from {}: {reason}", root.display())
+            })?;
+            log::info!("Serving files from {}", server.root().display());
+            launcher.launch(bind_all(options, move |_| server.clone())?)
         }
     }
 }

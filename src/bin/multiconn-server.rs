@@ -9,6 +9,7 @@ use multiconn::cli::{die, init_logging};
 use multiconn::launch::{serve_until_signalled, LaunchOptions, ProtocolKind, ProtocolOptions};
 use multiconn::net::resolve;
 use multiconn::protocol::app::DEFAULT_MAX_CONTENT_LENGTH;
+use multiconn::protocol::chat::DEFAULT_MAX_LINE;
 use multiconn::{ListenAddr, ServerConfig};
 
 #[derive(Parser, Debug)]
@@ -74,12 +75,19 @@ struct Args {
     /// Connections past N are accepted and closed at once [default: from the open-files limit].
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
-    /// Bytes owed to one peer before the server stops reading from it (chat: disconnects it).
-    #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
+    /// Bytes owed to one peer: past it the server stops reading from it, and a chat
+    /// client that falls this far behind is disconnected as a slow consumer.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024)]
     max_outbound: usize,
     /// app: the largest request content accepted, in bytes; larger is refused from the header.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_CONTENT_LENGTH)]
     max_content_length: usize,
+    /// chat: the longest line accepted; a longer one gets `! line too long` and is disconnected.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE)]
+    max_line: usize,
+    /// file: the directory whose files are served (required by --protocol file).
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
     /// Log a statistics line every SECS seconds (totals are logged at exit regardless).
     #[arg(long, value_name = "SECS")]
     stats: Option<u64>,
@@ -132,6 +140,8 @@ fn main() {
                 .max_header
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             max_content_length: Some(args.max_content_length),
+            max_line: Some(args.max_line),
+            root: args.root,
         },
         workers: args.workers,
         derive_max_connections: args.max_connections.is_none(),

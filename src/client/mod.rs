@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod duration;
+pub mod file;
 pub mod load;
 pub mod report;
 pub mod scenario;

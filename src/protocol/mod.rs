@@ -3,7 +3,9 @@
 //! is tested by feeding it byte slices.
 
 pub mod app;
+pub mod chat;
 pub mod echo;
+pub mod file;
 pub mod http;
 
 use std::fmt;
@@ -98,8 +100,12 @@ pub trait Protocol {
         }
     }
 
-    /// The connection's queued output fell to the low-water mark: a streaming protocol
-    /// (file transfer) queues its next chunk here.
+    /// The connection's queued output is at or below the low-water mark (64 KiB): a
+    /// streaming protocol (file transfer) queues its next chunk here. The loop calls it
+    /// again while it produces output and the queue stays low (up to a per-turn budget),
+    /// and again on later write events; it must produce nothing once it has nothing left.
+    /// It is also called after the peer's FIN or a `Flow::Close`, so that a response in
+    /// progress is completed before the connection closes.
     fn on_drained(&mut self, _session: &mut Self::Session, _out: &mut Output<'_>) -> Flow {
         Flow::Continue
     }

@@ -1,0 +1,655 @@
+//! File transfer (seed 002's "FTP" server) on the event loop: a client sends a path relative
+//! to the served root on one line; the server answers `OK <size>\n` and exactly that many
+//! bytes, or `ERR <reason>\n`, then waits for the next request on the same connection.
+//!
+//! The root is a security boundary: `..`, absolute paths and symlinks leading outside are
+//! refused. Files are streamed a chunk at a time from `on_drained`, as the peer takes
+//! them, so a file of any size holds only a couple of chunks in memory.
+//!
+//! Pipelining: request lines that arrive while a file is streaming are consumed at once
+//! and queued (at most `MAX_QUEUED_BYTES` of them); each is answered, in order, when the
+//! responses before it are complete. A protocol error (a request line that is too long,
+//! too many queued requests) is answered in turn like a request, after which the
+//! connection closes; input after it is discarded.
+
+use std::collections::VecDeque;
+use std::ffi::OsStr;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use super::{ByteStr, Flow, Output, Protocol};
+use crate::net::Peer;
+
+/// The longest request line, in bytes (line end excluded): Linux's PATH_MAX, so no path
+/// that could be opened is refused, and a connection cannot buffer more for one request.
+pub const MAX_REQUEST_LINE: usize = 4096;
+
+/// Bytes of a file read per `on_drained` call. The loop asks for more once the queue is
+/// at or below its low-water mark (64 KiB), so a transfer holds about two chunks at most.
+pub const CHUNK: usize = 64 * 1024;
+
+/// Request lines waiting behind a transfer, in bytes: pipelining is allowed, but a peer
+/// cannot make the server hold more than this (plus one request line) per connection.
+pub const MAX_QUEUED_BYTES: usize = 16 * 1024;
+
+const TOO_LONG: &[u8] = b"ERR request line too long\n";
+const TOO_MANY: &[u8] = b"ERR too many queued requests\n";
+
+/// Why a request is refused; each has the `ERR` line the client receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// An empty path or one containing a NUL byte.
+    InvalidPath,
+    /// `..`, an absolute path, or a symlink leading outside the root.
+    OutsideRoot,
+    NotFound,
+    /// A directory, a FIFO, a device, a socket.
+    NotRegularFile,
+    PermissionDenied,
+    /// Any other failure to open (a symlink loop, an I/O error).
+    CannotOpen,
+}
+
+impl Refusal {
+    /// The whole reply line.
+    pub fn reply(self) -> &'static [u8] {
+        match self {
+            Refusal::InvalidPath => b"ERR invalid path\n",
+            Refusal::OutsideRoot => b"ERR outside the root\n",
+            Refusal::NotFound => b"ERR not found\n",
+            Refusal::NotRegularFile => b"ERR not a regular file\n",
+            Refusal::PermissionDenied => b"ERR permission denied\n",
+            Refusal::CannotOpen => b"ERR cannot open\n",
+        }
+    }
+
+    fn from_io(e: &io::Error) -> Refusal {
+        match e.kind() {
+            io::ErrorKind::NotFound => Refusal::NotFound,
+            io::ErrorKind::PermissionDenied => Refusal::PermissionDenied,
+            _ => match e.raw_os_error() {
+                // `file/more`: a path through a regular file names nothing.
+                Some(libc::ENOTDIR) => Refusal::NotFound,
+                Some(libc::ENAMETOOLONG) => Refusal::InvalidPath,
+                _ => Refusal::CannotOpen,
+            },
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let reply = self.reply();
+        let reason = &reply[b"ERR ".len()..reply.len() - 1];
+        f.write_str(&String::from_utf8_lossy(reason))
+    }
+}
+
+/// Maps a request (a path relative to `root`) to the canonical path it names, refusing
+/// anything that is not inside `root`. `root` must itself be canonical.
+pub fn resolve(root: &Path, request: &[u8]) -> Result<PathBuf, Refusal> {
+    if request.is_empty() || request.contains(&0) {
+        return Err(Refusal::InvalidPath);
+    }
+    // Unix paths are bytes: a non-UTF-8 name is as valid as any other.
+    let relative = Path::new(OsStr::from_bytes(request));
+    for component in relative.components() {
+        match component {
+            Component::Normal(_) | Component::CurDir => {}
+            // `..` is refused even where it would stay inside: there is no need for it.
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(Refusal::OutsideRoot)
+            }
+        }
+    }
+    // Canonicalising resolves every symlink; the prefix test then catches a link that
+    // leads out (`Path::starts_with` compares whole components: `/srv2` is not in `/srv`).
+    let canonical = root
+        .join(relative)
+        .canonicalize()
+        .map_err(|e| Refusal::from_io(&e))?;
+    if !canonical.starts_with(root) {
+        return Err(Refusal::OutsideRoot);
+    }
+    Ok(canonical)
+}
+
+/// Opens `path` for streaming if it is a regular file; returns it with its size.
+fn open_regular(path: &Path) -> Result<(File, u64), Refusal> {
+    // Looking before opening keeps FIFOs and devices from being opened at all (opening a
+    // FIFO blocks, opening some devices has effects).
+    let meta = fs::metadata(path).map_err(|e| Refusal::from_io(&e))?;
+    if !meta.is_file() {
+        return Err(Refusal::NotRegularFile);
+    }
+    // Something may be swapped in after the look: O_NONBLOCK keeps a FIFO from blocking the
+    // loop in open(2), O_NOFOLLOW refuses a symlink put in place of the file, and the fstat
+    // of the open handle has the final word.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| Refusal::from_io(&e))?;
+    let meta = file.metadata().map_err(|e| Refusal::from_io(&e))?;
+    if !meta.is_file() {
+        return Err(Refusal::NotRegularFile);
+    }
+    Ok((file, meta.len()))
+}
+
+/// Serves the files under one directory. Cheap to clone (one per worker loop).
+#[derive(Debug, Clone)]
+pub struct FileServer {
+    /// Canonical, resolved once at start: every request is checked against it.
+    root: Arc<Path>,
+}
+
+impl FileServer {
+    /// Serves `root`, which must be a readable directory.
+    pub fn new(root: &Path) -> io::Result<FileServer> {
+        let root = root.canonicalize()?;
+        if !root.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a directory",
+            ));
+        }
+        // Listing it proves it is readable, so the operator hears now rather than per request.
+        fs::read_dir(&root)?;
+        Ok(FileServer { root: root.into() })
+    }
+
+    /// The canonical root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Produces the next piece of this connection's responses: one chunk of the file
+    /// being sent, or the header (or `ERR`) of the next queued request, or the final
+    /// protocol error. Produces nothing only when there is nothing left to do.
+    fn pump(&self, session: &mut FileSession, out: &mut Output<'_>) -> Flow {
+        if let Some(transfer) = &mut session.current {
+            return match transfer.send_chunk(out.reply_buf()) {
+                Ok(false) => Flow::Continue,
+                Ok(true) => {
+                    session.current = None;
+                    Flow::Continue
+                }
+                Err(e) => {
+                    // The size was promised in the header; all that is left is to close,
+                    // so the client sees a short transfer rather than wrong bytes.
+                    log::warn!(
+                        "{}: reading {}: {e}; closing",
+                        session.peer,
+                        transfer.path.display()
+                    );
+                    // The loop may still call `on_drained` while the connection flushes:
+                    // nothing queued may be answered after the broken response.
+                    session.current = None;
+                    session.queued.clear();
+                    session.queued_bytes = 0;
+                    session.final_reply = None;
+                    session.refused = true;
+                    Flow::Close
+                }
+            };
+        }
+        if let Some(request) = session.queued.pop_front() {
+            session.queued_bytes -= request.len();
+            self.start(session, &request, out);
+            return Flow::Continue;
+        }
+        match session.final_reply.take() {
+            Some(reply) => {
+                out.send(reply);
+                Flow::Close
+            }
+            None => Flow::Continue,
+        }
+    }
+
+    /// Answers one request: `OK <size>\n` (the bytes follow from `pump`), or `ERR`.
+    fn start(&self, session: &mut FileSession, request: &[u8], out: &mut Output<'_>) {
+        out.count_request();
+        match resolve(&self.root, request).and_then(|path| {
+            let (file, size) = open_regular(&path)?;
+            Ok((path, file, size))
+        }) {
+            Ok((path, file, size)) => {
+                log::debug!(
+                    "{}: sending {} ({size} bytes)",
+                    session.peer,
+                    path.display()
+                );
+                // Writing to a Vec cannot fail.
+                let _ = writeln!(out.reply_buf(), "OK {size}");
+                if size > 0 {
+                    session.current = Some(Transfer {
+                        file,
+                        remaining: size,
+                        path,
+                    });
+                }
+            }
+            Err(refusal) => {
+                log::debug!("{}: {} refused: {refusal}", session.peer, ByteStr(request));
+                out.send(refusal.reply());
+            }
+        }
+    }
+}
+
+/// A file being sent.
+#[derive(Debug)]
+struct Transfer {
+    file: File,
+    /// Bytes promised in the header and not yet read.
+    remaining: u64,
+    /// For log lines.
+    path: PathBuf,
+}
+
+impl Transfer {
+    /// Appends the next chunk to `buf`, read straight into it. Returns whether the file is
+    /// complete; an error if it ended early (it shrank) or could not be read.
+    fn send_chunk(&mut self, buf: &mut Vec<u8>) -> io::Result<bool> {
+        let want = usize::try_from(self.remaining).map_or(CHUNK, |r| r.min(CHUNK));
+        let start = buf.len();
+        buf.resize(start + want, 0);
+        let mut filled = 0;
+        let result = loop {
+            if filled == want {
+                break Ok(());
+            }
+            match self.file.read(&mut buf[start + filled..]) {
+                Ok(0) => {
+                    break Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "file shrank: {} bytes short",
+                            self.remaining - filled as u64
+                        ),
+                    ))
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        // What was read is part of the file, so it is sent even after an error.
+        buf.truncate(start + filled);
+        self.remaining -= filled as u64;
+        result.map(|()| self.remaining == 0)
+    }
+}
+
+/// One client's state: the transfer in progress and the requests waiting behind it.
+#[derive(Debug)]
+pub struct FileSession {
+    peer: Peer,
+    current: Option<Transfer>,
+    queued: VecDeque<Box<[u8]>>,
+    queued_bytes: usize,
+    /// A protocol error to answer after everything queued before it; then the connection closes.
+    final_reply: Option<&'static [u8]>,
+    /// The peer broke the protocol: its further input is discarded.
+    refused: bool,
+}
+
+impl FileSession {
+    fn refuse(&mut self, reply: &'static [u8], why: fmt::Arguments<'_>) {
+        log::info!(
+            "{}: {why}; closing after the responses before it",
+            self.peer
+        );
+        self.final_reply = Some(reply);
+        self.refused = true;
+    }
+}
+
+impl Protocol for FileServer {
+    type Session = FileSession;
+
+    fn open(&mut self, peer: &Peer, _out: &mut Output<'_>) -> FileSession {
+        FileSession {
+            peer: *peer,
+            current: None,
+            queued: VecDeque::new(),
+            queued_bytes: 0,
+            final_reply: None,
+            refused: false,
+        }
+    }
+
+    fn on_input(
+        &mut self,
+        session: &mut FileSession,
+        input: &[u8],
+        out: &mut Output<'_>,
+    ) -> (usize, Flow) {
+        if session.refused {
+            return (input.len(), Flow::Continue);
+        }
+        let mut used = 0;
+        while let Some(end) = input[used..].iter().position(|&b| b == b'\n') {
+            let line = &input[used..used + end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            used += end + 1;
+            if line.len() > MAX_REQUEST_LINE {
+                session.refuse(
+                    TOO_LONG,
+                    format_args!("request line of {} bytes", line.len()),
+                );
+                break;
+            }
+            if session.queued_bytes + line.len() > MAX_QUEUED_BYTES {
+                session.refuse(
+                    TOO_MANY,
+                    format_args!("more than {MAX_QUEUED_BYTES} bytes of requests queued"),
+                );
+                break;
+            }
+            session.queued_bytes += line.len();
+            session.queued.push_back(line.into());
+        }
+        // A path plus a `\r` waiting for its `\n` may reach MAX_REQUEST_LINE + 1 bytes.
+        if !session.refused && input.len() - used > MAX_REQUEST_LINE + 1 {
+            session.refuse(
+                TOO_LONG,
+                format_args!("request line over {MAX_REQUEST_LINE} bytes"),
+            );
+        }
+        if session.refused {
+            used = input.len();
+        }
+        // Idle: answer now. Busy: the loop calls `on_drained` as the transfer drains, and
+        // the queued requests are answered after it.
+        let flow = if session.current.is_none() {
+            self.pump(session, out)
+        } else {
+            Flow::Continue
+        };
+        (used, flow)
+    }
+
+    fn on_drained(&mut self, session: &mut FileSession, out: &mut Output<'_>) -> Flow {
+        self.pump(session, out)
+    }
+
+    fn max_pending_input(&self) -> usize {
+        // `on_input` refuses longer lines itself, with a reply; this is a backstop.
+        MAX_REQUEST_LINE + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::os::unix::fs::symlink;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A directory under the system temp dir, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!(
+                "multiconn-file-unit-{}-{n}-{name}",
+                std::process::id()
+            ));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A root with `small` (11 bytes), `empty`, `big` (3.5 chunks), `sub/inner`, a link
+    /// inside (`inside` → `small`) and one outside (`escape` → the secret next to the root).
+    fn fixture(name: &str) -> (TempDir, FileServer, Vec<u8>) {
+        let dir = TempDir::new(name);
+        let root = dir.0.join("root");
+        fs::create_dir_all(root.join("sub")).unwrap();
+        fs::write(root.join("small"), b"hello file\n").unwrap();
+        fs::write(root.join("empty"), b"").unwrap();
+        let big: Vec<u8> = (0..CHUNK * 7 / 2).map(|i| (i % 251) as u8).collect();
+        fs::write(root.join("big"), &big).unwrap();
+        fs::write(root.join("sub/inner"), b"inner").unwrap();
+        fs::write(dir.0.join("secret"), b"secret").unwrap();
+        symlink("small", root.join("inside")).unwrap();
+        symlink(dir.0.join("secret"), root.join("escape")).unwrap();
+        let server = FileServer::new(&root).unwrap();
+        (dir, server, big)
+    }
+
+    /// Everything a connection would receive for `pieces`, fed the way the loop feeds them
+    /// (unconsumed bytes are kept and joined to the next piece), with `on_drained` called
+    /// until it produces nothing, as the loop does while the peer keeps reading.
+    fn run(server: &mut FileServer, pieces: &[&[u8]]) -> (Vec<u8>, Option<Flow>) {
+        let (mut reply, mut broadcast, mut requests) = (Vec::new(), Vec::<Arc<[u8]>>::new(), 0);
+        let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
+        let mut session = server.open(&Peer::Unix, &mut out);
+        let mut pending = Vec::new();
+        let mut sent = Vec::new();
+        for piece in pieces {
+            pending.extend_from_slice(piece);
+            let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
+            let (used, flow) = server.on_input(&mut session, &pending, &mut out);
+            assert!(used <= pending.len());
+            pending.drain(..used);
+            assert!(
+                !pending.contains(&b'\n'),
+                "a complete request was left unconsumed"
+            );
+            assert!(pending.len() <= server.max_pending_input());
+            sent.append(&mut reply);
+            if flow == Flow::Close {
+                return (sent, Some(flow));
+            }
+            loop {
+                let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
+                let flow = server.on_drained(&mut session, &mut out);
+                assert!(
+                    reply.len() <= CHUNK + 64,
+                    "one call produces at most a chunk"
+                );
+                let produced = !reply.is_empty();
+                sent.append(&mut reply);
+                if flow == Flow::Close {
+                    return (sent, Some(flow));
+                }
+                if !produced {
+                    break;
+                }
+            }
+        }
+        assert!(broadcast.is_empty());
+        (sent, None)
+    }
+
+    fn ok(content: &[u8]) -> Vec<u8> {
+        let mut v = format!("OK {}\n", content.len()).into_bytes();
+        v.extend_from_slice(content);
+        v
+    }
+
+    /// A file comes back as `OK <size>\n` and its bytes, chunk by chunk; the connection stays.
+    #[test]
+    fn serves_files() {
+        let (_dir, mut server, big) = fixture("serves");
+        assert_eq!(run(&mut server, &[b"small\n"]), (ok(b"hello file\n"), None));
+        assert_eq!(run(&mut server, &[b"empty\r\n"]), (ok(b""), None));
+        assert_eq!(run(&mut server, &[b"./sub/inner\n"]), (ok(b"inner"), None));
+        assert_eq!(
+            run(&mut server, &[b"inside\n"]),
+            (ok(b"hello file\n"), None)
+        );
+        assert_eq!(run(&mut server, &[b"big\n"]), (ok(&big), None));
+    }
+
+    /// Pipelined requests, also sent while a big file streams, are answered in order.
+    #[test]
+    fn pipelined_requests_answered_in_order() {
+        let (_dir, mut server, big) = fixture("pipelined");
+        let expect = [
+            ok(&big),
+            Refusal::NotFound.reply().to_vec(),
+            ok(b"hello file\n"),
+            ok(&big),
+        ]
+        .concat();
+        let input: &[u8] = b"big\nnope\nsmall\nbig\n";
+        assert_eq!(run(&mut server, &[input]), (expect.clone(), None));
+        for split in 0..=input.len() {
+            let got = run(&mut server, &[&input[..split], &input[split..]]);
+            assert_eq!(got, (expect.clone(), None), "split at {split}");
+        }
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(run(&mut server, &bytes), (expect, None));
+    }
+
+    /// Every way out of the root is refused, and odd paths are refused without panicking.
+    #[test]
+    fn refusals() {
+        let (_dir, mut server, _) = fixture("refusals");
+        let cases: [(&[u8], Refusal); 13] = [
+            (b"../secret", Refusal::OutsideRoot),
+            (b"sub/../../secret", Refusal::OutsideRoot),
+            (b"sub/../small", Refusal::OutsideRoot),
+            (b"/etc/passwd", Refusal::OutsideRoot),
+            (b"escape", Refusal::OutsideRoot),
+            (b"missing", Refusal::NotFound),
+            (b"small/more", Refusal::NotFound),
+            (b"sub", Refusal::NotRegularFile),
+            (b".", Refusal::NotRegularFile),
+            (b"", Refusal::InvalidPath),
+            (b"sm\0all", Refusal::InvalidPath),
+            (b"\xff\xfe", Refusal::NotFound),
+            (b"\r", Refusal::InvalidPath),
+        ];
+        for (path, refusal) in cases {
+            let mut line = path.to_vec();
+            line.push(b'\n');
+            let got = run(&mut server, &[&line]);
+            assert_eq!(got, (refusal.reply().to_vec(), None), "{}", ByteStr(path));
+        }
+    }
+
+    /// A request line longer than the limit is refused, even before its end arrives.
+    #[test]
+    fn request_line_too_long() {
+        let (_dir, mut server, _) = fixture("toolong");
+        let long = vec![b'a'; MAX_REQUEST_LINE + 1];
+        assert_eq!(run(&mut server, &[&long, b"\n"]).0, TOO_LONG);
+        let longer = vec![b'a'; MAX_REQUEST_LINE + 2];
+        assert_eq!(
+            run(&mut server, &[&longer]),
+            (TOO_LONG.to_vec(), Some(Flow::Close))
+        );
+        // At the limit it is just a name that does not exist.
+        let limit = [&vec![b'a'; MAX_REQUEST_LINE][..], b"\r\n"].concat();
+        assert_eq!(run(&mut server, &[&limit]).0, Refusal::InvalidPath.reply());
+    }
+
+    /// A protocol error during a transfer comes after it and what was queued before it.
+    #[test]
+    fn errors_wait_their_turn() {
+        let (_dir, mut server, big) = fixture("turn");
+        let long = vec![b'a'; MAX_REQUEST_LINE + 1];
+        let input = [&b"big\nsmall\n"[..], &long, b"\nsmall\n"].concat();
+        let expect = [ok(&big), ok(b"hello file\n"), TOO_LONG.to_vec()].concat();
+        assert_eq!(run(&mut server, &[&input]), (expect, Some(Flow::Close)));
+    }
+
+    /// More queued request bytes than the cap end the session after the queued answers.
+    #[test]
+    fn queue_is_bounded() {
+        let (_dir, mut server, big) = fixture("queue");
+        // All lines of one call are queued before the first starts: `big` counts too.
+        let fits = (MAX_QUEUED_BYTES - b"big".len()) / b"small".len();
+        let mut input = b"big\n".to_vec();
+        for _ in 0..fits + 1 {
+            input.extend_from_slice(b"small\n");
+        }
+        let mut expect = ok(&big);
+        for _ in 0..fits {
+            expect.extend_from_slice(&ok(b"hello file\n"));
+        }
+        expect.extend_from_slice(TOO_MANY);
+        assert_eq!(run(&mut server, &[&input]), (expect, Some(Flow::Close)));
+    }
+
+    /// A file that shrinks while it is sent ends the connection short instead of lying.
+    #[test]
+    fn shrinking_file_closes() {
+        let (dir, server, _) = fixture("shrink");
+        let mut server = server;
+        let (mut reply, mut broadcast, mut requests) = (Vec::new(), Vec::<Arc<[u8]>>::new(), 0);
+        let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
+        let mut session = server.open(&Peer::Unix, &mut out);
+        let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
+        assert_eq!(
+            server.on_input(&mut session, b"big\n", &mut out),
+            (4, Flow::Continue)
+        );
+        assert_eq!(server.on_drained(&mut session, &mut out), Flow::Continue);
+        assert_eq!(
+            server.on_input(&mut session, b"small\n", &mut out),
+            (6, Flow::Continue)
+        );
+        fs::write(dir.0.join("root/big"), b"tiny").unwrap();
+        assert_eq!(server.on_drained(&mut session, &mut out), Flow::Close);
+        // The request queued behind the broken transfer is not answered.
+        assert_eq!(server.on_drained(&mut session, &mut out), Flow::Continue);
+        let header = format!("OK {}\n", CHUNK * 7 / 2);
+        assert_eq!(reply.len(), header.len() + CHUNK);
+    }
+
+    /// The root must be an existing directory.
+    #[test]
+    fn root_must_be_a_directory() {
+        let (dir, _, _) = fixture("root");
+        assert!(FileServer::new(&dir.0.join("root/small")).is_err());
+        assert!(FileServer::new(&dir.0.join("nowhere")).is_err());
+        let server = FileServer::new(&dir.0.join("root/sub/..")).unwrap();
+        assert_eq!(server.root(), dir.0.join("root").canonicalize().unwrap());
+    }
+
+    proptest! {
+        /// Random request bytes, split anywhere, never panic and get only OK/ERR answers
+        /// (nothing here matches a file but `small`, whose answer is known).
+        #[test]
+        fn random_requests_never_panic(
+            data in proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'.'), Just(b'/'), any::<u8>()], 0..300),
+            split in 0usize..300,
+        ) {
+            let (_dir, mut server, _) = fixture("prop");
+            let split = split.min(data.len());
+            let (sent, _) = run(&mut server, &[&data[..split], &data[split..]]);
+            let small = ok(b"hello file\n");
+            let mut rest = &sent[..];
+            while !rest.is_empty() {
+                if rest.starts_with(&small) {
+                    rest = &rest[small.len()..];
+                    continue;
+                }
+                prop_assert!(rest.starts_with(b"ERR "), "{}", ByteStr(rest));
+                let end = rest.iter().position(|&b| b == b'\n').unwrap();
+                rest = &rest[end + 1..];
+            }
+        }
+    }
+}

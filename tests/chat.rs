@@ -1,0 +1,401 @@
+//! The chat room over real sockets: delivery to exactly the others in order, notices,
+//! `quit`, over-long lines, 200 clients at once, and a slow consumer cut off at the cap
+//! while everybody else receives everything.
+
+mod child_server;
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use child_server::ChildServer;
+use common::{connect, spawn_bin, TestServer, IO_TIMEOUT};
+use multiconn::connection::CloseReason;
+use multiconn::protocol::chat::{Chat, TOO_LONG};
+
+/// A chat member: a line reader and a writer on one socket.
+struct Member {
+    name: String,
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Member {
+    fn join(addr: SocketAddr) -> Member {
+        Member::from_stream(connect(addr))
+    }
+
+    fn from_stream(stream: TcpStream) -> Member {
+        let name = stream.local_addr().unwrap().to_string();
+        Member {
+            name,
+            writer: stream.try_clone().unwrap(),
+            reader: BufReader::new(stream),
+        }
+    }
+
+    fn send(&mut self, text: &str) {
+        self.writer.write_all(text.as_bytes()).expect("send");
+    }
+
+    /// The next line, with its `\n`; panics at EOF.
+    fn line(&mut self) -> String {
+        let mut line = Vec::new();
+        self.reader.read_until(b'\n', &mut line).expect("read line");
+        assert!(
+            line.ends_with(b"\n"),
+            "{}: connection ended: {:?}",
+            self.name,
+            String::from_utf8_lossy(&line)
+        );
+        String::from_utf8(line).expect("UTF-8 line")
+    }
+
+    fn expect(&mut self, want: &str) {
+        assert_eq!(self.line(), want, "received by {}", self.name);
+    }
+
+    /// The next line that is not a join/leave notice.
+    fn message(&mut self) -> String {
+        loop {
+            let line = self.line();
+            if !line.starts_with("* ") {
+                return line;
+            }
+        }
+    }
+
+    /// Everything left until the server closes.
+    fn rest(&mut self) -> Vec<u8> {
+        let mut rest = Vec::new();
+        self.reader.read_to_end(&mut rest).expect("read to EOF");
+        rest
+    }
+}
+
+/// Splits `[HOST:PORT] text\n` into sender and text.
+fn attribute(line: &str) -> (&str, &str) {
+    let inner = line.strip_prefix('[').expect("line starts with [");
+    let (sender, text) = inner.split_once("] ").expect("line has a sender");
+    (sender, text.strip_suffix('\n').expect("line ends with \\n"))
+}
+
+/// Checks that lines from each sender arrive in the order they were sent: sender `s`'s
+/// lines read `{tag}{n}` with n counting from 0. Returns how many arrived from each.
+struct PerSenderOrder {
+    next: HashMap<String, usize>,
+}
+
+impl PerSenderOrder {
+    fn new() -> Self {
+        PerSenderOrder {
+            next: HashMap::new(),
+        }
+    }
+
+    fn check(&mut self, receiver: &str, line: &str, tag: &str) {
+        let (sender, text) = attribute(line);
+        assert_ne!(sender, receiver, "{receiver} received its own line");
+        let next = self.next.entry(sender.to_string()).or_insert(0);
+        let n: usize = text
+            .strip_prefix(tag)
+            .and_then(|n| n.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        assert_eq!(n, *next, "{receiver}: line {n} from {sender} out of order");
+        *next += 1;
+    }
+}
+
+/// Three members: each line reaches exactly the two others, in order, byte for byte.
+#[test]
+fn each_line_reaches_exactly_the_others_in_order() {
+    let server = TestServer::start(Chat::default(), |_| {});
+    let mut a = Member::join(server.addr);
+    let mut b = Member::join(server.addr);
+    a.expect(&format!("* {} joined\n", b.name));
+    let mut c = Member::join(server.addr);
+    a.expect(&format!("* {} joined\n", c.name));
+    b.expect(&format!("* {} joined\n", c.name));
+
+    a.send("hello from a\n");
+    b.expect(&format!("[{}] hello from a\n", a.name));
+    c.expect(&format!("[{}] hello from a\n", a.name));
+    b.send("one\ntwo\r\n");
+    c.send("three\n");
+    // The first thing `a` receives after its own line is `b`'s: its own never came back.
+    a.expect(&format!("[{}] one\n", b.name));
+    a.expect(&format!("[{}] two\n", b.name));
+    a.expect(&format!("[{}] three\n", c.name));
+    c.expect(&format!("[{}] one\n", b.name));
+    c.expect(&format!("[{}] two\n", b.name));
+    b.expect(&format!("[{}] three\n", c.name));
+    drop((a, b, c));
+    assert_eq!(server.stop().requests, 4);
+}
+
+/// Arrivals and departures are announced to everyone else.
+#[test]
+fn join_and_leave_notices() {
+    let server = TestServer::start(Chat::default(), |_| {});
+    let mut a = Member::join(server.addr);
+    let mut b = Member::join(server.addr);
+    a.expect(&format!("* {} joined\n", b.name));
+    let mut c = Member::join(server.addr);
+    a.expect(&format!("* {} joined\n", c.name));
+    b.expect(&format!("* {} joined\n", c.name));
+    let b_name = b.name.clone();
+    drop(b);
+    a.expect(&format!("* {b_name} left\n"));
+    c.expect(&format!("* {b_name} left\n"));
+    a.send("still here\n");
+    c.expect(&format!("[{}] still here\n", a.name));
+}
+
+/// `quit` ends the session: the quitter sees EOF, nothing after `quit` is relayed, and the
+/// others see it leave.
+#[test]
+fn quit_leaves() {
+    let server = TestServer::start(Chat::default(), |_| {});
+    let mut a = Member::join(server.addr);
+    let mut b = Member::join(server.addr);
+    a.expect(&format!("* {} joined\n", b.name));
+    b.send("bye\nquit\r\nnever relayed\n");
+    a.expect(&format!("[{}] bye\n", b.name));
+    a.expect(&format!("* {} left\n", b.name));
+    assert_eq!(b.rest(), b"", "the quitter gets nothing, then EOF");
+    // Like ncat, close on EOF (else the server lingers up to 2 s for this FIN).
+    drop(b);
+    let mut c = Member::join(server.addr);
+    a.expect(&format!("* {} joined\n", c.name));
+    c.send("after\n");
+    a.expect(&format!("[{}] after\n", c.name));
+    // Closed sockets wake the loop's graceful stop at once; idle ones would not.
+    drop((a, c));
+    let stats = server.stop();
+    assert_eq!(stats.closed_by(CloseReason::Protocol), 1);
+}
+
+/// A line of exactly `max_line` bytes is relayed; a longer one, ended or not, gets
+/// `! line too long` and the connection closes; the others see only the departure.
+#[test]
+fn too_long_line_is_refused() {
+    let server = TestServer::start(Chat::new(16), |_| {});
+    let mut a = Member::join(server.addr);
+    let mut b = Member::join(server.addr);
+    a.expect(&format!("* {} joined\n", b.name));
+    b.send("sixteen bytes!!!\r\n");
+    a.expect(&format!("[{}] sixteen bytes!!!\n", b.name));
+    b.send("seventeen bytes!!\n");
+    assert_eq!(b.rest(), TOO_LONG);
+    a.expect(&format!("* {} left\n", b.name));
+    drop(b);
+
+    // Without a line end: refused as soon as it cannot fit, not at its end.
+    let mut c = Member::join(server.addr);
+    a.expect(&format!("* {} joined\n", c.name));
+    c.send("eighteen bytes, no");
+    assert_eq!(c.rest(), TOO_LONG);
+    a.expect(&format!("* {} left\n", c.name));
+    drop((a, c));
+    assert_eq!(server.stop().requests, 1);
+}
+
+/// 200 members each send 50 lines: every member receives every other member's 50 lines,
+/// in each sender's order, and none of its own.
+#[test]
+fn two_hundred_members_fifty_lines_each() {
+    const MEMBERS: usize = 200;
+    const LINES: usize = 50;
+    let server = TestServer::start(Chat::default(), |_| {});
+    let mut members: Vec<Member> = (0..MEMBERS).map(|_| Member::join(server.addr)).collect();
+    // Once the first member has seen everyone join, everyone is in the room.
+    for other in 1..MEMBERS {
+        let name = members[other].name.clone();
+        members[0].expect(&format!("* {name} joined\n"));
+    }
+    let threads: Vec<_> = members
+        .into_iter()
+        .map(|mut member| {
+            std::thread::spawn(move || {
+                let lines: String = (0..LINES)
+                    .map(|n| format!("m{n} from {}\n", member.name))
+                    .collect();
+                member.send(&lines);
+                let mut order = PerSenderOrder::new();
+                for _ in 0..(MEMBERS - 1) * LINES {
+                    let line = member.message();
+                    order.check(&member.name, &line, "m");
+                }
+                // Return the member: closing before everyone is done would make them
+                // read departures, which is fine, but keeps the test about delivery.
+                (member, order.next)
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads
+        .into_iter()
+        .map(|t| t.join().expect("member thread"))
+        .collect();
+    for (member, counts) in &results {
+        assert_eq!(
+            counts.len(),
+            MEMBERS - 1,
+            "{} heard from every other member",
+            member.name
+        );
+        assert!(
+            counts.values().all(|&n| n == LINES),
+            "{}: {counts:?}",
+            member.name
+        );
+    }
+    drop(results);
+    let stats = server.stop();
+    assert_eq!(stats.requests, (MEMBERS * LINES) as u64);
+    assert_eq!(stats.closed_by(CloseReason::SlowConsumer), 0);
+}
+
+/// A member that never reads is disconnected once its pending output passes the cap
+/// (with a warn log); those who read receive every line, and no connection ever had more
+/// than the cap queued, so the server's memory stays bounded.
+#[test]
+fn slow_consumer_is_cut_and_others_get_everything() {
+    const CAP: usize = 64 * 1024;
+    const ROUNDS: usize = 250;
+    const BATCH: usize = 20;
+    let server = TestServer::start(Chat::new(1024), |config| {
+        config.limits.max_outbound = CAP;
+        // Small kernel buffers, so the cap is reached after ~100 KB rather than megabytes.
+        config.socket.send_buffer = Some(16 * 1024);
+    });
+    let mut talkers = [Member::join(server.addr), Member::join(server.addr)];
+    let mut listener = Member::join(server.addr);
+    let slow = {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(&server.addr.into()).unwrap();
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        Member::from_stream(stream)
+    };
+    // The talkers and the listener see the slow member join; then everyone is in.
+    for member in talkers.iter_mut().chain([&mut listener]) {
+        while !member.line().contains(&slow.name) {}
+    }
+    let padding = "x".repeat(100);
+    let mut orders = [
+        PerSenderOrder::new(),
+        PerSenderOrder::new(),
+        PerSenderOrder::new(),
+    ];
+    let mut slow_left = [0; 3];
+    for round in 0..ROUNDS {
+        for talker in talkers.iter_mut() {
+            let lines: String = (0..BATCH)
+                .map(|i| format!("t{} {padding}\n", round * BATCH + i))
+                .collect();
+            talker.send(&lines);
+        }
+        // Lockstep: readers take each round before the next is sent, so they are never
+        // more than a round (~5 KB) behind and cannot be mistaken for slow consumers.
+        let readers = [(0, BATCH), (1, BATCH), (2, 2 * BATCH)];
+        for (who, count) in readers {
+            let member = if who < 2 {
+                &mut talkers[who]
+            } else {
+                &mut listener
+            };
+            let mut got = 0;
+            while got < count {
+                let line = member.line();
+                if line == format!("* {} left\n", slow.name) {
+                    slow_left[who] += 1;
+                    continue;
+                }
+                orders[who].check(&member.name, &line, "t");
+                got += 1;
+            }
+        }
+    }
+    let total = ROUNDS * BATCH;
+    assert_eq!(orders[0].next.get(&talkers[1].name), Some(&total));
+    assert_eq!(orders[1].next.get(&talkers[0].name), Some(&total));
+    assert_eq!(orders[2].next.get(&talkers[0].name), Some(&total));
+    assert_eq!(orders[2].next.get(&talkers[1].name), Some(&total));
+    assert_eq!(
+        slow_left,
+        [1, 1, 1],
+        "everyone saw the slow member leave, once"
+    );
+
+    // The slow member gets what the kernel held when it was cut, in order, then EOF.
+    // That may end mid-line: the queue is dropped, not finished.
+    let mut slow = slow;
+    let rest = String::from_utf8_lossy(&slow.rest()).into_owned();
+    let mut order = PerSenderOrder::new();
+    let mut lines: Vec<&str> = rest
+        .split_inclusive('\n')
+        .filter(|l| !l.starts_with("* "))
+        .collect();
+    if lines.last().is_some_and(|l| !l.ends_with('\n')) {
+        lines.pop();
+    }
+    for line in &lines {
+        order.check(&slow.name, line, "t");
+    }
+    assert!(
+        lines.len() < 2 * total,
+        "cut before the end: got {} lines",
+        lines.len()
+    );
+
+    drop((talkers, listener));
+    let stats = server.stop();
+    assert_eq!(stats.closed_by(CloseReason::SlowConsumer), 1);
+    assert!(
+        stats.peak_outbound <= CAP,
+        "peak {} over the cap",
+        stats.peak_outbound
+    );
+    assert!(
+        stats.peak_outbound > CAP / 2,
+        "the cap was approached: {}",
+        stats.peak_outbound
+    );
+}
+
+/// The binary's `--max-line` reaches the protocol, and a limit that no `--max-outbound`
+/// could deliver is a clear startup error.
+#[test]
+fn server_binary_max_line_flag() {
+    let mut bad = spawn_bin(
+        "multiconn-server",
+        &[
+            "--protocol",
+            "chat",
+            "--max-line",
+            "2000000",
+            "127.0.0.1",
+            "0",
+        ],
+    );
+    let status = bad.wait().unwrap();
+    let mut err = String::new();
+    bad.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(
+        err,
+        "error: --max-line 2000000 needs --max-outbound of at least 2000064 for chat\n"
+    );
+
+    let server = ChildServer::start(&["--protocol", "chat", "--max-line", "8"]);
+    let mut a = Member::join(server.addr);
+    let mut b = Member::join(server.addr);
+    a.expect(&format!("* {} joined\n", b.name));
+    b.send("12345678\n123456789\n");
+    a.expect(&format!("[{}] 12345678\n", b.name));
+    assert_eq!(b.rest(), TOO_LONG);
+}
