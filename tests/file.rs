@@ -517,3 +517,66 @@ fn server_binary_requires_a_readable_root() {
         );
     }
 }
+
+/// The client binary: `--protocol file --path P -o OUT` writes the file byte for byte;
+/// without `-o` every connection downloads it; a refused path is an error line and exit 1.
+#[test]
+fn client_binary_downloads() {
+    let dir = fixture("client-binary");
+    let content = pseudo_random_bytes(21, 3 * CHUNK + 17);
+    fs::write(dir.root().join("data"), &content).unwrap();
+    let server = serve(&dir.root());
+    let port = server.addr.port().to_string();
+    let out_path = dir.0.join("downloaded");
+    let out = out_path.to_str().unwrap();
+
+    let run = |args: &[&str]| {
+        let mut all = vec!["127.0.0.1", port.as_str()];
+        all.extend_from_slice(args);
+        common::spawn_bin("multiconn-client", &all)
+            .wait_with_output()
+            .unwrap()
+    };
+    let result = run(&["1", "--protocol", "file", "--path", "data", "-o", out]);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(
+        fs::read(&out_path).unwrap() == content,
+        "downloaded file differs"
+    );
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        stdout.starts_with(&format!("data: {} bytes in ", content.len())),
+        "{stdout}"
+    );
+
+    let result = run(&["3", "--protocol", "file", "--path", "data"]);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        stdout.starts_with(&format!(
+            "data: 3 of 3 downloads complete ({} bytes each)",
+            content.len()
+        )),
+        "{stdout}"
+    );
+
+    let result = run(&["1", "--protocol", "file", "--path", "../secret", "-o", out]);
+    assert_eq!(result.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(
+        stderr.trim(),
+        "error: ../secret: server refused: outside the root"
+    );
+
+    let result = run(&["2", "--protocol", "file", "--path", "data", "-o", out]);
+    assert_eq!(result.status.code(), Some(2), "-o takes one connection");
+    assert_eq!(server.stop().requests, 5, "1 + 3 downloads and the refused request");
+}

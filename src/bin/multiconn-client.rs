@@ -1,5 +1,6 @@
 //! `multiconn-client HOST PORT NUM_CONNS`: the tutorial's multi-connection echo client; with
-//! `--duration` or `--requests` a load generator (the loops live in `multiconn::client`).
+//! `--duration` or `--requests` a load generator; with `--protocol file --path PATH` a file
+//! downloader (the loops live in `multiconn::client`).
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
@@ -7,10 +8,12 @@ use std::time::Duration;
 
 use clap::Parser;
 use multiconn::cli::{die, init_logging};
+use multiconn::client::file::{download, run_file_load, FileLoadConfig};
 use multiconn::client::{
     parse_duration, run_load, run_scenario, LoadConfig, LoadControl, LoadError, LoadProtocol,
     ScenarioConfig, StopAt, Workload,
 };
+use multiconn::launch::describe;
 use multiconn::net::resolve;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -27,6 +30,9 @@ enum ProtocolArg {
     App,
     /// `GET /` over HTTP/1.1 with keep-alive.
     Http,
+    /// Download --path from a `--protocol file` server on every connection (not a load mode:
+    /// each connection downloads once; size and rate are reported, the byte count checked).
+    File,
 }
 
 #[derive(Parser, Debug)]
@@ -68,9 +74,15 @@ struct Args {
     /// counts from each request's scheduled send time, so a stall shows (no coordinated omission).
     #[arg(long, value_name = "R", requires = "load")]
     rate: Option<f64>,
-    /// What to send.
-    #[arg(long, value_enum, default_value_t = ProtocolArg::Echo, requires = "load")]
+    /// What to send (echo, app and http with --duration/--requests; file with --path).
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Echo)]
     protocol: ProtocolArg,
+    /// file: the path to download, relative to the server's root.
+    #[arg(long, value_name = "PATH")]
+    path: Option<String>,
+    /// file: write the downloaded bytes to OUT (one connection only).
+    #[arg(short, long, value_name = "OUT", requires = "path")]
+    output: Option<std::path::PathBuf>,
     /// Give up on a connection that is not established within this.
     #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "3s", requires = "load")]
     connect_timeout: Duration,
@@ -104,10 +116,86 @@ fn main() {
     init_logging(args.verbose, args.quiet);
     let addr = resolve(&args.host, args.port)
         .unwrap_or_else(|e| die(format!("cannot resolve {}: {e}", args.host), 1));
-    match (args.duration, args.requests) {
-        (Some(d), _) => load(&args, addr, StopAt::Duration(d)),
-        (None, Some(n)) => load(&args, addr, StopAt::Requests(n)),
-        (None, None) => tutorial(&args, addr),
+    let load_mode = args.duration.is_some() || args.requests.is_some();
+    match (args.protocol, load_mode) {
+        (ProtocolArg::File, true) => die(
+            "--protocol file downloads once per connection: drop --duration/--requests",
+            2,
+        ),
+        (ProtocolArg::File, false) => files(&args, addr),
+        (_, _) if args.path.is_some() => die("--path goes with --protocol file", 2),
+        (ProtocolArg::Echo, false) => tutorial(&args, addr),
+        (other, false) => die(
+            format!(
+                "--protocol {} is a load mode: add --duration or --requests",
+                other.name()
+            ),
+            2,
+        ),
+        (_, true) => match (args.duration, args.requests) {
+            (Some(d), _) => load(&args, addr, StopAt::Duration(d)),
+            (None, Some(n)) => load(&args, addr, StopAt::Requests(n)),
+            (None, None) => die("load mode needs --duration or --requests", 2),
+        },
+    }
+}
+
+impl ProtocolArg {
+    fn name(self) -> &'static str {
+        match self {
+            ProtocolArg::Echo => "echo",
+            ProtocolArg::App => "app",
+            ProtocolArg::Http => "http",
+            ProtocolArg::File => "file",
+        }
+    }
+}
+
+/// `--protocol file`: every connection downloads `--path`; with `-o`, one download to a file.
+fn files(args: &Args, addr: std::net::SocketAddr) {
+    let Some(path) = &args.path else {
+        die("--protocol file needs --path PATH", 2)
+    };
+    if let Some(out) = &args.output {
+        if args.num_conns != 1 {
+            die("-o writes one download: use NUM_CONNS 1", 2);
+        }
+        let mut file = std::fs::File::create(out).unwrap_or_else(|e| {
+            die(
+                format!("cannot create {}: {}", out.display(), describe(&e)),
+                1,
+            )
+        });
+        match download(addr, path.as_bytes(), &mut file, args.timeout) {
+            Ok(done) => println!(
+                "{path}: {} bytes in {:.3} s ({:.1} MiB/s) -> {}",
+                done.size,
+                done.elapsed.as_secs_f64(),
+                done.rate() / (1024.0 * 1024.0),
+                out.display()
+            ),
+            Err(e) => die(format!("{path}: {e}"), 1),
+        }
+        return;
+    }
+    let config = FileLoadConfig {
+        addr,
+        connections: args.num_conns,
+        path: path.as_bytes().to_vec(),
+        timeout: args.timeout,
+    };
+    let report = run_file_load(&config).unwrap_or_else(|e| die(describe(&e), 1));
+    println!("{path}: {report}");
+    if !report.is_success() {
+        for (number, reason) in &report.failures {
+            eprintln!("error: connection {number}: {reason}");
+        }
+        eprintln!(
+            "error: {} of {} downloads failed",
+            report.connections - report.completed,
+            report.connections
+        );
+        std::process::exit(1);
     }
 }
 
@@ -138,6 +226,7 @@ fn load(args: &Args, addr: std::net::SocketAddr, stop: StopAt) {
         ProtocolArg::Echo => LoadProtocol::Echo,
         ProtocolArg::Http => LoadProtocol::Http,
         ProtocolArg::App => LoadProtocol::App,
+        ProtocolArg::File => die("--protocol file is not a load mode", 2),
     };
     let host = if args.port == 80 {
         args.host.clone()
