@@ -311,16 +311,20 @@ impl<P: Protocol> Server<P> {
     pub fn run(mut self) -> io::Result<Stats> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         let mut drain_deadline: Option<Instant> = None;
-        let mut next_stats = self.config.stats_interval.map(|i| Instant::now() + i);
+        let mut now = Instant::now();
+        let mut next_stats = self.config.stats_interval.map(|i| now + i);
         loop {
-            let timeout = self.poll_timeout(drain_deadline, next_stats);
+            // Measured from the start of the last turn, not read again: one clock read per
+            // turn is enough for deadlines counted in seconds, and a busy loop turns over
+            // once per message.
+            let timeout = self.poll_timeout(now, drain_deadline, next_stats);
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e);
             }
-            let now = Instant::now();
+            now = Instant::now();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now),
@@ -387,7 +391,12 @@ impl<P: Protocol> Server<P> {
         (addr, handle, thread)
     }
 
-    fn poll_timeout(&self, drain: Option<Instant>, stats: Option<Instant>) -> Option<Duration> {
+    fn poll_timeout(
+        &self,
+        now: Instant,
+        drain: Option<Instant>,
+        stats: Option<Instant>,
+    ) -> Option<Duration> {
         if !self.again.is_empty() || self.accept_again {
             return Some(Duration::ZERO);
         }
@@ -400,7 +409,7 @@ impl<P: Protocol> Server<P> {
         .into_iter()
         .flatten()
         .min()?;
-        Some(nearest.saturating_duration_since(Instant::now()))
+        Some(nearest.saturating_duration_since(now))
     }
 
     fn on_signals(&mut self) {

@@ -578,5 +578,9 @@ fn client_binary_downloads() {
 
     let result = run(&["2", "--protocol", "file", "--path", "data", "-o", out]);
     assert_eq!(result.status.code(), Some(2), "-o takes one connection");
-    assert_eq!(server.stop().requests, 5, "1 + 3 downloads and the refused request");
+    assert_eq!(
+        server.stop().requests,
+        5,
+        "1 + 3 downloads and the refused request"
+    );
 }
