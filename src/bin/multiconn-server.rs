@@ -37,6 +37,15 @@ struct Args {
     /// http: the largest request header section, in bytes (default 8192); larger is 431.
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
     max_header: Option<u64>,
+    /// app: the largest request content accepted, in bytes; larger is refused from the header.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_CONTENT_LENGTH)]
+    max_content_length: usize,
+    /// chat: the longest line accepted; a longer one gets `! line too long` and is disconnected.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE)]
+    max_line: usize,
+    /// file: the directory whose files are served (required by --protocol file).
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
 
     /// Event loops (threads), each with its own SO_REUSEPORT listener on the address.
     #[arg(long, default_value_t = 1, value_name = "N")]
@@ -79,15 +88,6 @@ struct Args {
     /// client that falls this far behind is disconnected as a slow consumer.
     #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024)]
     max_outbound: usize,
-    /// app: the largest request content accepted, in bytes; larger is refused from the header.
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_CONTENT_LENGTH)]
-    max_content_length: usize,
-    /// chat: the longest line accepted; a longer one gets `! line too long` and is disconnected.
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE)]
-    max_line: usize,
-    /// file: the directory whose files are served (required by --protocol file).
-    #[arg(long, value_name = "DIR")]
-    root: Option<PathBuf>,
     /// Log a statistics line every SECS seconds (totals are logged at exit regardless).
     #[arg(long, value_name = "SECS")]
     stats: Option<u64>,
