@@ -3,41 +3,14 @@
 //! client that reuses its buffers makes thousands of round trips.
 
 mod common;
+mod counting_alloc;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::TestServer;
+use counting_alloc::{allocations, CountingAllocator};
 use multiconn::protocol::echo::Echo;
-
-/// Counts allocations and reallocations (frees are not interesting: a per-message
-/// allocation shows up as an allocation).
-struct CountingAllocator;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        System.alloc(layout)
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        System.alloc_zeroed(layout)
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        System.realloc(ptr, layout, new_size)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
@@ -51,13 +24,13 @@ const SLACK: u64 = 8;
 /// Makes `rounds` round trips of `batch` (written whole, read back whole) on `stream`,
 /// checking the echo, and returns how many allocations the process made meanwhile.
 fn allocations_during(stream: &mut TcpStream, batch: &[u8], echo: &mut [u8], rounds: usize) -> u64 {
-    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    let before = allocations();
     for _ in 0..rounds {
         stream.write_all(batch).expect("write");
         stream.read_exact(echo).expect("read");
         assert!(echo == batch, "echo differs from what was sent");
     }
-    ALLOCATIONS.load(Ordering::SeqCst) - before
+    allocations() - before
 }
 
 /// After warm-up, 1,000 and 10,000 echoed messages (one in flight, then 16 pipelined per
@@ -65,12 +38,9 @@ fn allocations_during(stream: &mut TcpStream, batch: &[u8], echo: &mut [u8], rou
 /// message in the read → protocol → write path of the loop.
 #[test]
 fn echo_path_does_not_allocate_per_message() {
-    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    let before = allocations();
     std::hint::black_box(vec![0u8; 100]);
-    assert!(
-        ALLOCATIONS.load(Ordering::SeqCst) > before,
-        "the counting allocator is in use"
-    );
+    assert!(allocations() > before, "the counting allocator is in use");
 
     let server = TestServer::start(Echo, |_| {});
     let mut stream = server.connect();

@@ -4,39 +4,19 @@
 //! file holds one test so that no other test's allocations are counted with it.
 
 mod common;
+mod counting_alloc;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::Child;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::spawn_bin;
+use counting_alloc::{allocations, CountingAllocator};
 use multiconn::client::{run_load, LoadConfig, LoadControl, LoadProtocol, StopAt, Workload};
 
-/// Counts every allocation and reallocation of the process.
-struct CountingAllocator;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: every call is passed on unchanged to the system allocator.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
 #[global_allocator]
-static GLOBAL: CountingAllocator = CountingAllocator;
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 /// `multiconn-server` on a free port, killed when dropped.
 struct ServerProcess(Child);
@@ -83,9 +63,9 @@ fn allocations_for(addr: SocketAddr, requests: u64, rate: Option<f64>) -> u64 {
         threads: 1,
     };
     let control = LoadControl::new();
-    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    let before = allocations();
     let report = run_load(&config, &control, None).expect("load run");
-    let after = ALLOCATIONS.load(Ordering::SeqCst);
+    let after = allocations();
     assert_eq!(report.requests.completed, requests);
     assert_eq!(report.errors.total, 0);
     drop(report);

@@ -11,6 +11,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use super::connect;
 use crate::launch::describe;
 use crate::protocol::ByteStr;
 
@@ -276,8 +277,9 @@ pub fn run_file_load(config: &FileLoadConfig) -> io::Result<FileLoadReport> {
     let mut events = Events::with_capacity(256);
     let mut conns = Slab::with_capacity(config.connections);
     for number in 1..=config.connections {
-        let mut stream = match TcpStream::connect(config.addr) {
-            Ok(s) => s,
+        let entry = conns.vacant_entry();
+        let stream = match connect::start(poll.registry(), config.addr, Token(entry.key()))? {
+            Ok(stream) => stream,
             Err(e) => {
                 report
                     .failures
@@ -285,12 +287,6 @@ pub fn run_file_load(config: &FileLoadConfig) -> io::Result<FileLoadReport> {
                 continue;
             }
         };
-        let entry = conns.vacant_entry();
-        poll.registry().register(
-            &mut stream,
-            Token(entry.key()),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
         entry.insert(LoadConn {
             number,
             stream,
@@ -391,14 +387,9 @@ fn serve_load_conn(
     registry: &mio::Registry,
 ) -> Result<Option<u64>, DownloadError> {
     if !conn.connected {
-        // A non-blocking connect reports its outcome as writability (or an error).
-        if let Ok(Some(e)) | Err(e) = conn.stream.take_error() {
-            return Err(e.into());
-        }
-        match conn.stream.peer_addr() {
-            Ok(_) => conn.connected = true,
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(None),
-            Err(e) => return Err(e.into()),
+        conn.connected = connect::finished(&conn.stream)?;
+        if !conn.connected {
+            return Ok(None);
         }
     }
     if conn.written < request.len() {

@@ -19,6 +19,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+use super::connect;
 use super::report::{CpuTime, ErrorCounts, Interval, LoadReport, ReportOptions, Tally};
 use super::timer::SlotTimer;
 use super::workload::{ConnExchange, Exchange, Progress, Workload};
@@ -514,22 +515,20 @@ impl<'a> LoadLoop<'a> {
     fn connect_all(&mut self, first: usize, count: usize) -> io::Result<()> {
         let config = self.shared.config;
         for number in first..first + count {
-            let mut stream = match TcpStream::connect(config.addr) {
-                Ok(stream) => stream,
-                Err(e) => {
-                    self.connect_failed(&e);
-                    continue;
-                }
-            };
+            let entry = self.conns.vacant_entry();
+            let stream =
+                match connect::start(self.poll.registry(), config.addr, Token(entry.key()))? {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        self.connect_failed(&e);
+                        continue;
+                    }
+                };
             // Requests leave at once instead of waiting for Nagle's algorithm.
             if let Err(e) = stream.set_nodelay(true) {
                 log::debug!("cannot set TCP_NODELAY: {e}");
             }
-            let entry = self.conns.vacant_entry();
             let interest = Interest::READABLE | Interest::WRITABLE;
-            self.poll
-                .registry()
-                .register(&mut stream, Token(entry.key()), interest)?;
             entry.insert(Conn {
                 stream,
                 connected: false,
@@ -582,18 +581,8 @@ impl<'a> LoadLoop<'a> {
                 if conn.connected {
                     continue;
                 }
-                // A non-blocking connect reports its outcome as writability or an error.
-                match conn.stream.take_error() {
-                    Ok(Some(e)) | Err(e) => {
-                        self.conns.remove(key);
-                        self.connect_failed(&e);
-                        continue;
-                    }
-                    Ok(None) => {}
-                }
-                match conn.stream.peer_addr() {
-                    Ok(_) => conn.connected = true,
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                match connect::finished(&conn.stream) {
+                    Ok(connected) => conn.connected = connected,
                     Err(e) => {
                         self.conns.remove(key);
                         self.connect_failed(&e);

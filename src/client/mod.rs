@@ -5,6 +5,7 @@
 //! ([`duration`]).
 
 pub mod app;
+pub mod connect;
 pub mod duration;
 pub mod file;
 pub mod load;

@@ -10,6 +10,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use super::connect;
 use crate::launch::describe;
 use crate::protocol::ByteStr;
 
@@ -76,8 +77,9 @@ pub fn run_scenario(
             "Starting connection {number} to {}",
             config.addr
         )?;
-        let mut stream = match TcpStream::connect(config.addr) {
-            Ok(s) => s,
+        let entry = conns.vacant_entry();
+        let stream = match connect::start(poll.registry(), config.addr, Token(entry.key()))? {
+            Ok(stream) => stream,
             Err(e) => {
                 report
                     .failures
@@ -85,12 +87,6 @@ pub fn run_scenario(
                 continue;
             }
         };
-        let entry = conns.vacant_entry();
-        poll.registry().register(
-            &mut stream,
-            Token(entry.key()),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
         entry.insert(Conn {
             number,
             stream,
@@ -158,17 +154,9 @@ fn service(
     registry: &mio::Registry,
 ) -> Result<bool, String> {
     if !conn.connected {
-        // A non-blocking connect reports its outcome as writability (or an error).
-        if let Ok(Some(e)) | Err(e) = conn.stream.take_error() {
-            return Err(format!(
-                "cannot connect to {}: {}",
-                config.addr,
-                describe(&e)
-            ));
-        }
-        match conn.stream.peer_addr() {
-            Ok(_) => conn.connected = true,
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(false),
+        match connect::finished(&conn.stream) {
+            Ok(true) => conn.connected = true,
+            Ok(false) => return Ok(false),
             Err(e) => {
                 return Err(format!(
                     "cannot connect to {}: {}",
