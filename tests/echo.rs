@@ -204,7 +204,7 @@ fn lock_step_echo_never_registers_writable() {
 #[test]
 fn listens_on_ipv6_and_names() {
     for host in ["::1", "localhost"] {
-        let mut child = spawn_bin("multiconn-server", &[host, "0"]);
+        let mut child = ServerChild(spawn_bin("multiconn-server", &[host, "0"]));
         let mut log = Transcript::of(child.stderr.take().unwrap());
         let line = log.wait_for("Listening on ");
         let addr: std::net::SocketAddr = line.trim_start_matches("Listening on ").parse().unwrap();

@@ -203,7 +203,7 @@ fn emfile_pauses_accepting_without_spinning() {
             Ok(())
         });
     }
-    let mut child = command.spawn().unwrap();
+    let mut child = ServerChild(command.spawn().unwrap());
     let mut log = Transcript::of(child.stderr.take().unwrap());
     let line = log.wait_for("Listening on ");
     let addr: std::net::SocketAddr = line.trim_start_matches("Listening on ").parse().unwrap();

@@ -178,12 +178,37 @@ impl Transcript {
     }
 }
 
+/// A server process that is killed when dropped, so a failing test leaves nothing running.
+pub struct ServerChild(pub Child);
+
+impl std::ops::Deref for ServerChild {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ServerChild {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts `multiconn-server` on 127.0.0.1 port 0 with `extra` flags; returns the child,
 /// its stderr transcript, and the address it reported in "Listening on ...".
-pub fn start_server_bin(extra: &[&str]) -> (Child, Transcript, SocketAddr) {
+pub fn start_server_bin(extra: &[&str]) -> (ServerChild, Transcript, SocketAddr) {
     let mut args = vec!["127.0.0.1", "0"];
     args.extend_from_slice(extra);
-    let mut child = spawn_bin("multiconn-server", &args);
+    let mut child = ServerChild(spawn_bin("multiconn-server", &args));
     let mut transcript = Transcript::of(child.stderr.take().unwrap());
     let line = transcript.wait_for("Listening on ");
     let addr = line
