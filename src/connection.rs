@@ -189,23 +189,18 @@ impl<S> Connection<S> {
         }
     }
 
-    /// Reregisters only when the wanted interest differs from the registered one.
-    /// Returns whether it did, and whether WRITABLE was newly added.
-    pub fn update_interest(
+    /// Registers `wanted` in place of the current interest; the caller has checked that
+    /// they differ. Returns whether WRITABLE was newly added.
+    pub fn reregister(
         &mut self,
         registry: &Registry,
         token: Token,
-    ) -> io::Result<(bool, bool)> {
-        let Some(wanted) = self.wanted_interest() else {
-            return Ok((false, false));
-        };
-        if wanted == self.registered {
-            return Ok((false, false));
-        }
+        wanted: Interest,
+    ) -> io::Result<bool> {
         registry.reregister(&mut self.stream, token, wanted)?;
         let added_writable = wanted.is_writable() && !self.registered.is_writable();
         self.registered = wanted;
-        Ok((true, added_writable))
+        Ok(added_writable)
     }
 
     /// Marks the connection finished; the loop removes it in its sweep.

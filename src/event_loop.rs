@@ -573,8 +573,12 @@ impl<P: Protocol> Server<P> {
             self.read(key, read_closed, now);
         }
         self.send_reply(key, now);
-        self.deliver_broadcast(Some(key));
-        self.stream_more(key, now);
+        if !self.broadcast.is_empty() {
+            self.deliver_broadcast(Some(key));
+        }
+        if P::STREAMS {
+            self.stream_more(key, now);
+        }
         self.settle(key, now);
     }
 
@@ -789,15 +793,19 @@ impl<P: Protocol> Server<P> {
             self.again.push((key, conn.id));
         }
         if conn.phase != Phase::Closed {
-            match conn.update_interest(self.poll.registry(), Token(key)) {
-                Ok((changed, added_writable)) => {
-                    self.stats.reregistrations += changed as u64;
-                    self.stats.writable_registrations += added_writable as u64;
+            match conn.wanted_interest() {
+                None => conn.phase = Phase::Closed,
+                // The one place interest changes, and only when it really does.
+                Some(wanted) if wanted != conn.registered => {
+                    match conn.reregister(self.poll.registry(), Token(key), wanted) {
+                        Ok(added_writable) => {
+                            self.stats.reregistrations += 1;
+                            self.stats.writable_registrations += added_writable as u64;
+                        }
+                        Err(e) => fail(conn, &e, "reregister"),
+                    }
                 }
-                Err(e) => fail(conn, &e, "reregister"),
-            }
-            if conn.wanted_interest().is_none() {
-                conn.phase = Phase::Closed;
+                Some(_) => {}
             }
         }
         if conn.phase == Phase::Closed {

@@ -377,6 +377,8 @@ impl Protocol for FileServer {
         (used, flow)
     }
 
+    const STREAMS: bool = true;
+
     fn on_drained(&mut self, session: &mut FileSession, out: &mut Output<'_>) -> Flow {
         self.pump(session, out)
     }

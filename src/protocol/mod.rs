@@ -100,6 +100,10 @@ pub trait Protocol {
         }
     }
 
+    /// Whether `on_drained` produces anything. Only streaming protocols say so; for the
+    /// others the loop skips the call on every message.
+    const STREAMS: bool = false;
+
     /// The connection's queued output is at or below the low-water mark (64 KiB): a
     /// streaming protocol (file transfer) queues its next chunk here. The loop calls it
     /// again while it produces output and the queue stays low (up to a per-turn budget),
