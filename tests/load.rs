@@ -673,3 +673,42 @@ fn http_protocol_against_the_http_server() {
     let stats = every_request_answered(server, "http");
     assert_eq!(stats.accepted, 20, "keep-alive: one connection each");
 }
+
+/// A server whose accept queue is full never completes a handshake: `--connect-timeout`
+/// turns that into one clear error and a non-zero exit instead of a hang.
+#[test]
+fn connect_timeout_is_a_clear_error() {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    listener.bind(&any.into()).unwrap();
+    // Backlog 0: the accept queue holds one connection; later SYNs are dropped, unanswered.
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let fillers: Vec<TcpStream> = (0..3)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok())
+        .collect();
+    assert!(!fillers.is_empty(), "the queue should take one connection");
+    let port = addr.port().to_string();
+    let out = client(&[
+        "127.0.0.1",
+        &port,
+        "3",
+        "--requests",
+        "10",
+        "--connect-timeout",
+        "300ms",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("timed out after 300ms"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.elapsed < Duration::from_secs(5),
+        "took {:?}",
+        out.elapsed
+    );
+    drop((listener, fillers));
+}
