@@ -388,3 +388,42 @@ fn stats_lines_and_second_sigint() {
     assert_eq!(status.code(), Some(130));
     drop(conn);
 }
+
+/// Combinations that cannot work are refused before anything is bound: a chat room
+/// spread over several loops, and several workers on one Unix socket.
+#[test]
+fn impossible_worker_combinations_are_refused() {
+    let options = |protocol, listen| LaunchOptions {
+        config: ServerConfig::new(listen),
+        protocol,
+        protocol_options: ProtocolOptions::default(),
+        workers: 2,
+        derive_max_connections: false,
+    };
+    let tcp = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
+    let error = start(options(ProtocolKind::Chat, tcp))
+        .err()
+        .expect("chat on 2 workers");
+    assert!(
+        error.starts_with("--protocol chat runs one room on one loop"),
+        "{error}"
+    );
+    let unix = ListenAddr::Unix(std::env::temp_dir().join("multiconn-never-bound.sock"));
+    let error = start(options(ProtocolKind::Echo, unix))
+        .err()
+        .expect("unix on 2 workers");
+    assert_eq!(error, "--unix works with one worker only");
+
+    let out = spawn_bin(
+        "multiconn-server",
+        &["127.0.0.1", "0", "--protocol", "chat", "--workers", "2"],
+    )
+    .wait_with_output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: --protocol chat runs one room on one loop"),
+        "{stderr}"
+    );
+}
