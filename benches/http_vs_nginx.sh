@@ -6,6 +6,10 @@
 # Usage: benches/http_vs_nginx.sh
 # Environment: DURATION=10s (per wrk run)  ROUNDS=3  CONNECTIONS=50  THREADS=1 (wrk threads)
 #              WARMUP=2s (one unmeasured run against each server first; 0 to skip)
+#              CPU_QUOTA=N (optional): give each server N% of one core (a cgroup-v1 CFS
+#              quota), so that the server, not wrk, is the bottleneck and requests/s
+#              compares the servers on the same CPU budget. Needs root and the cgroup
+#              cpu controller at /sys/fs/cgroup/cpu.
 # Needs wrk and nginx: installed with apt-get when missing and running as root; otherwise
 # it says how. On a machine with 2 or more cores the server runs on core 0, wrk on core 1.
 set -euo pipefail
@@ -16,6 +20,7 @@ ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-50}
 THREADS=${THREADS:-1}
 WARMUP=${WARMUP:-2s}
+CPU_QUOTA=${CPU_QUOTA:-}
 BODY='<h1>Hello,World!</h1>'
 
 # --- tools ---------------------------------------------------------------------------
@@ -63,7 +68,30 @@ cleanup() {
     for pid in $OURS_PID $NGINX_PID; do
         wait "$pid" 2>/dev/null || true
     done
+    for group in "${QUOTA_GROUPS[@]}"; do
+        rmdir "$group" 2>/dev/null || true
+    done
     rm -rf "$WORK"
+}
+QUOTA_GROUPS=()
+
+# limit_cpu NAME PID...: puts the processes in a cgroup of their own with CPU_QUOTA% of
+# one core (each server gets its own budget; their threads and children share it).
+limit_cpu() {
+    local name=$1 group
+    shift
+    [ -n "$CPU_QUOTA" ] || return 0
+    group=/sys/fs/cgroup/cpu/multiconn-bench-$name-$$
+    mkdir "$group" || { echo "error: cannot create $group (root and cgroup v1 cpu needed)" >&2; exit 1; }
+    QUOTA_GROUPS+=("$group")
+    # A 10 ms period keeps throttling pauses short (they show in the latency).
+    echo 10000 >"$group/cpu.cfs_period_us"
+    echo $((CPU_QUOTA * 100)) >"$group/cpu.cfs_quota_us"
+    for pid in "$@"; do
+        for task in /proc/"$pid"/task/*; do
+            echo "${task##*/}" >"$group/tasks"
+        done
+    done
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -138,6 +166,8 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 [ -n "$NGINX_WORKER" ] || { echo "error: no nginx worker found" >&2; exit 1; }
+limit_cpu multiconn "$OURS_PID"
+limit_cpu nginx "$NGINX_PID" "$NGINX_WORKER"
 
 # --- measuring -----------------------------------------------------------------------
 TICKS=$(getconf CLK_TCK)
@@ -173,7 +203,7 @@ run() {
         "$(awk -v c="$cpu" -v r="$requests" 'BEGIN { printf "%.4f", c / r * 10000 }')"
 }
 
-echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, $PINNING, $(nproc) cores"
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, $PINNING, $(nproc) cores${CPU_QUOTA:+, each server limited to $CPU_QUOTA% of a core}"
 echo "multiconn: $SERVER_BIN (pid $OURS_PID); nginx: $($NGINX -v 2>&1 | sed 's/.*version: //') (worker pid $NGINX_WORKER)"
 if [ "$WARMUP" != 0 ]; then
     "${PIN_WRK[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$OURS_URL" >/dev/null
@@ -208,6 +238,6 @@ awk '
             rps["multiconn"] / rps["nginx"], per10k["multiconn"] / per10k["nginx"]
         # A server well below a full core was not the bottleneck: wrk (or the machine) was,
         # and requests/s then says little; CPU per request still compares the servers.
-        if (busy["multiconn"] < 90 && busy["nginx"] < 90)
+        if (quota == "" && busy["multiconn"] < 90 && busy["nginx"] < 90)
             print "  note: neither server used a full core: requests/s is bounded by wrk or the machine"
-    }' "$RESULTS"
+    }' quota="$CPU_QUOTA" "$RESULTS"
