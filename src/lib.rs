@@ -8,8 +8,10 @@
 //! - [`connection`]: one connection's socket, buffers, phase, deadlines and the one
 //!   function that decides its interest.
 //! - [`outbound`]: the queue of bytes owed to a peer, written with one `writev`.
-//! - [`protocol`]: state machines over bytes that never touch a socket (echo, ...).
-//! - [`client`]: the tutorial's multi-connection client, and the load generator.
+//! - [`protocol`]: state machines over bytes that never touch a socket: echo, the
+//!   tutorial's JSON-header app protocol, chat, file transfer and an HTTP/1.1 responder.
+//! - [`client`]: the tutorial's multi-connection client, the app client, the file
+//!   downloader and the load generator.
 //! - [`launch`]: protocol choice, worker loops and signals, as `multiconn-server` runs them.
 //! - [`cli`]: what the binaries share (logging setup, error exit).
 
