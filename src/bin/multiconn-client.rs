@@ -187,15 +187,8 @@ fn files(args: &Args, addr: std::net::SocketAddr) {
     let report = run_file_load(&config).unwrap_or_else(|e| die(describe(&e), 1));
     println!("{path}: {report}");
     if !report.is_success() {
-        for (number, reason) in &report.failures {
-            eprintln!("error: connection {number}: {reason}");
-        }
-        eprintln!(
-            "error: {} of {} downloads failed",
-            report.connections - report.completed,
-            report.connections
-        );
-        std::process::exit(1);
+        let failed = report.connections - report.completed;
+        fail_connections(&report.failures, failed, report.connections, "downloads");
     }
 }
 
@@ -209,16 +202,18 @@ fn tutorial(args: &Args, addr: std::net::SocketAddr) {
     };
     let report = run_scenario(&config, &mut transcript).unwrap_or_else(|e| die(e, 1));
     if !report.failures.is_empty() {
-        for (number, reason) in &report.failures {
-            eprintln!("error: connection {number}: {reason}");
-        }
-        eprintln!(
-            "error: {} of {} connections failed",
-            report.failures.len(),
-            args.num_conns
-        );
-        std::process::exit(1);
+        let failed = report.failures.len();
+        fail_connections(&report.failures, failed, args.num_conns, "connections");
     }
+}
+
+/// One line per failed connection, a total, and exit 1.
+fn fail_connections(failures: &[(usize, String)], failed: usize, total: usize, what: &str) -> ! {
+    for (number, reason) in failures {
+        eprintln!("error: connection {number}: {reason}");
+    }
+    eprintln!("error: {failed} of {total} {what} failed");
+    std::process::exit(1);
 }
 
 fn load(args: &Args, addr: std::net::SocketAddr, stop: StopAt) {
