@@ -17,6 +17,7 @@ use signal_hook::consts::SIGINT;
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
+use crate::clock::CoarseClock;
 use crate::connection::{is_peer_error, CloseReason, Connection, DeadlineKind, Phase, Timeouts};
 use crate::net::{configure_accepted, ListenAddr, Listener, SocketOptions};
 use crate::protocol::{Flow, Output, Protocol, Timeout};
@@ -311,12 +312,13 @@ impl<P: Protocol> Server<P> {
     pub fn run(mut self) -> io::Result<Stats> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         let mut drain_deadline: Option<Instant> = None;
-        let mut now = Instant::now();
+        let clock = CoarseClock::new();
+        let mut now = clock.now();
         let mut next_stats = self.config.stats_interval.map(|i| now + i);
         loop {
-            // Measured from the start of the last turn, not read again: one clock read per
-            // turn is enough for deadlines counted in seconds, and a busy loop turns over
-            // once per message.
+            // Measured from the start of the last turn, not read again: one coarse clock
+            // read per turn is enough for deadlines counted in seconds, and a busy loop
+            // turns over once per message.
             let timeout = self.poll_timeout(now, drain_deadline, next_stats);
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -324,7 +326,7 @@ impl<P: Protocol> Server<P> {
                 }
                 return Err(e);
             }
-            now = Instant::now();
+            now = clock.now();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now),
@@ -370,7 +372,7 @@ impl<P: Protocol> Server<P> {
             conn.close(CloseReason::Shutdown);
         }
         self.closing.extend(self.conns.iter().map(|(key, _)| key));
-        self.sweep(Instant::now());
+        self.sweep(clock.now());
         self.stats.open = self.conns.len();
         Ok(self.stats)
     }
