@@ -3,10 +3,11 @@
 //! decides which readiness it wants from the poll.
 
 use std::io::{self, Write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mio::{Interest, Registry, Token};
 
+use crate::clock::Tick;
 use crate::net::{Peer, Stream};
 use crate::outbound::Outbound;
 
@@ -20,7 +21,7 @@ pub enum Phase {
     /// Our write side is shut and everything was sent; read and discard what the peer
     /// still sends until it closes or `until`, so that closing with unread input does not
     /// make the kernel answer with a reset that destroys our last reply (lingering close).
-    Lingering { until: Instant },
+    Lingering { until: Tick },
     /// Done; removed in the sweep after the current batch of events.
     Closed,
 }
@@ -126,13 +127,13 @@ pub struct Connection<S> {
     /// The peer sent FIN.
     pub peer_closed: bool,
     pub close_reason: CloseReason,
-    pub last_activity: Instant,
+    pub last_activity: Tick,
     /// When the unfinished frame in `inbound` started.
-    pub frame_started: Option<Instant>,
+    pub frame_started: Option<Tick>,
     /// Since when output has been pending with no write progress.
-    pub write_stalled_since: Option<Instant>,
+    pub write_stalled_since: Option<Tick>,
     /// The deadline of this connection's entry in the loop's timer queue, if any.
-    pub timer_at: Option<Instant>,
+    pub timer_at: Option<Tick>,
     /// Queued on the loop's list of connections to flush at the end of the batch.
     pub dirty: bool,
     /// A streaming protocol's `on_drained` was stopped by the loop's per-turn budget while
@@ -142,7 +143,7 @@ pub struct Connection<S> {
 }
 
 impl<S> Connection<S> {
-    pub fn new(stream: Stream, peer: Peer, id: u64, session: S, now: Instant) -> Self {
+    pub fn new(stream: Stream, peer: Peer, id: u64, session: S, now: Tick) -> Self {
         Connection {
             stream,
             peer,
@@ -221,7 +222,7 @@ impl<S> Connection<S> {
 
     /// Sends `reply`: straight from the caller's buffer when nothing else is queued,
     /// keeping only what the socket did not take. Returns the bytes written.
-    pub fn send(&mut self, reply: &[u8], now: Instant) -> io::Result<usize> {
+    pub fn send(&mut self, reply: &[u8], now: Tick) -> io::Result<usize> {
         if reply.is_empty() {
             return Ok(0);
         }
@@ -248,7 +249,7 @@ impl<S> Connection<S> {
     }
 
     /// Writes queued output until it is gone or the socket is full. Returns the bytes written.
-    pub fn flush(&mut self, now: Instant) -> io::Result<usize> {
+    pub fn flush(&mut self, now: Tick) -> io::Result<usize> {
         let mut total = 0;
         while !self.outbound.is_empty() {
             match self.outbound.write_to(&mut self.stream) {
@@ -280,7 +281,7 @@ impl<S> Connection<S> {
     }
 
     /// The nearest deadline, if any applies.
-    pub fn deadline(&self, timeouts: &Timeouts) -> Option<(Instant, DeadlineKind)> {
+    pub fn deadline(&self, timeouts: &Timeouts) -> Option<(Tick, DeadlineKind)> {
         match self.phase {
             Phase::Closed => return None,
             Phase::Lingering { until } => return Some((until, DeadlineKind::Linger)),

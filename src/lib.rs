@@ -5,7 +5,7 @@
 //! - [`net`]: binding listeners with socket options; the TCP/Unix stream a connection holds.
 //! - [`event_loop`]: the `mio::Poll`, the listener, the `Slab` of connections, timers and
 //!   shutdown. Accept → read → protocol → write → interest.
-//! - [`clock`]: the loop's once-per-turn coarse clock.
+//! - [`clock`]: the loop's coarse clock, read once per turn.
 //! - [`connection`]: one connection's socket, buffers, phase, deadlines and the one
 //!   function that decides its interest.
 //! - [`outbound`]: the queue of bytes owed to a peer, written with one `writev`.
