@@ -778,20 +778,7 @@ impl<P: Protocol> Server<P> {
         let conn = &mut self.conns[key];
         self.stats.peak_outbound = self.stats.peak_outbound.max(conn.outbound.len());
         if conn.phase == Phase::Closing && conn.outbound.is_empty() && !conn.more_to_stream {
-            if conn.peer_closed {
-                conn.phase = Phase::Closed;
-            } else {
-                // Shut our side so the peer sees EOF after the last reply, then wait for
-                // its FIN instead of resetting the connection under it.
-                match conn.stream.shutdown_write() {
-                    Ok(()) => {
-                        conn.phase = Phase::Lingering {
-                            until: now + self.config.timeouts.linger,
-                        }
-                    }
-                    Err(_) => conn.phase = Phase::Closed,
-                }
-            }
+            end_closing(conn, now + self.config.timeouts.linger);
         }
         if conn.read_paused && conn.outbound.len() <= self.config.limits.max_outbound / 2 {
             // Reading stopped without seeing WouldBlock, so input may be waiting that epoll
@@ -804,13 +791,7 @@ impl<P: Protocol> Server<P> {
                 None => conn.phase = Phase::Closed,
                 // The one place interest changes, and only when it really does.
                 Some(wanted) if wanted != conn.registered => {
-                    match conn.reregister(self.poll.registry(), Token(key), wanted) {
-                        Ok(added_writable) => {
-                            self.stats.reregistrations += 1;
-                            self.stats.writable_registrations += added_writable as u64;
-                        }
-                        Err(e) => fail(conn, &e, "reregister"),
-                    }
+                    reregister(conn, self.poll.registry(), key, wanted, &mut self.stats);
                 }
                 Some(_) => {}
             }
@@ -889,6 +870,15 @@ impl<P: Protocol> Server<P> {
     /// Removes every connection marked closed this batch. A removed connection's
     /// `on_close` may broadcast (chat's "left"), which may close slow consumers in turn.
     fn sweep(&mut self, now: Tick) {
+        if !self.closing.is_empty() {
+            self.remove_closed(now);
+        }
+        self.stats.requests += std::mem::take(&mut self.requests);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn remove_closed(&mut self, now: Tick) {
         while !self.closing.is_empty() {
             for key in std::mem::take(&mut self.closing) {
                 match self.conns.get(key) {
@@ -907,7 +897,6 @@ impl<P: Protocol> Server<P> {
             }
             self.flush_dirty(now);
         }
-        self.stats.requests += std::mem::take(&mut self.requests);
     }
 }
 
@@ -974,8 +963,45 @@ fn linger_read<S>(conn: &mut Connection<S>, buf: &mut [u8]) {
     }
 }
 
+/// A `Closing` connection whose output is all sent: closed if the peer already sent its
+/// FIN, otherwise our side is shut so the peer sees EOF after the last reply, and we wait
+/// for its FIN (until `linger_until`) instead of resetting the connection under it.
+#[cold]
+fn end_closing<S>(conn: &mut Connection<S>, linger_until: Tick) {
+    conn.phase = if conn.peer_closed {
+        Phase::Closed
+    } else {
+        match conn.stream.shutdown_write() {
+            Ok(()) => Phase::Lingering {
+                until: linger_until,
+            },
+            Err(_) => Phase::Closed,
+        }
+    };
+}
+
+/// Registers a changed interest and counts it. Out of line: an echo that keeps up with its
+/// peer never changes interest, and the loop's hot path stays small.
+#[cold]
+fn reregister<S>(
+    conn: &mut Connection<S>,
+    registry: &mio::Registry,
+    key: usize,
+    wanted: Interest,
+    stats: &mut Stats,
+) {
+    match conn.reregister(registry, Token(key), wanted) {
+        Ok(added_writable) => {
+            stats.reregistrations += 1;
+            stats.writable_registrations += added_writable as u64;
+        }
+        Err(e) => fail(conn, &e, "reregister"),
+    }
+}
+
 /// Ends one connection after a socket error; resets and broken pipes are the peer's
 /// business and only logged at debug.
+#[cold]
 fn fail<S>(conn: &mut Connection<S>, e: &io::Error, op: &str) {
     if is_peer_error(e) {
         log::debug!("{}: {op}: {e}", conn.peer);

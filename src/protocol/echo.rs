@@ -18,12 +18,18 @@ impl Protocol for Echo {
     fn on_input(&mut self, peer: &mut Peer, input: &[u8], out: &mut Output<'_>) -> (usize, Flow) {
         // Guarded: formatting every message would cost more than echoing it.
         if log::log_enabled!(log::Level::Debug) {
-            log::debug!("Echoing {} to {}", ByteStr(input), peer);
+            log_echo(input, peer);
         }
         out.send(input);
         out.count_request();
         (input.len(), Flow::Continue)
     }
+}
+
+/// Out of line, so the formatting machinery does not weigh on the hot path.
+#[cold]
+fn log_echo(input: &[u8], peer: &Peer) {
+    log::debug!("Echoing {} to {}", ByteStr(input), peer);
 }
 
 #[cfg(test)]
