@@ -141,7 +141,7 @@ measured_round() {
 
 # per_trip TICKS ROUND_TRIPS: CPU microseconds per round trip.
 per_trip() {
-    awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }'
+    awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { printf "%.3f", t * 1e6 / hz / n }'
 }
 
 # ratio A B: A/B with three decimals.
@@ -250,7 +250,10 @@ perf_syscalls_round() {
 
 # sampled_round PID PORT SECS PIPELINE: measured_round with perf sampling the server's
 # cpu-clock at 4999 Hz; sets USER_SHARE, the fraction of samples taken in user mode (a far
-# finer split of user and system time than /proc's 10 ms ticks).
+# finer split of user and system time than /proc's 10 ms ticks), and RETURN_SHARE, the
+# fraction on the first user instruction after a syscall: kernel exit time that a VM's
+# deferred timer interrupt charges to user mode (see user_split.py; empty without
+# python3).
 sampled_round() {
     local pid=$1 port=$2 secs=$3 pipeline=$4
     local data=$WORK_DIR/perf.data
@@ -264,6 +267,11 @@ sampled_round() {
     # Kernel addresses on x86-64 and arm64 start with ffff.
     USER_SHARE=$(perf script -i "$data" -F ip 2>/dev/null |
         awk '{ if ($1 ~ /^ffff/) k++; else u++ } END { if (u + k == 0) print 0; else printf "%.5f", u / (u + k) }')
+    RETURN_SHARE=""
+    if command -v python3 >/dev/null; then
+        RETURN_SHARE=$(perf script -i "$data" -F ip --show-mmap-events 2>/dev/null |
+            python3 "$ROOT/benches/compare/user_split.py" | cut -d' ' -f2)
+    fi
 }
 
 # open_idle PID PORT COUNT: opens COUNT idle connections (an idle_conns process) to the

@@ -15,7 +15,9 @@
 #   trips/s and the server's user and system CPU per round trip: utime/stime from
 #   /proc/PID/stat (clock ticks of `getconf CLK_TCK`; the kernel splits user from system
 #   time by sampling at each tick, which is coarse when user time is a few percent), and,
-#   where perf works, the user share from perf sampling cpu-clock at 4999 Hz;
+#   where perf works, the user share from perf sampling cpu-clock at 4999 Hz, and that
+#   share without the samples on the first instruction after a syscall, which are kernel
+#   exit time charged to user mode (user_split.py says why; needs python3);
 # - where valgrind is installed, user-space instructions per round trip under callgrind
 #   (CALLGRIND_SECS, default 3; CALLGRIND=0 skips it): deterministic, unlike CPU time;
 # - one round per server with PIPELINE (16) messages written together per connection;
@@ -71,12 +73,12 @@ else
     echo "   valgrind not installed (or CALLGRIND=0): instruction counts skipped"
 fi
 
-declare -A PID PORT TRIPS UTICKS_SUM STICKS_SUM RATE_SUM USER_SAMPLED_SUM
+declare -A PID PORT TRIPS UTICKS_SUM STICKS_SUM RATE_SUM USER_SAMPLED_SUM USER_OWN_SUM
 for kind in "${SERVERS[@]}"; do
     PORT[$kind]=$(free_port)
     start_server "$kind" "${PORT[$kind]}"
     PID[$kind]=$SERVER_PID
-    TRIPS[$kind]=0 UTICKS_SUM[$kind]=0 STICKS_SUM[$kind]=0 RATE_SUM[$kind]=0 USER_SAMPLED_SUM[$kind]=0
+    TRIPS[$kind]=0 UTICKS_SUM[$kind]=0 STICKS_SUM[$kind]=0 RATE_SUM[$kind]=0 USER_SAMPLED_SUM[$kind]=0 USER_OWN_SUM[$kind]=0
     # Warm-up, not counted: first connections, page faults, the CPU's frequency.
     run_generator "${PORT[$kind]}" 1 1
 done
@@ -91,7 +93,13 @@ for round in $(seq "$ROUNDS"); do
             # User CPU = the sampled user share of the round's whole CPU time.
             user_sampled=$(awk -v s="$USER_SHARE" -v t=$(( UTICKS + STICKS )) 'BEGIN { print s * t }')
             USER_SAMPLED_SUM[$kind]=$(awk -v a="${USER_SAMPLED_SUM[$kind]}" -v b="$user_sampled" 'BEGIN { print a + b }')
-            sampled="  (perf: user $(per_trip "$user_sampled" "$ROUND_TRIPS") us, $(awk -v s="$USER_SHARE" 'BEGIN { printf "%.1f", s * 100 }')% of its CPU)"
+            sampled="  (perf: user $(per_trip "$user_sampled" "$ROUND_TRIPS") us, $(awk -v s="$USER_SHARE" 'BEGIN { printf "%.1f", s * 100 }')% of its CPU"
+            if [ -n "$RETURN_SHARE" ]; then
+                own=$(awk -v s="$USER_SHARE" -v r="$RETURN_SHARE" -v t=$(( UTICKS + STICKS )) 'BEGIN { print (s - r) * t }')
+                USER_OWN_SUM[$kind]=$(awk -v a="${USER_OWN_SUM[$kind]}" -v b="$own" 'BEGIN { print a + b }')
+                sampled+="; $(per_trip "$own" "$ROUND_TRIPS") us outside syscall returns"
+            fi
+            sampled+=")"
         else
             measured_round "${PID[$kind]}" "${PORT[$kind]}" "$DURATION" 1
         fi
@@ -227,6 +235,12 @@ if [ "$HAVE_PERF" = 1 ]; then
     t_user_s=$(per_trip "${USER_SAMPLED_SUM[tokio]}" "${TRIPS[tokio]}")
     user_ratio_s=$(ratio "$m_user_s" "$t_user_s")
     row "user CPU us per round trip, perf sampling" "$m_user_s" "$t_user_s" "$user_ratio_s" "<= 0.6" "$(verdict "$user_ratio_s" "<=" 0.6)"
+    if [ "${USER_OWN_SUM[tokio]}" != 0 ]; then
+        m_own=$(per_trip "${USER_OWN_SUM[multiconn]}" "${TRIPS[multiconn]}")
+        t_own=$(per_trip "${USER_OWN_SUM[tokio]}" "${TRIPS[tokio]}")
+        own_ratio=$(ratio "$m_own" "$t_own")
+        row "  outside syscall returns (see user_split.py)" "$m_own" "$t_own" "$own_ratio" "<= 0.6" "$(verdict "$own_ratio" "<=" 0.6)"
+    fi
 fi
 if [ "$HAVE_CALLGRIND" = 1 ]; then
     ir_ratio=$(ratio "${CALLGRIND_IR[multiconn]}" "${CALLGRIND_IR[tokio]}")
