@@ -190,6 +190,21 @@ impl<S> Connection<S> {
         }
     }
 
+    /// Settling would change nothing: open and reading, nothing owed, READABLE registered,
+    /// and only the idle deadline applies, whose timer is armed (activity only moves it
+    /// later). The state of a connection between two echoed messages, checked first.
+    pub fn is_steady(&self) -> bool {
+        self.phase == Phase::Open
+            && !self.read_paused
+            && !self.peer_closed
+            && !self.more_to_stream
+            && self.outbound.is_empty()
+            && self.registered == Interest::READABLE
+            && self.timer_at.is_some()
+            && self.frame_started.is_none()
+            && self.write_stalled_since.is_none()
+    }
+
     /// Registers `wanted` in place of the current interest; the caller has checked that
     /// they differ. Returns whether WRITABLE was newly added.
     pub fn reregister(

@@ -776,6 +776,10 @@ impl<P: Protocol> Server<P> {
     /// wants (only if changed), arm its deadline, and queue it for the sweep when done.
     fn settle(&mut self, key: usize, now: Tick) {
         let conn = &mut self.conns[key];
+        if conn.is_steady() {
+            debug_assert_eq!(conn.wanted_interest(), Some(conn.registered));
+            return;
+        }
         self.stats.peak_outbound = self.stats.peak_outbound.max(conn.outbound.len());
         if conn.phase == Phase::Closing && conn.outbound.is_empty() && !conn.more_to_stream {
             end_closing(conn, now + self.config.timeouts.linger);
