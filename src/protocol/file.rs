@@ -3,8 +3,10 @@
 //! bytes, or `ERR <reason>\n`, then waits for the next request on the same connection.
 //!
 //! The root is a security boundary: `..`, absolute paths and symlinks leading outside are
-//! refused. Files are streamed a chunk at a time from `on_drained`, as the peer takes
-//! them, so a file of any size holds only a couple of chunks in memory.
+//! refused, and files are opened with openat2(2) confined beneath the root, so a directory
+//! swapped for a symlink between the check and the open cannot lead out either. Files are
+//! streamed a chunk at a time from `on_drained`, as the peer takes them, so a file of any
+//! size holds only a couple of chunks in memory.
 //!
 //! Pipelining: request lines that arrive while a file is streaming are consumed at once
 //! and queued (at most `MAX_QUEUED_BYTES` of them); each is answered, in order, when the
@@ -13,10 +15,11 @@
 //! connection closes; input after it is discarded.
 
 use std::collections::VecDeque;
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
@@ -119,8 +122,10 @@ pub fn resolve(root: &Path, request: &[u8]) -> Result<PathBuf, Refusal> {
     Ok(canonical)
 }
 
-/// Opens `path` for streaming if it is a regular file; returns it with its size.
-fn open_regular(path: &Path) -> Result<(File, u64), Refusal> {
+/// Opens `path`, which `resolve` returned, for streaming if it is a regular file; returns
+/// it with its size. Where the kernel has openat2(2), the open itself is confined to the
+/// root (`root_dir`), which closes the race between `resolve`'s check and the open.
+fn open_regular(root: &Path, root_dir: &OwnedFd, path: &Path) -> Result<(File, u64), Refusal> {
     // Looking before opening keeps FIFOs and devices from being opened at all (opening a
     // FIFO blocks, opening some devices has effects).
     let meta = fs::metadata(path).map_err(|e| Refusal::from_io(&e))?;
@@ -129,12 +134,22 @@ fn open_regular(path: &Path) -> Result<(File, u64), Refusal> {
     }
     // Something may be swapped in after the look: O_NONBLOCK keeps a FIFO from blocking the
     // loop in open(2), O_NOFOLLOW refuses a symlink put in place of the file, and the fstat
-    // of the open handle has the final word.
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| Refusal::from_io(&e))?;
+    // of the open handle has the final word. A directory on the way replaced by a symlink
+    // leading out is refused by openat2's RESOLVE_BENEATH.
+    let relative = path.strip_prefix(root).map_err(|_| Refusal::OutsideRoot)?;
+    let file = match open_beneath(root_dir, relative) {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => return Err(Refusal::OutsideRoot),
+        // No openat2 (Linux before 5.6, or a seccomp filter): the path-based check stands.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+                .open(path)
+                .map_err(|e| Refusal::from_io(&e))?
+        }
+        Err(e) => return Err(Refusal::from_io(&e)),
+    };
     let meta = file.metadata().map_err(|e| Refusal::from_io(&e))?;
     if !meta.is_file() {
         return Err(Refusal::NotRegularFile);
@@ -142,11 +157,39 @@ fn open_regular(path: &Path) -> Result<(File, u64), Refusal> {
     Ok((file, meta.len()))
 }
 
+/// Opens `relative` for reading under the directory `dir`, with openat2(2) refusing (EXDEV)
+/// any resolution that would leave it: `..`, an absolute symlink, a symlink leading out.
+fn open_beneath(dir: &OwnedFd, relative: &Path) -> io::Result<File> {
+    let path = CString::new(relative.as_os_str().as_bytes())?;
+    // SAFETY: open_how is plain data; all-zero is its documented default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: `dir` is an open descriptor, `path` a NUL-terminated string and `how` an
+    // open_how of the size passed; all outlive the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor, and nothing else owns it.
+    Ok(unsafe { File::from_raw_fd(fd as RawFd) })
+}
+
 /// Serves the files under one directory. Cheap to clone (one per worker loop).
 #[derive(Debug, Clone)]
 pub struct FileServer {
     /// Canonical, resolved once at start: every request is checked against it.
     root: Arc<Path>,
+    /// The root, opened (O_PATH) once: files are opened beneath it.
+    root_dir: Arc<OwnedFd>,
 }
 
 impl FileServer {
@@ -161,7 +204,14 @@ impl FileServer {
         }
         // Listing it proves it is readable, so the operator hears now rather than per request.
         fs::read_dir(&root)?;
-        Ok(FileServer { root: root.into() })
+        let root_dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(&root)?;
+        Ok(FileServer {
+            root: root.into(),
+            root_dir: Arc::new(root_dir.into()),
+        })
     }
 
     /// The canonical root.
@@ -217,7 +267,7 @@ impl FileServer {
     fn start(&self, session: &mut FileSession, request: &[u8], out: &mut Output<'_>) {
         out.count_request();
         match resolve(&self.root, request).and_then(|path| {
-            let (file, size) = open_regular(&path)?;
+            let (file, size) = open_regular(&self.root, &self.root_dir, &path)?;
             Ok((path, file, size))
         }) {
             Ok((path, file, size)) => {
@@ -548,6 +598,34 @@ mod tests {
             let got = run(&mut server, &[&line]);
             assert_eq!(got, (refusal.reply().to_vec(), None), "{}", ByteStr(path));
         }
+    }
+
+    /// The race a path check alone cannot close: a directory checked inside the root is
+    /// swapped for a symlink leading out before the open. openat2's RESOLVE_BENEATH
+    /// refuses it, where a plain open would have served the outside file.
+    #[test]
+    fn directory_swapped_after_the_check_does_not_lead_out() {
+        let (dir, server, _) = fixture("swap");
+        let checked = resolve(&server.root, b"sub/inner").unwrap();
+        let outside = dir.0.join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("inner"), b"secret").unwrap();
+        fs::rename(dir.0.join("root/sub"), dir.0.join("old-sub")).unwrap();
+        symlink(&outside, dir.0.join("root/sub")).unwrap();
+        assert_eq!(
+            fs::read(&checked).unwrap(),
+            b"secret",
+            "the swap is in place"
+        );
+        let opened = open_regular(&server.root, &server.root_dir, &checked);
+        assert_eq!(opened.map(|(_, size)| size), Err(Refusal::OutsideRoot));
+        // A link that stays inside is still followed.
+        fs::remove_file(dir.0.join("root/sub")).unwrap();
+        symlink("empty-dir", dir.0.join("root/sub")).unwrap();
+        fs::create_dir_all(dir.0.join("root/empty-dir")).unwrap();
+        fs::write(dir.0.join("root/empty-dir/inner"), b"in").unwrap();
+        let opened = open_regular(&server.root, &server.root_dir, &checked);
+        assert_eq!(opened.map(|(_, size)| size), Ok(2));
     }
 
     /// A request line longer than the limit is refused, even before its end arrives.
