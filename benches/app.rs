@@ -77,7 +77,7 @@ fn codec(c: &mut Criterion) {
 fn server(c: &mut Criterion) {
     let config = ServerConfig::new(ListenAddr::Tcp("127.0.0.1:0".parse().expect("address")));
     let server = Server::bind(config, App::default()).expect("bind 127.0.0.1:0");
-    let (addr, handle, thread) = server.spawn();
+    let (addr, handle, thread) = server.spawn().unwrap();
     let ListenAddr::Tcp(addr) = addr else {
         panic!("expected a TCP address")
     };

@@ -148,7 +148,7 @@ fn fan_out(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(3));
     for receivers in [100usize, 1000] {
         let server = Server::bind(config.clone(), Chat::default()).expect("bind 127.0.0.1:0");
-        let (addr, handle, thread) = server.spawn();
+        let (addr, handle, thread) = server.spawn().unwrap();
         let ListenAddr::Tcp(addr) = addr else {
             unreachable!("bound to TCP")
         };

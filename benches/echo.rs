@@ -42,7 +42,7 @@ impl BenchServer {
         // 10,000 idle plus the active ones: above the default cap of 10,000.
         config.limits.max_connections = 20_000;
         let server = Server::bind(config, Echo).expect("bind 127.0.0.1:0");
-        let (addr, handle, thread) = server.spawn();
+        let (addr, handle, thread) = server.spawn().unwrap();
         let ListenAddr::Tcp(addr) = addr else {
             unreachable!("bound a TCP address")
         };

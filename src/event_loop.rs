@@ -387,8 +387,9 @@ impl<P: Protocol> Server<P> {
     }
 
     /// Runs the server on a new thread; returns its address, a handle to stop it, and the
-    /// thread, which yields the final counters.
-    pub fn spawn(self) -> (ListenAddr, ServerHandle, JoinHandle<io::Result<Stats>>)
+    /// thread, which yields the final counters. Fails only if the OS refuses a thread.
+    #[allow(clippy::type_complexity)]
+    pub fn spawn(self) -> io::Result<(ListenAddr, ServerHandle, JoinHandle<io::Result<Stats>>)>
     where
         P: Send + 'static,
         P::Session: Send,
@@ -397,9 +398,8 @@ impl<P: Protocol> Server<P> {
         let handle = self.handle();
         let thread = std::thread::Builder::new()
             .name("multiconn-server".into())
-            .spawn(move || self.run())
-            .expect("spawning a thread only fails when the OS is out of threads");
-        (addr, handle, thread)
+            .spawn(move || self.run())?;
+        Ok((addr, handle, thread))
     }
 
     fn poll_timeout(

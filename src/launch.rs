@@ -203,18 +203,28 @@ impl Launcher for Spawn {
             .first()
             .map(|server| server.local_addr().clone())
             .ok_or("no worker to start")?;
-        let (handles, threads) = servers
-            .into_iter()
-            .map(|server| {
-                let (_, handle, thread) = server.spawn();
-                (handle, thread)
-            })
-            .unzip();
-        Ok(Workers {
+        let mut workers = Workers {
             addr,
-            handles,
-            threads,
-        })
+            handles: Vec::new(),
+            threads: Vec::new(),
+        };
+        for server in servers {
+            match server.spawn() {
+                Ok((_, handle, thread)) => {
+                    workers.handles.push(handle);
+                    workers.threads.push(thread);
+                }
+                Err(e) => {
+                    // The workers already running would otherwise serve on, unowned.
+                    for handle in &workers.handles {
+                        handle.stop_now();
+                    }
+                    let _ = workers.join();
+                    return Err(format!("cannot start a worker thread: {e}"));
+                }
+            }
+        }
+        Ok(workers)
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{spawn_bin, TestServer, IO_TIMEOUT};
+use common::{limit_child, spawn_bin, TestServer, IO_TIMEOUT};
 use multiconn::client::{
     run_load, LoadConfig, LoadControl, LoadProtocol, LoadReport, StopAt, Workload,
 };
@@ -473,6 +473,50 @@ fn refused_port_is_a_clear_error() {
         "took {:?}",
         out.elapsed
     );
+}
+
+/// When the OS refuses a thread (here: a 64 MiB address-space limit against 100 loops of
+/// 2 MiB stacks), the loops already started are called off and the user gets one clear
+/// line and exit code 1, not a panic or a hang at the start barrier.
+#[test]
+fn refused_thread_is_a_clear_error() {
+    use std::process::{Command, Stdio};
+    let server = TestServer::start(Echo, |_| {});
+    let port = server.addr.port().to_string();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_multiconn-client"));
+    command
+        .args([
+            "127.0.0.1",
+            &port,
+            "100",
+            "--threads",
+            "100",
+            "--requests",
+            "1000",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    limit_child(&mut command, libc::RLIMIT_AS, 64 << 20);
+    let child = command.spawn().expect("spawn multiconn-client");
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let Ok(output) = rx.recv_timeout(IO_TIMEOUT) else {
+        // SAFETY: kill only sends a signal to the child we started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        panic!("multiconn-client hung after a refused thread");
+    };
+    let output = output.expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: cannot start a load thread: ") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty());
 }
 
 /// Without load flags the binary still runs the tutorial's scenario with its transcript.

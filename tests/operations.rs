@@ -5,7 +5,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -190,19 +189,7 @@ fn emfile_pauses_accepting_without_spinning() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // SAFETY: setrlimit is async-signal-safe and touches only the child.
-    unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 32,
-                rlim_max: 32,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    limit_child(&mut command, libc::RLIMIT_NOFILE, 32);
     let mut child = ServerChild(command.spawn().unwrap());
     let mut log = Transcript::of(child.stderr.take().unwrap());
     let line = log.wait_for("Listening on ");
@@ -278,7 +265,7 @@ fn unix_socket_round_trip_and_stale_file() {
     let path = dir.join("echo.sock");
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap()); // leaves a stale file
     let server = Server::bind(ServerConfig::new(ListenAddr::Unix(path.clone())), Echo).unwrap();
-    let (_, handle, thread) = server.spawn();
+    let (_, handle, thread) = server.spawn().unwrap();
 
     let live = Server::bind(ServerConfig::new(ListenAddr::Unix(path.clone())), Echo);
     assert_eq!(
@@ -308,7 +295,7 @@ fn ipv6_round_trip() {
         Echo,
     )
     .unwrap();
-    let (addr, handle, thread) = server.spawn();
+    let (addr, handle, thread) = server.spawn().unwrap();
     let ListenAddr::Tcp(addr) = addr else {
         panic!()
     };
@@ -424,6 +411,38 @@ fn impossible_worker_combinations_are_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.starts_with("error: --protocol chat runs one room on one loop"),
+        "{stderr}"
+    );
+}
+
+/// When the OS refuses a worker thread (a 64 MiB address-space limit against 100 workers
+/// of 2 MiB stacks), the workers already running are stopped and the user gets one clear
+/// line and exit code 1, not a panic.
+#[test]
+fn refused_worker_thread_is_a_clear_error() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_multiconn-server"));
+    command
+        .args(["-q", "127.0.0.1", "0", "--workers", "100"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    limit_child(&mut command, libc::RLIMIT_AS, 64 << 20);
+    let mut child = ServerChild(command.spawn().unwrap());
+    let mut pipe = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        let _ = tx.send(text);
+    });
+    // stderr ends when the process exits; a hung server is killed when `child` drops.
+    let stderr = rx
+        .recv_timeout(IO_TIMEOUT)
+        .expect("the server exited after the refused thread");
+    let status = wait_exit(&mut child);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: cannot start a worker thread: ") && stderr.lines().count() == 1,
         "{stderr}"
     );
 }

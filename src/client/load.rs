@@ -143,6 +143,8 @@ pub enum LoadError {
     Connect(String),
     /// The poll itself failed.
     Io(io::Error),
+    /// The OS refused a thread for one of the loops.
+    Thread(io::Error),
 }
 
 impl fmt::Display for LoadError {
@@ -150,6 +152,7 @@ impl fmt::Display for LoadError {
         match self {
             LoadError::Config(message) | LoadError::Connect(message) => f.write_str(message),
             LoadError::Io(e) => write!(f, "event loop failed: {}", describe(e)),
+            LoadError::Thread(e) => write!(f, "cannot start a load thread: {}", describe(e)),
         }
     }
 }
@@ -236,22 +239,48 @@ pub fn run_load(
                 .collect()
         }),
     };
-    let results: Vec<io::Result<LoopResult>> = std::thread::scope(|scope| {
+    let results: io::Result<Vec<io::Result<LoopResult>>> = std::thread::scope(|scope| {
         let (done_tx, done_rx) = mpsc::channel::<()>();
-        let handles: Vec<_> = (0..threads)
-            .map(|index| {
-                let shared = &shared;
-                let done = done_tx.clone();
-                std::thread::Builder::new()
-                    .name(format!("load-{index}"))
-                    .spawn_scoped(scope, move || {
-                        let result = LoadLoop::run(shared, index, threads);
-                        drop(done);
-                        result
-                    })
-                    .expect("spawning a thread only fails when the OS is out of threads")
-            })
-            .collect();
+        // Each loop waits for the go before it connects: if the OS refuses a thread, the
+        // loops already started are called off instead of waiting at the barrier forever.
+        let mut gates = Vec::with_capacity(threads);
+        let mut handles = Vec::with_capacity(threads);
+        let mut refused = None;
+        for index in 0..threads {
+            let shared = &shared;
+            let done = done_tx.clone();
+            let (go_tx, go_rx) = mpsc::channel::<()>();
+            let spawned = std::thread::Builder::new()
+                .name(format!("load-{index}"))
+                .spawn_scoped(scope, move || {
+                    let result = match go_rx.recv() {
+                        Ok(()) => LoadLoop::run(shared, index, threads),
+                        Err(_) => Err(io::Error::other("called off")),
+                    };
+                    drop(done);
+                    result
+                });
+            match spawned {
+                Ok(handle) => {
+                    gates.push(go_tx);
+                    handles.push(handle);
+                }
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = refused {
+            drop(gates);
+            for handle in handles {
+                let _ = handle.join();
+            }
+            return Err(e);
+        }
+        for gate in gates {
+            let _ = gate.send(());
+        }
         drop(done_tx);
         // The calling thread prints progress until every loop has dropped its sender.
         let mut second = 1u32;
@@ -283,14 +312,15 @@ pub fn run_load(
                 }
             }
         }
-        handles
+        Ok(handles
             .into_iter()
             .map(|h| {
                 h.join()
                     .unwrap_or_else(|_| Err(io::Error::other("a load thread panicked")))
             })
-            .collect()
+            .collect())
     });
+    let results = results.map_err(LoadError::Thread)?;
     let mut tally = Tally::default();
     let mut ended: Option<Instant> = None;
     let mut last_answer: Option<Instant> = None;

@@ -31,7 +31,7 @@ impl TestServer {
         let mut config = ServerConfig::new(ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()));
         tweak(&mut config);
         let server = Server::bind(config, protocol).expect("bind 127.0.0.1:0");
-        let (addr, handle, thread) = server.spawn();
+        let (addr, handle, thread) = server.spawn().unwrap();
         let ListenAddr::Tcp(addr) = addr else {
             panic!("expected a TCP address")
         };
@@ -105,6 +105,24 @@ pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
             state as u8
         })
         .collect()
+}
+
+/// Makes the child that `command` starts run under `limit` (soft and hard) of `resource`.
+pub fn limit_child(command: &mut Command, resource: libc::__rlimit_resource_t, limit: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(resource, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// A built binary of this package, started with piped stdout/stderr.
