@@ -200,6 +200,9 @@ impl ServerHandle {
     }
 }
 
+/// A loop running on its own thread (`Server::spawn`); joining it yields its counters.
+pub type ServerThread = JoinHandle<io::Result<Stats>>;
+
 /// A server loop: binds in `bind`, serves in `run` until shut down.
 pub struct Server<P: Protocol> {
     poll: Poll,
@@ -388,8 +391,7 @@ impl<P: Protocol> Server<P> {
 
     /// Runs the server on a new thread; returns its address, a handle to stop it, and the
     /// thread, which yields the final counters. Fails only if the OS refuses a thread.
-    #[allow(clippy::type_complexity)]
-    pub fn spawn(self) -> io::Result<(ListenAddr, ServerHandle, JoinHandle<io::Result<Stats>>)>
+    pub fn spawn(self) -> io::Result<(ListenAddr, ServerHandle, ServerThread)>
     where
         P: Send + 'static,
         P::Session: Send,

@@ -3,12 +3,11 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::thread::JoinHandle;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::event_loop::{Server, ServerConfig, ServerHandle, Stats};
+use crate::event_loop::{Server, ServerConfig, ServerHandle, ServerThread, Stats};
 use crate::net::ListenAddr;
 use crate::protocol::app::{App, DEFAULT_MAX_CONTENT_LENGTH};
 use crate::protocol::chat::{self, Chat};
@@ -73,7 +72,7 @@ pub fn describe(e: &io::Error) -> String {
 pub struct Workers {
     pub addr: ListenAddr,
     pub handles: Vec<ServerHandle>,
-    threads: Vec<JoinHandle<io::Result<Stats>>>,
+    threads: Vec<ServerThread>,
 }
 
 impl Workers {
