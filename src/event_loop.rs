@@ -776,12 +776,19 @@ impl<P: Protocol> Server<P> {
 
     /// After any work on a connection: advance its phase, register the interest it now
     /// wants (only if changed), arm its deadline, and queue it for the sweep when done.
+    /// The steady case, where nothing can change, is checked inline at every call site.
+    #[inline(always)]
     fn settle(&mut self, key: usize, now: Tick) {
-        let conn = &mut self.conns[key];
+        let conn = &self.conns[key];
         if conn.is_steady() {
             debug_assert_eq!(conn.wanted_interest(), Some(conn.registered));
             return;
         }
+        self.settle_changed(key, now);
+    }
+
+    fn settle_changed(&mut self, key: usize, now: Tick) {
+        let conn = &mut self.conns[key];
         self.stats.peak_outbound = self.stats.peak_outbound.max(conn.outbound.len());
         if conn.phase == Phase::Closing && conn.outbound.is_empty() && !conn.more_to_stream {
             end_closing(conn, now + self.config.timeouts.linger);
