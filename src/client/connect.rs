@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
+use crate::launch::describe;
+
 /// Starts a connect to `addr` registered under `token` for READABLE and WRITABLE (the
 /// outcome of a non-blocking connect is reported as writability). The outer error is the
 /// poll's (fatal for the loop); the inner one is this connection's (a failed connect).
@@ -21,6 +23,24 @@ pub fn start(
     };
     registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
     Ok(Ok(stream))
+}
+
+/// Starts connection `number` like `start`; a failed connect is noted in `failures` (the
+/// run goes on with the other connections) and gives `None`.
+pub fn start_noting_failure(
+    registry: &Registry,
+    addr: SocketAddr,
+    token: Token,
+    number: usize,
+    failures: &mut Vec<(usize, String)>,
+) -> io::Result<Option<TcpStream>> {
+    Ok(match start(registry, addr, token)? {
+        Ok(stream) => Some(stream),
+        Err(e) => {
+            failures.push((number, format!("cannot connect: {}", describe(&e))));
+            None
+        }
+    })
 }
 
 /// Whether a started connect has completed: `Ok(true)` connected, `Ok(false)` still in

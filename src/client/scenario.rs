@@ -78,14 +78,16 @@ pub fn run_scenario(
             config.addr
         )?;
         let entry = conns.vacant_entry();
-        let stream = match connect::start(poll.registry(), config.addr, Token(entry.key()))? {
-            Ok(stream) => stream,
-            Err(e) => {
-                report
-                    .failures
-                    .push((number, format!("cannot connect: {}", describe(&e))));
-                continue;
-            }
+        let token = Token(entry.key());
+        let Some(stream) = connect::start_noting_failure(
+            poll.registry(),
+            config.addr,
+            token,
+            number,
+            &mut report.failures,
+        )?
+        else {
+            continue;
         };
         entry.insert(Conn {
             number,
