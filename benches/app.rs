@@ -5,7 +5,6 @@
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -14,7 +13,7 @@ use multiconn::protocol::app::{
     decode, encode, encode_json_fields, App, BINARY_ENCODING, CLIENT_BINARY_TYPE,
     DEFAULT_MAX_CONTENT_LENGTH,
 };
-use multiconn::protocol::{Output, Protocol};
+use multiconn::protocol::{Produced, Protocol};
 use multiconn::{ListenAddr, Peer, Server, ServerConfig};
 
 /// Keep-alive connections in the server bench, each with one request outstanding.
@@ -59,16 +58,12 @@ fn codec(c: &mut Criterion) {
     // The protocol's whole share of one request: decode, look up, encode the answer.
     group.throughput(Throughput::Elements(1));
     let mut app = App::default();
-    let (mut reply, mut broadcast, mut requests) = (Vec::new(), Vec::<Arc<[u8]>>::new(), 0u64);
-    let mut session = app.open(
-        &Peer::Unix,
-        &mut Output::new(&mut reply, &mut broadcast, &mut requests),
-    );
+    let mut produced = Produced::default();
+    let mut session = app.open(&Peer::Unix, &mut produced.output());
     group.bench_function("serve search request", |b| {
         b.iter(|| {
-            reply.clear();
-            let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
-            app.on_input(&mut session, black_box(&search), &mut out)
+            produced.reply.clear();
+            app.on_input(&mut session, black_box(&search), &mut produced.output())
         })
     });
     group.finish();

@@ -1,15 +1,21 @@
-//! One accepted connection: its socket, its inbound (unfinished frame) and outbound
-//! (owed bytes) buffers, its lifecycle phase and deadlines, and the one function that
-//! decides which readiness it wants from the poll.
+//! One connection's life in one place: its socket, its inbound (unfinished frame) and
+//! outbound (owed bytes) buffers, its phase (open → closing → lingering → closed), its
+//! deadlines, and the one function that decides what it needs from the loop. The loop
+//! schedules connections (events, timers, the sweep) and never reaches inside one.
 
-use std::io::{self, Write};
+use std::io::{self, Read};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mio::{Interest, Registry, Token};
 
 use crate::clock::Tick;
+use crate::config::{Limits, Timeouts};
 use crate::net::{Peer, Stream};
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, Reply};
+use crate::protocol::{Flow, Produced, Protocol, Timeout};
+pub use crate::stats::CloseReason;
+use crate::stats::Stats;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,54 +32,6 @@ pub enum Phase {
     Closed,
 }
 
-/// Why a connection ended, for the statistics and the debug log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The peer closed its side and everything owed was sent.
-    PeerClosed,
-    /// The protocol ended the session (error reply, `quit`, `Connection: close`).
-    Protocol,
-    /// Reset, broken pipe or another socket error.
-    Error,
-    IdleTimeout,
-    FrameTimeout,
-    WriteTimeout,
-    /// Its pending output passed the cap while others' messages were queued for it.
-    SlowConsumer,
-    /// An unfinished frame grew past the protocol's limit.
-    InputTooLarge,
-    /// The server is shutting down.
-    Shutdown,
-}
-
-impl CloseReason {
-    pub const ALL: [CloseReason; 9] = [
-        CloseReason::PeerClosed,
-        CloseReason::Protocol,
-        CloseReason::Error,
-        CloseReason::IdleTimeout,
-        CloseReason::FrameTimeout,
-        CloseReason::WriteTimeout,
-        CloseReason::SlowConsumer,
-        CloseReason::InputTooLarge,
-        CloseReason::Shutdown,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            CloseReason::PeerClosed => "peer-closed",
-            CloseReason::Protocol => "protocol",
-            CloseReason::Error => "error",
-            CloseReason::IdleTimeout => "idle-timeout",
-            CloseReason::FrameTimeout => "frame-timeout",
-            CloseReason::WriteTimeout => "write-timeout",
-            CloseReason::SlowConsumer => "slow-consumer",
-            CloseReason::InputTooLarge => "input-too-large",
-            CloseReason::Shutdown => "shutdown",
-        }
-    }
-}
-
 /// Which of a connection's deadlines is the nearest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeadlineKind {
@@ -83,66 +41,128 @@ pub enum DeadlineKind {
     Linger,
 }
 
-/// The timeouts that apply to every connection of a loop (`None`: no such timeout).
-#[derive(Debug, Clone)]
-pub struct Timeouts {
-    /// No traffic in either direction for this long closes the connection.
-    pub idle: Option<Duration>,
-    /// Output pending with no write progress for this long: the peer stopped reading.
-    pub write: Option<Duration>,
-    /// A frame that has started must be complete within this (defeats slowloris).
-    pub frame: Option<Duration>,
-    /// How long a lingering close waits for the peer's FIN.
-    pub linger: Duration,
+/// What serving a connection borrows from its loop for one turn.
+pub struct Turn<'a, P> {
+    pub protocol: &'a mut P,
+    /// The reply, broadcasts and request count the protocol produces; the loop writes and
+    /// delivers them after each connection's turn.
+    pub produced: &'a mut Produced,
+    pub read_buf: &'a mut [u8],
+    pub limits: &'a Limits,
+    pub timeouts: &'a Timeouts,
+    pub stats: &'a mut Stats,
+    pub now: Tick,
 }
 
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            idle: Some(Duration::from_secs(300)),
-            write: Some(Duration::from_secs(30)),
-            frame: Some(Duration::from_secs(30)),
-            linger: Duration::from_secs(2),
+/// What a readiness event reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    pub readable: bool,
+    pub writable: bool,
+    /// The peer's FIN arrived (with or before the data the event announces).
+    pub read_closed: bool,
+}
+
+impl From<&mio::event::Event> for Readiness {
+    fn from(event: &mio::event::Event) -> Self {
+        // An error event (a reset while we only wait to write) is both: the write or read
+        // reports the error.
+        let error = event.is_error();
+        Readiness {
+            readable: event.is_readable() || event.is_read_closed() || error,
+            writable: event.is_writable() || event.is_write_closed() || error,
+            read_closed: event.is_read_closed(),
         }
+    }
+}
+
+/// What the loop has to schedule for a connection after settling it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// It is closed: remove it in the sweep.
+    pub finished: bool,
+    /// Serve it next turn without waiting for an event: input may be waiting that
+    /// edge-triggered epoll will not report again (a read budget ran out, a pause ended,
+    /// streaming was cut by its budget).
+    pub serve_again: bool,
+    /// Arm a timer at this tick.
+    pub timer: Option<Tick>,
+}
+
+/// What settling has to do, decided from the connection's state in one place
+/// ([`Connection::wants`]); the steady state is `Interest` of what is registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wants {
+    Interest(Interest),
+    /// Closing and everything owed is sent: shut the write side and linger.
+    EndClosing,
+    /// Reading was paused and the queue has drained to the low-water mark.
+    Resume,
+    /// Nothing left to wait for: remove it.
+    Finished,
+}
+
+/// The deadlines of one connection, and the one timer armed for the nearest.
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    last_activity: Tick,
+    /// When the frame in progress (unconsumed bytes, or one the protocol consumes as it
+    /// comes) started, or the last frame of it completed.
+    frame_started: Option<Tick>,
+    /// Since when output has been pending with no write progress.
+    write_stalled_since: Option<Tick>,
+    /// The deadline of this connection's entry in the loop's timer queue, if any.
+    timer_at: Option<Tick>,
+}
+
+impl Deadlines {
+    /// Only the idle deadline applies and its timer is armed: activity only moves the idle
+    /// deadline later, so there is nothing to re-arm (the state between two messages).
+    fn only_idle_armed(&self) -> bool {
+        self.timer_at.is_some()
+            && self.frame_started.is_none()
+            && self.write_stalled_since.is_none()
     }
 }
 
 /// A connection and everything the loop keeps for it. Idle, it holds no heap memory:
 /// both buffers are unallocated while empty.
 pub struct Connection<S> {
-    pub stream: Stream,
-    pub peer: Peer,
+    stream: Stream,
+    peer: Peer,
     /// Unique for the loop's lifetime; a slab key is reused, this is not, so stale
     /// timers and deferred work can tell a successor from the connection they meant.
-    pub id: u64,
-    pub session: S,
-    /// The unconsumed tail of the input: an unfinished frame.
-    pub inbound: Vec<u8>,
-    pub outbound: Outbound,
+    id: u64,
+    session: S,
+    /// The unconsumed tail of the input: an unfinished frame, or after a pause whatever
+    /// the protocol has not consumed yet.
+    inbound: Vec<u8>,
+    outbound: Outbound,
     /// The interest currently registered with the poll.
-    pub registered: Interest,
-    pub phase: Phase,
-    /// Reading stopped because the outbound buffer passed its cap.
-    pub read_paused: bool,
+    registered: Interest,
+    phase: Phase,
+    /// Reading stopped until the queue drains to the low-water mark: the protocol paused,
+    /// or the queue reached the cap.
+    paused: bool,
+    /// A pause left input the protocol has not consumed (complete frames perhaps): it is
+    /// presented again before the socket is read.
+    input_waiting: bool,
     /// The peer sent FIN.
-    pub peer_closed: bool,
-    pub close_reason: CloseReason,
-    pub last_activity: Tick,
-    /// When the unfinished frame in `inbound` started.
-    pub frame_started: Option<Tick>,
-    /// Since when output has been pending with no write progress.
-    pub write_stalled_since: Option<Tick>,
-    /// The deadline of this connection's entry in the loop's timer queue, if any.
-    pub timer_at: Option<Tick>,
+    peer_closed: bool,
+    close_reason: CloseReason,
+    /// Closed with a reset rather than gracefully.
+    was_cut: bool,
+    deadlines: Deadlines,
     /// Queued on the loop's list of connections to flush at the end of the batch.
-    pub dirty: bool,
-    /// A streaming protocol's `on_drained` was stopped by the loop's per-turn budget while
-    /// it still had output: the loop serves the connection again next turn, and until then
+    flush_queued: bool,
+    /// A streaming protocol's `on_drained` was stopped by the per-turn budget while it
+    /// still had output: the loop serves the connection again next turn, and until then
     /// an empty queue does not mean the connection is finished.
-    pub more_to_stream: bool,
+    more_to_stream: bool,
 }
 
 impl<S> Connection<S> {
+    /// An accepted connection, registered READABLE by the caller.
     pub fn new(stream: Stream, peer: Peer, id: u64, session: S, now: Tick) -> Self {
         Connection {
             stream,
@@ -153,70 +173,192 @@ impl<S> Connection<S> {
             outbound: Outbound::default(),
             registered: Interest::READABLE,
             phase: Phase::Open,
-            read_paused: false,
+            paused: false,
+            input_waiting: false,
             peer_closed: false,
             close_reason: CloseReason::PeerClosed,
-            last_activity: now,
-            frame_started: None,
-            write_stalled_since: None,
-            timer_at: None,
-            dirty: false,
+            was_cut: false,
+            deadlines: Deadlines {
+                last_activity: now,
+                frame_started: None,
+                write_stalled_since: None,
+                timer_at: None,
+            },
+            flush_queued: false,
             more_to_stream: false,
         }
     }
 
-    /// Whether the loop should read from this connection now.
-    pub fn wants_read(&self) -> bool {
-        match self.phase {
-            Phase::Open => !self.read_paused && !self.peer_closed,
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// Bytes owed to the peer and not yet taken by the socket.
+    pub fn outbound_len(&self) -> usize {
+        self.outbound.len()
+    }
+
+    /// Whether `at` is the timer this connection has armed (not a stale entry).
+    pub fn timer_is(&self, at: Tick) -> bool {
+        self.deadlines.timer_at == Some(at)
+    }
+
+    /// Takes the connection apart once it is closed: its session, its peer, why it ended
+    /// and whether it was reset. Dropping the stream here closes the socket.
+    pub fn into_ended(self) -> (S, Peer, CloseReason, bool) {
+        (self.session, self.peer, self.close_reason, self.was_cut)
+    }
+
+    /// The one decision of what the connection needs, from its state: which interest,
+    /// or a phase step first. `settle` carries it out; its fast path is this same answer.
+    #[inline]
+    fn wants(&self, low_water: usize) -> Wants {
+        let owes = !self.outbound.is_empty();
+        let reads = match self.phase {
+            Phase::Closed => return Wants::Finished,
+            Phase::Open if self.paused => {
+                if self.outbound.len() <= low_water {
+                    return Wants::Resume;
+                }
+                false
+            }
+            Phase::Open => true,
+            Phase::Closing if !owes && !self.more_to_stream => return Wants::EndClosing,
+            Phase::Closing => false,
             Phase::Lingering { .. } => true,
-            Phase::Closing | Phase::Closed => false,
-        }
-    }
-
-    /// The one place that decides interest: READABLE while the connection may read,
-    /// WRITABLE only while bytes are waiting to go out. `None`: the connection is finished.
-    pub fn wanted_interest(&self) -> Option<Interest> {
-        if self.phase == Phase::Closed {
-            return None;
-        }
-        match (self.wants_read(), !self.outbound.is_empty()) {
-            (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
-            (true, false) => Some(Interest::READABLE),
-            (false, true) => Some(Interest::WRITABLE),
+        };
+        Wants::Interest(match (reads, owes) {
+            (true, true) => Interest::READABLE | Interest::WRITABLE,
+            (true, false) => Interest::READABLE,
+            (false, true) => Interest::WRITABLE,
             // Nothing to wait for, but the loop itself comes back next turn.
-            (false, false) if self.more_to_stream => Some(self.registered),
-            (false, false) => None,
-        }
+            (false, false) if self.more_to_stream => self.registered,
+            (false, false) => return Wants::Finished,
+        })
     }
 
-    /// Settling would change nothing: open and reading, nothing owed, READABLE registered,
-    /// and only the idle deadline applies, whose timer is armed (activity only moves it
-    /// later). The state of a connection between two echoed messages, checked first.
-    pub fn is_steady(&self) -> bool {
-        self.phase == Phase::Open
-            && !self.read_paused
-            && !self.peer_closed
-            && !self.more_to_stream
-            && self.outbound.is_empty()
-            && self.registered == Interest::READABLE
-            && self.timer_at.is_some()
-            && self.frame_started.is_none()
-            && self.write_stalled_since.is_none()
+    /// Whether the loop should read from this connection now.
+    fn reads_now(&self) -> bool {
+        self.phase == Phase::Open && !self.paused
     }
 
-    /// Registers `wanted` in place of the current interest; the caller has checked that
-    /// they differ. Returns whether WRITABLE was newly added.
-    pub fn reregister(
+    /// After any work on the connection: take the phase step its state calls for,
+    /// register the interest it now wants (only if changed), and say what the loop must
+    /// schedule. The steady state (interest unchanged, only the idle timer armed) returns
+    /// at once: that is every echoed message.
+    #[inline]
+    pub fn settle(
         &mut self,
         registry: &Registry,
         token: Token,
-        wanted: Interest,
-    ) -> io::Result<bool> {
-        registry.reregister(&mut self.stream, token, wanted)?;
-        let added_writable = wanted.is_writable() && !self.registered.is_writable();
-        self.registered = wanted;
-        Ok(added_writable)
+        limits: &Limits,
+        timeouts: &Timeouts,
+        stats: &mut Stats,
+        now: Tick,
+    ) -> Settled {
+        let wants = self.wants(limits.low_water());
+        if wants == Wants::Interest(self.registered) && self.deadlines.only_idle_armed() {
+            return Settled::default();
+        }
+        self.settle_changed(wants, registry, token, limits, timeouts, stats, now)
+    }
+
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn settle_changed(
+        &mut self,
+        mut wants: Wants,
+        registry: &Registry,
+        token: Token,
+        limits: &Limits,
+        timeouts: &Timeouts,
+        stats: &mut Stats,
+        now: Tick,
+    ) -> Settled {
+        if self.phase != Phase::Closed {
+            // A connection cut off for its backlog is not counted: its queue is dropped.
+            stats.peak_outbound = stats.peak_outbound.max(self.outbound.len());
+        }
+        let mut settled = Settled::default();
+        loop {
+            match wants {
+                Wants::EndClosing => self.end_closing(now + timeouts.linger),
+                Wants::Resume => {
+                    // Reading stopped without seeing WouldBlock, so input may be waiting
+                    // that epoll will not report again: read it next turn.
+                    self.paused = false;
+                    settled.serve_again = true;
+                }
+                Wants::Finished => {
+                    self.phase = Phase::Closed;
+                    settled.finished = true;
+                    return settled;
+                }
+                Wants::Interest(wanted) => {
+                    if wanted != self.registered {
+                        // The one place interest changes, and only when it really does.
+                        if let Err(e) = registry.reregister(&mut self.stream, token, wanted) {
+                            self.fail(&e, "reregister");
+                            settled.finished = true;
+                            return settled;
+                        }
+                        stats.reregistrations += 1;
+                        stats.writable_registrations +=
+                            u64::from(wanted.is_writable() && !self.registered.is_writable());
+                        self.registered = wanted;
+                    }
+                    break;
+                }
+            }
+            wants = self.wants(limits.low_water());
+        }
+        if self.deadlines.only_idle_armed() {
+            return settled;
+        }
+        if let Some((at, _)) = self.deadline(timeouts) {
+            // The queue is lazy: an entry may be earlier than the real deadline (activity
+            // only moves deadlines later); a new entry is pushed only when one comes sooner.
+            if self.deadlines.timer_at.is_none_or(|t| at < t) {
+                self.deadlines.timer_at = Some(at);
+                settled.timer = Some(at);
+            }
+        }
+        settled
+    }
+
+    /// The nearest deadline, if any applies.
+    pub fn deadline(&self, timeouts: &Timeouts) -> Option<(Tick, DeadlineKind)> {
+        let d = &self.deadlines;
+        match self.phase {
+            Phase::Closed => return None,
+            Phase::Lingering { until } => return Some((until, DeadlineKind::Linger)),
+            Phase::Open | Phase::Closing => {}
+        }
+        let after = |timeout: Option<Duration>, since: Option<Tick>, kind| {
+            timeout.zip(since).map(|(t, since)| (since + t, kind))
+        };
+        [
+            after(timeouts.idle, Some(d.last_activity), DeadlineKind::Idle),
+            // A paused connection waits for us, not the peer: its frame clock is stopped.
+            after(timeouts.frame, d.frame_started, DeadlineKind::Frame),
+            after(timeouts.write, d.write_stalled_since, DeadlineKind::Write),
+        ]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(at, _)| *at)
     }
 
     /// Marks the connection finished; the loop removes it in its sweep.
@@ -224,6 +366,19 @@ impl<S> Connection<S> {
         if self.phase != Phase::Closed {
             self.phase = Phase::Closed;
             self.close_reason = reason;
+        }
+    }
+
+    /// Ends the connection with a reset (SO_LINGER 0), for peers the server cuts off: the
+    /// kernel drops what it still holds for them at once instead of trickling it out from
+    /// FIN-WAIT-1, like nginx's `reset_timedout_connection`.
+    pub fn cut(&mut self, reason: CloseReason) {
+        if self.phase != Phase::Closed {
+            if let Err(e) = self.stream.reset_on_close() {
+                log::debug!("{}: cannot set SO_LINGER: {e}", self.peer);
+            }
+            self.was_cut = true;
+            self.close(reason);
         }
     }
 
@@ -235,40 +390,85 @@ impl<S> Connection<S> {
         }
     }
 
-    /// Sends `reply`: straight from the caller's buffer when nothing else is queued,
-    /// keeping only what the socket did not take. Returns the bytes written.
-    pub fn send(&mut self, reply: &[u8], now: Tick) -> io::Result<usize> {
+    /// A shutdown began: an idle connection closes now, one that owes output closes once
+    /// it has sent it.
+    pub fn begin_shutdown(&mut self) {
+        if self.outbound.is_empty() && self.phase == Phase::Open {
+            self.close(CloseReason::Shutdown);
+        } else {
+            self.finish(CloseReason::Shutdown);
+        }
+    }
+
+    /// The drain time is over: gone now, reset if it still owed output (the peer must not
+    /// take a truncated reply for a whole one).
+    pub fn end_at_shutdown(&mut self) {
+        if self.outbound.is_empty() {
+            self.close(CloseReason::Shutdown);
+        } else {
+            self.cut(CloseReason::Shutdown);
+        }
+    }
+
+    /// Ends the connection after a socket error; resets and broken pipes are the peer's
+    /// business and only logged at debug.
+    #[cold]
+    fn fail(&mut self, e: &io::Error, op: &str) {
+        if is_peer_error(e) {
+            log::debug!("{}: {op}: {e}", self.peer);
+        } else {
+            log::warn!("{}: {op}: {e}", self.peer);
+        }
+        self.close(CloseReason::Error);
+    }
+
+    /// Writes `reply` straight from the loop's buffer when nothing else is queued, keeping
+    /// only what the socket did not take (write first, then ask for WRITABLE); clears it.
+    pub fn send_reply(&mut self, reply: &mut Reply, stats: &mut Stats, now: Tick) {
         if reply.is_empty() {
-            return Ok(0);
+            return;
         }
+        if self.phase != Phase::Closed {
+            self.send(reply, stats, now);
+        }
+        reply.clear();
+    }
+
+    fn send(&mut self, reply: &Reply, stats: &mut Stats, now: Tick) {
         if !self.outbound.is_empty() {
-            self.outbound.push_bytes(reply);
-            return self.flush(now);
+            self.outbound.push_reply(reply, 0);
+            self.flush(stats, now);
+            return;
         }
-        let written = loop {
-            match self.stream.write(reply) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
+        let (written, all) = loop {
+            match reply.write_to(&mut self.stream) {
+                Ok(result) => break result,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break (0, false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => return self.fail(&e, "write"),
             }
         };
         if written > 0 {
-            self.last_activity = now;
+            stats.bytes_out += written as u64;
+            self.deadlines.last_activity = now;
         }
         if written < reply.len() {
-            self.outbound.push_bytes(&reply[written..]);
-            self.write_stalled_since = Some(now);
+            self.outbound.push_reply(reply, written);
+            if all {
+                // More pieces than one writev takes, all taken: the socket has room.
+                self.flush(stats, now);
+            } else {
+                self.deadlines.write_stalled_since = Some(now);
+            }
         }
-        Ok(written)
     }
 
-    /// Writes queued output until it is gone or the socket is full. Returns the bytes written.
-    pub fn flush(&mut self, now: Tick) -> io::Result<usize> {
+    /// Writes queued output until it is gone or the socket is full.
+    pub fn flush(&mut self, stats: &mut Stats, now: Tick) {
         let mut total = 0;
         while !self.outbound.is_empty() {
             match self.outbound.write_to(&mut self.stream) {
-                Ok((0, _)) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok((0, _)) => return self.fail(&io::ErrorKind::WriteZero.into(), "write"),
                 Ok((n, all)) => {
                     total += n;
                     if !all {
@@ -279,43 +479,368 @@ impl<S> Connection<S> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => return self.fail(&e, "write"),
             }
         }
+        stats.bytes_out += total as u64;
         if total > 0 {
-            self.last_activity = now;
+            self.deadlines.last_activity = now;
         }
-        self.write_stalled_since = if self.outbound.is_empty() {
+        self.deadlines.write_stalled_since = if self.outbound.is_empty() {
             None
         } else if total > 0 {
             Some(now)
         } else {
-            self.write_stalled_since.or(Some(now))
+            self.deadlines.write_stalled_since.or(Some(now))
         };
-        Ok(total)
     }
 
-    /// The nearest deadline, if any applies.
-    pub fn deadline(&self, timeouts: &Timeouts) -> Option<(Tick, DeadlineKind)> {
-        match self.phase {
-            Phase::Closed => return None,
-            Phase::Lingering { until } => return Some((until, DeadlineKind::Linger)),
-            Phase::Open | Phase::Closing => {}
+    /// Queues chunks broadcast by another connection, shared, not copied. A member is cut
+    /// off only when its unwritten backlog passes the cap after a write was tried: one that
+    /// reads keeps up however large the burst. Returns whether it should now be put on the
+    /// loop's list to flush at the end of the batch.
+    pub fn deliver(
+        &mut self,
+        chunks: &[Arc<[u8]>],
+        max_outbound: usize,
+        stats: &mut Stats,
+        now: Tick,
+    ) -> bool {
+        // A member that is leaving receives nothing more.
+        if self.phase != Phase::Open {
+            return false;
         }
-        let candidates = [
-            timeouts
-                .idle
-                .map(|d| (self.last_activity + d, DeadlineKind::Idle)),
-            timeouts
-                .frame
-                .zip(self.frame_started)
-                .map(|(d, start)| (start + d, DeadlineKind::Frame)),
-            timeouts
-                .write
-                .zip(self.write_stalled_since)
-                .map(|(d, since)| (since + d, DeadlineKind::Write)),
-        ];
-        candidates.into_iter().flatten().min_by_key(|(at, _)| *at)
+        for chunk in chunks {
+            self.outbound.push_shared(chunk.clone());
+            if self.outbound.len() > max_outbound {
+                self.flush(stats, now);
+                if self.outbound.len() > max_outbound {
+                    log::warn!(
+                        "disconnecting slow consumer {}: {} bytes pending",
+                        self.peer,
+                        self.outbound.len()
+                    );
+                    self.cut(CloseReason::SlowConsumer);
+                    return false;
+                }
+            }
+        }
+        !std::mem::replace(&mut self.flush_queued, true)
+    }
+
+    /// Flushes what deliveries queued this batch (the loop's end-of-batch flush).
+    pub fn flush_delivered(&mut self, stats: &mut Stats, now: Tick) {
+        self.flush_queued = false;
+        if self.phase != Phase::Closed && !self.outbound.is_empty() {
+            self.flush(stats, now);
+        }
+    }
+
+    /// A `Closing` connection whose output is all sent: closed if the peer already sent its
+    /// FIN, otherwise our side is shut so the peer sees EOF after the last reply, and we wait
+    /// for its FIN (until `linger_until`) instead of resetting the connection under it.
+    #[cold]
+    fn end_closing(&mut self, linger_until: Tick) {
+        self.phase = if self.peer_closed {
+            Phase::Closed
+        } else {
+            match self.stream.shutdown_write() {
+                Ok(()) => Phase::Lingering {
+                    until: linger_until,
+                },
+                Err(_) => Phase::Closed,
+            }
+        };
+    }
+
+    /// Reads and discards what a peer sends after our last reply, until its FIN.
+    fn linger_read(&mut self, buf: &mut [u8]) {
+        loop {
+            match self.stream.read(buf) {
+                Ok(0) => return self.phase = Phase::Closed,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.phase = Phase::Closed,
+            }
+        }
+    }
+}
+
+impl<S> Connection<S> {
+    /// Handles a readiness event: flush first (it frees room that may let reading go on),
+    /// then serve. Returns whether the read budget ran out with input possibly left.
+    pub fn on_event<P>(&mut self, turn: &mut Turn<'_, P>, ready: Readiness) -> bool
+    where
+        P: Protocol<Session = S>,
+    {
+        if self.phase == Phase::Closed {
+            return false;
+        }
+        if ready.writable && !self.outbound.is_empty() {
+            self.flush(turn.stats, turn.now);
+        }
+        self.serve(turn, ready.readable, ready.read_closed)
+    }
+
+    /// Reads what the connection has and hands it to the protocol, writes the reply, and
+    /// lets a streaming protocol refill the queue. Broadcasts are left in `turn.produced`
+    /// for the loop to deliver. Returns whether the connection must be served again next
+    /// turn (a budget ran out).
+    pub fn serve<P>(&mut self, turn: &mut Turn<'_, P>, readable: bool, read_closed: bool) -> bool
+    where
+        P: Protocol<Session = S>,
+    {
+        let mut again = readable && self.read(turn, read_closed);
+        self.send_reply(&mut turn.produced.reply, turn.stats, turn.now);
+        if P::STREAMS {
+            again |= self.stream_more(turn);
+        }
+        again
+    }
+
+    /// Reads until WouldBlock, a pause, or the per-turn budget; returns whether the budget
+    /// ran out with input possibly left.
+    fn read<P>(&mut self, turn: &mut Turn<'_, P>, read_closed: bool) -> bool
+    where
+        P: Protocol<Session = S>,
+    {
+        if let Phase::Lingering { .. } = self.phase {
+            self.linger_read(turn.read_buf);
+            return false;
+        }
+        let Turn {
+            protocol,
+            produced,
+            read_buf,
+            limits,
+            stats,
+            now,
+            ..
+        } = turn;
+        let now = *now;
+        if self.input_waiting && self.reads_now() {
+            // What a pause left unconsumed comes before anything new.
+            self.input_waiting = false;
+            self.feed(
+                &mut **protocol,
+                produced,
+                limits.max_outbound,
+                &[],
+                stats,
+                now,
+            );
+        }
+        let max_pending = protocol.max_pending_input();
+        let mut reads = 0;
+        while self.reads_now() {
+            let owed = self.outbound.len() + produced.reply.len();
+            // Reading no more than the room under the cap keeps an echo within it.
+            let room = limits.max_outbound.saturating_sub(owed).min(read_buf.len());
+            if room == 0 {
+                self.paused = true;
+                stats.pauses += 1;
+                break;
+            }
+            let n = match self.stream.read(&mut read_buf[..room]) {
+                Ok(0) => {
+                    self.on_peer_fin(&mut **protocol, produced, limits.max_outbound);
+                    break;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.fail(&e, "read");
+                    break;
+                }
+            };
+            stats.bytes_in += n as u64;
+            self.deadlines.last_activity = now;
+            let flow = self.feed(
+                &mut **protocol,
+                produced,
+                limits.max_outbound,
+                &read_buf[..n],
+                stats,
+                now,
+            );
+            if flow != Flow::Continue {
+                break;
+            }
+            if self.inbound.len() > max_pending {
+                log::info!(
+                    "closing {}: unfinished frame of {} bytes exceeds {max_pending}",
+                    self.peer,
+                    self.inbound.len()
+                );
+                self.cut(CloseReason::InputTooLarge);
+                break;
+            }
+            reads += 1;
+            // A short read emptied the socket's receive queue. With edge-triggered epoll
+            // any byte that arrives later raises a new event, so the read that would only
+            // return EAGAIN is skipped. A FIN that came with this data raises no new edge,
+            // hence the exception when the event already reported the peer's close.
+            if n < room && !read_closed {
+                break;
+            }
+            if reads == limits.reads_per_turn {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Hands bytes just read to the protocol, joined to what is kept if anything is: the
+    /// common case (nothing kept) parses straight from the read buffer. Carries out the
+    /// flow the protocol returns.
+    fn feed<P>(
+        &mut self,
+        protocol: &mut P,
+        produced: &mut Produced,
+        high_water: usize,
+        data: &[u8],
+        stats: &mut Stats,
+        now: Tick,
+    ) -> Flow
+    where
+        P: Protocol<Session = S>,
+    {
+        let requests_before = produced.requests;
+        let mut out = produced.output_for(self.outbound.len(), high_water);
+        let (flow, pending) = if self.inbound.is_empty() {
+            let (used, flow) = protocol.on_input(&mut self.session, data, &mut out);
+            let rest = data.get(used..).unwrap_or_default();
+            if flow != Flow::Close && !rest.is_empty() {
+                self.inbound.extend_from_slice(rest);
+            }
+            (flow, rest.len())
+        } else {
+            self.inbound.extend_from_slice(data);
+            let (used, flow) = protocol.on_input(&mut self.session, &self.inbound, &mut out);
+            let rest = self.inbound.len().saturating_sub(used);
+            if rest == 0 || flow == Flow::Close {
+                // Free the buffer: an idle connection holds no heap memory.
+                self.inbound = Vec::new();
+            } else {
+                self.inbound.drain(..used);
+            }
+            (flow, rest)
+        };
+        let d = &mut self.deadlines;
+        match flow {
+            Flow::Continue => {
+                if pending == 0 && !protocol.mid_frame(&self.session) {
+                    d.frame_started = None;
+                } else if produced.requests > requests_before || d.frame_started.is_none() {
+                    // A frame completed, or one began: the frame clock starts again.
+                    d.frame_started = Some(now);
+                }
+            }
+            Flow::Pause => {
+                // The connection now waits for us, not for its peer.
+                d.frame_started = None;
+                self.paused = true;
+                self.input_waiting = pending > 0;
+                stats.pauses += 1;
+            }
+            Flow::Close => {
+                d.frame_started = None;
+                self.finish(CloseReason::Protocol);
+            }
+        }
+        flow
+    }
+
+    fn on_peer_fin<P>(&mut self, protocol: &mut P, produced: &mut Produced, high_water: usize)
+    where
+        P: Protocol<Session = S>,
+    {
+        self.peer_closed = true;
+        let leftover = std::mem::take(&mut self.inbound);
+        let mut out = produced.output_for(self.outbound.len(), high_water);
+        protocol.on_eof(&mut self.session, &leftover, &mut out);
+        self.deadlines.frame_started = None;
+        self.finish(CloseReason::PeerClosed);
+    }
+
+    /// Lets a streaming protocol refill the queue once it has drained. This runs while
+    /// `Closing` too: a client that sends its request and then shuts down its write side
+    /// (`nc -N`) must still get the whole response; `more_to_stream` keeps the connection
+    /// alive across turns. Returns whether the per-turn budget stopped it.
+    fn stream_more<P>(&mut self, turn: &mut Turn<'_, P>) -> bool
+    where
+        P: Protocol<Session = S>,
+    {
+        self.more_to_stream = false;
+        let low_water = turn.limits.low_water();
+        for _ in 0..turn.limits.reads_per_turn {
+            let streaming = matches!(self.phase, Phase::Open | Phase::Closing);
+            if !streaming || self.outbound.len() > low_water {
+                return false;
+            }
+            let mut out = turn
+                .produced
+                .output_for(self.outbound.len(), turn.limits.max_outbound);
+            if turn.protocol.on_drained(&mut self.session, &mut out) == Flow::Close {
+                self.finish(CloseReason::Protocol);
+            }
+            if turn.produced.reply.is_empty() {
+                return false;
+            }
+            self.send_reply(&mut turn.produced.reply, turn.stats, turn.now);
+            if !self.outbound.is_empty() {
+                // The socket is full: WRITABLE will bring us back.
+                return false;
+            }
+        }
+        // Budget used while the socket still takes everything: continue next turn.
+        self.more_to_stream = true;
+        true
+    }
+
+    /// The loop's timer for this connection, armed at `at`, went off. Returns a later tick
+    /// to re-arm at when the deadline moved (activity only moves deadlines later).
+    pub fn on_timer<P>(&mut self, at: Tick, turn: &mut Turn<'_, P>) -> Option<Tick>
+    where
+        P: Protocol<Session = S>,
+    {
+        if self.deadlines.timer_at != Some(at) {
+            return None; // a stale entry: re-armed sooner since
+        }
+        self.deadlines.timer_at = None;
+        let (deadline, kind) = self.deadline(turn.timeouts)?;
+        if deadline > turn.now {
+            self.deadlines.timer_at = Some(deadline);
+            return Some(deadline);
+        }
+        match kind {
+            DeadlineKind::Idle => {
+                log::debug!("{}: idle timeout", self.peer);
+                self.close(CloseReason::IdleTimeout);
+            }
+            DeadlineKind::Write => {
+                log::info!("{}: not reading its output, closing", self.peer);
+                self.cut(CloseReason::WriteTimeout);
+            }
+            DeadlineKind::Linger => self.phase = Phase::Closed,
+            DeadlineKind::Frame => {
+                log::info!("{}: frame not completed in time, closing", self.peer);
+                self.deadlines.frame_started = None;
+                let mut out = turn
+                    .produced
+                    .output_for(self.outbound.len(), turn.limits.max_outbound);
+                turn.protocol
+                    .on_timeout(&mut self.session, Timeout::Frame, &mut out);
+                self.inbound = Vec::new();
+                self.input_waiting = false;
+                self.finish(CloseReason::FrameTimeout);
+                self.close_reason = CloseReason::FrameTimeout;
+                self.send_reply(&mut turn.produced.reply, turn.stats, turn.now);
+            }
+        }
+        None
     }
 }
 

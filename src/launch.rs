@@ -1,20 +1,22 @@
 //! Starting servers the way the binary does: pick the protocol, bind one loop per worker,
 //! turn SIGINT/SIGTERM into a graceful shutdown, and collect the counters at the end.
 
-use std::io;
 use std::path::PathBuf;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::event_loop::{Server, ServerConfig, ServerHandle, ServerThread, Stats};
+use crate::config::ServerConfig;
+pub use crate::net::describe;
 use crate::net::ListenAddr;
 use crate::protocol::app::{App, DEFAULT_MAX_CONTENT_LENGTH};
 use crate::protocol::chat::{self, Chat};
 use crate::protocol::echo::Echo;
 use crate::protocol::file::FileServer;
-use crate::protocol::http::{Http, HttpConfig};
+use crate::protocol::http::{self, Http, HttpConfig};
 use crate::protocol::Protocol;
+use crate::server::{Server, ServerHandle, ServerThread};
+use crate::stats::Stats;
 
 /// The protocols `multiconn-server --protocol` offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -59,12 +61,40 @@ pub struct LaunchOptions {
     pub derive_max_connections: bool,
 }
 
-/// Text of an I/O error without Rust's " (os error N)" suffix, for one-line messages.
-pub fn describe(e: &io::Error) -> String {
-    let text = e.to_string();
-    match text.find(" (os error") {
-        Some(i) => text[..i].to_string(),
-        None => text,
+/// Why servers could not be started: the operator's mistake in what was asked (exit 2,
+/// like any usage error) or a failure of what was tried (exit 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LaunchError {
+    Usage(String),
+    Failed(String),
+}
+
+impl LaunchError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            LaunchError::Usage(_) => 2,
+            LaunchError::Failed(_) => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for LaunchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LaunchError::Usage(message) | LaunchError::Failed(message) => f.write_str(message),
+        }
+    }
+}
+
+impl From<String> for LaunchError {
+    fn from(message: String) -> Self {
+        LaunchError::Failed(message)
+    }
+}
+
+impl From<&str> for LaunchError {
+    fn from(message: &str) -> Self {
+        LaunchError::Failed(message.to_owned())
     }
 }
 
@@ -136,9 +166,9 @@ pub fn raise_open_files_limit(workers: usize) -> (usize, String) {
 /// The first worker runs on this thread and takes the signals inside its own loop, so a
 /// one-worker server is a single-threaded process (which also spares every recv and send
 /// glibc's thread-cancellation bookkeeping).
-pub fn serve_until_signalled(options: LaunchOptions) -> Result<Stats, String> {
+pub fn serve_until_signalled(options: LaunchOptions) -> Result<Stats, LaunchError> {
     // Installed before binding, so an early Ctrl-C is handled too rather than killing us.
-    let signals = Signals::new([SIGINT, SIGTERM])
+    let signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let per_worker = dispatch(options, Foreground { signals })?;
     let mut total = Stats::default();
@@ -152,12 +182,13 @@ pub fn serve_until_signalled(options: LaunchOptions) -> Result<Stats, String> {
 }
 
 /// Binds every worker and starts each loop on a thread of its own.
-pub fn start(options: LaunchOptions) -> Result<Workers, String> {
+pub fn start(options: LaunchOptions) -> Result<Workers, LaunchError> {
     dispatch(options, Spawn)
 }
 
-/// Combinations that cannot work, refused before anything is bound.
+/// Values and combinations that cannot work, refused before anything is bound.
 fn validate(options: &LaunchOptions) -> Result<(), String> {
+    options.config.validate()?;
     if options.workers == 0 {
         return Err("--workers must be at least 1".into());
     }
@@ -182,7 +213,7 @@ fn validate(options: &LaunchOptions) -> Result<(), String> {
 /// What to do with the bound servers of one protocol.
 trait Launcher {
     type Output;
-    fn launch<P>(self, servers: Vec<Server<P>>) -> Result<Self::Output, String>
+    fn launch<P>(self, servers: Vec<Server<P>>) -> Result<Self::Output, LaunchError>
     where
         P: Protocol + Send + 'static,
         P::Session: Send;
@@ -193,7 +224,7 @@ struct Spawn;
 
 impl Launcher for Spawn {
     type Output = Workers;
-    fn launch<P>(self, servers: Vec<Server<P>>) -> Result<Workers, String>
+    fn launch<P>(self, servers: Vec<Server<P>>) -> Result<Workers, LaunchError>
     where
         P: Protocol + Send + 'static,
         P::Session: Send,
@@ -219,7 +250,7 @@ impl Launcher for Spawn {
                         handle.stop_now();
                     }
                     let _ = workers.join();
-                    return Err(format!("cannot start a worker thread: {e}"));
+                    return Err(format!("cannot start a worker thread: {e}").into());
                 }
             }
         }
@@ -234,7 +265,7 @@ struct Foreground {
 
 impl Launcher for Foreground {
     type Output = Vec<Stats>;
-    fn launch<P>(self, mut servers: Vec<Server<P>>) -> Result<Vec<Stats>, String>
+    fn launch<P>(self, mut servers: Vec<Server<P>>) -> Result<Vec<Stats>, LaunchError>
     where
         P: Protocol + Send + 'static,
         P::Session: Send,
@@ -263,12 +294,12 @@ impl Launcher for Foreground {
 }
 
 /// Builds the chosen protocol, binds every worker with it, and launches them.
-fn dispatch<L: Launcher>(options: LaunchOptions, launcher: L) -> Result<L::Output, String> {
-    validate(&options)?;
+fn dispatch<L: Launcher>(options: LaunchOptions, launcher: L) -> Result<L::Output, LaunchError> {
+    validate(&options).map_err(LaunchError::Usage)?;
     match options.protocol {
         ProtocolKind::Echo => launcher.launch(bind_all(options, |_| Echo)?),
         ProtocolKind::Http => {
-            let responder = Http::new(HttpConfig::from_options(&options.protocol_options)?);
+            let responder = Http::new(http_config(&options.protocol_options)?);
             launcher.launch(bind_all(options, move |_| responder.clone())?)
         }
         ProtocolKind::App => {
@@ -282,15 +313,17 @@ fn dispatch<L: Launcher>(options: LaunchOptions, launcher: L) -> Result<L::Outpu
             let needed = max_line.saturating_add(chat::LINE_OVERHEAD);
             if needed > options.config.limits.max_outbound {
                 // One maximal line would cut every recipient as a slow consumer.
-                return Err(format!(
+                return Err(LaunchError::Usage(format!(
                     "--max-line {max_line} needs --max-outbound of at least {needed} for chat"
-                ));
+                )));
             }
             launcher.launch(bind_all(options, move |_| Chat::new(max_line))?)
         }
         ProtocolKind::File => {
             let Some(root) = options.protocol_options.root.clone() else {
-                return Err("--protocol file needs --root DIR".to_string());
+                return Err(LaunchError::Usage(
+                    "--protocol file needs --root DIR".into(),
+                ));
             };
             let server = FileServer::new(&root).map_err(|e| {
                 let reason = describe(&e);
@@ -303,7 +336,7 @@ fn dispatch<L: Launcher>(options: LaunchOptions, launcher: L) -> Result<L::Outpu
 }
 
 /// Binds one server per worker, all on the same address (SO_REUSEPORT when several).
-fn bind_all<P, F>(options: LaunchOptions, make: F) -> Result<Vec<Server<P>>, String>
+fn bind_all<P, F>(options: LaunchOptions, make: F) -> Result<Vec<Server<P>>, LaunchError>
 where
     P: Protocol,
     F: Fn(usize) -> P,
@@ -340,4 +373,17 @@ where
         servers.push(server);
     }
     Ok(servers)
+}
+
+/// The HTTP responder's configuration from the server's flags: reads the `--body` file
+/// (once, here) if one is named.
+fn http_config(options: &ProtocolOptions) -> Result<HttpConfig, LaunchError> {
+    let mut config = HttpConfig::default();
+    if let Some(path) = &options.body {
+        config.body = http::read_body(path)?;
+    }
+    if let Some(max_header) = options.max_header {
+        config.max_header = max_header;
+    }
+    Ok(config)
 }

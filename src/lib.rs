@@ -1,16 +1,20 @@
 //! multiconn: the Python `selectors` tutorial's servers and clients, done for real on one
 //! single-threaded, readiness-based event loop.
 //!
-//! Map of the crate, in the order data flows:
-//! - [`net`]: binding listeners with socket options; the TCP/Unix stream a connection holds.
-//! - [`event_loop`]: the `mio::Poll`, the listener, the `Slab` of connections, timers and
-//!   shutdown. Accept → read → protocol → write → interest.
+//! Map of the crate, lowest layer first (each imports only from those above it):
+//! - [`config`]: a loop's configuration as plain values: limits, timeouts, the listen address.
 //! - [`clock`]: the loop's coarse clock, read once per turn.
-//! - [`connection`]: one connection's socket, buffers, phase, deadlines and the one
-//!   function that decides its interest.
-//! - [`outbound`]: the queue of bytes owed to a peer, written with one `writev`.
+//! - [`net`]: binding listeners with socket options; the TCP/Unix stream a connection holds.
+//! - [`outbound`]: bytes on their way to a peer: a turn's reply, and the queue of what is
+//!   still owed, written with one `writev`.
+//! - [`stats`]: a loop's counters and the reasons a connection ends.
 //! - [`protocol`]: state machines over bytes that never touch a socket: echo, the
 //!   tutorial's JSON-header app protocol, chat, file transfer and an HTTP/1.1 responder.
+//!   They say what they need (more input, pause, close) as return values.
+//! - [`connection`]: one connection's life: socket, buffers, phase, deadlines, and the one
+//!   function that decides its interest.
+//! - [`server`]: the loop that schedules connections: the `mio::Poll`, the listener, the
+//!   `Slab`, timers, deferred lists and the sweep. Accept → read → protocol → write → interest.
 //! - [`client`]: the tutorial's multi-connection client, the app client, the file
 //!   downloader and the load generator.
 //! - [`launch`]: protocol choice, worker loops and signals, as `multiconn-server` runs them.
@@ -19,12 +23,16 @@
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod config;
 pub mod connection;
-pub mod event_loop;
 pub mod launch;
 pub mod net;
 pub mod outbound;
 pub mod protocol;
+pub mod server;
+pub mod stats;
 
-pub use event_loop::{Limits, Server, ServerConfig, ServerHandle, Stats};
+pub use config::{Limits, ServerConfig, Timeouts};
 pub use net::{ListenAddr, Peer, SocketOptions};
+pub use server::{Server, ServerHandle};
+pub use stats::Stats;

@@ -59,6 +59,15 @@ impl Default for SocketOptions {
     }
 }
 
+/// Text of an I/O error without Rust's " (os error N)" suffix, for one-line messages.
+pub fn describe(e: &io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
 /// Resolves `host` and `port` (IPv4, IPv6 such as `::1`, or a name such as `localhost`)
 /// to the first address the resolver returns.
 pub fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
@@ -228,6 +237,16 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.shutdown(Shutdown::Write),
             Stream::Unix(s) => s.shutdown(Shutdown::Write),
+        }
+    }
+
+    /// Makes closing this stream a reset (SO_LINGER with a zero timeout): the kernel drops
+    /// what it still holds for the peer at once and sends RST, instead of sending it on
+    /// from FIN-WAIT-1. A Unix socket has no such state; closing it frees its buffers.
+    pub fn reset_on_close(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => SockRef::from(s).set_linger(Some(Duration::ZERO)),
+            Stream::Unix(_) => Ok(()),
         }
     }
 }

@@ -472,7 +472,8 @@ fn client_detects_short_transfer() {
     );
 }
 
-/// `--protocol file` without a usable `--root` is one error line and exit code 1.
+/// `--protocol file` without `--root` is a usage error (exit 2); an unusable `--root` is
+/// one error line and exit code 1.
 #[test]
 fn server_binary_requires_a_readable_root() {
     let dir = fixture("flags");
@@ -482,6 +483,7 @@ fn server_binary_requires_a_readable_root() {
         (
             vec!["--protocol", "file"],
             "error: --protocol file needs --root DIR\n".to_string(),
+            2,
         ),
         (
             vec!["--protocol", "file", "--root", missing.to_str().unwrap()],
@@ -489,6 +491,7 @@ fn server_binary_requires_a_readable_root() {
                 "error: cannot serve files from {}: No such file or directory\n",
                 missing.display()
             ),
+            1,
         ),
         (
             vec!["--protocol", "file", "--root", small.to_str().unwrap()],
@@ -496,9 +499,10 @@ fn server_binary_requires_a_readable_root() {
                 "error: cannot serve files from {}: not a directory\n",
                 small.display()
             ),
+            1,
         ),
     ];
-    for (args, want) in cases {
+    for (args, want, code) in cases {
         let mut all = args.clone();
         all.extend(["127.0.0.1", "0"]);
         let mut child = common::spawn_bin("multiconn-server", &all);
@@ -512,7 +516,7 @@ fn server_binary_requires_a_readable_root() {
             .unwrap();
         assert_eq!(
             (status.code(), err.as_str()),
-            (Some(1), want.as_str()),
+            (Some(code), want.as_str()),
             "{args:?}"
         );
     }

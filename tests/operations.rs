@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use multiconn::connection::CloseReason;
-use multiconn::launch::{start, LaunchOptions, ProtocolKind, ProtocolOptions};
+use multiconn::launch::{start, LaunchError, LaunchOptions, ProtocolKind, ProtocolOptions};
 use multiconn::net::Peer;
 use multiconn::protocol::echo::Echo;
 use multiconn::protocol::{Flow, Output, Protocol, Timeout};
@@ -392,14 +392,17 @@ fn impossible_worker_combinations_are_refused() {
         .err()
         .expect("chat on 2 workers");
     assert!(
-        error.starts_with("--protocol chat runs one room on one loop"),
+        matches!(&error, LaunchError::Usage(m) if m.starts_with("--protocol chat runs one room on one loop")),
         "{error}"
     );
     let unix = ListenAddr::Unix(std::env::temp_dir().join("multiconn-never-bound.sock"));
     let error = start(options(ProtocolKind::Echo, unix))
         .err()
         .expect("unix on 2 workers");
-    assert_eq!(error, "--unix works with one worker only");
+    assert_eq!(
+        error,
+        LaunchError::Usage("--unix works with one worker only".into())
+    );
 
     let out = spawn_bin(
         "multiconn-server",
@@ -407,7 +410,7 @@ fn impossible_worker_combinations_are_refused() {
     )
     .wait_with_output()
     .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.starts_with("error: --protocol chat runs one room on one loop"),

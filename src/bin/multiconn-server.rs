@@ -148,6 +148,6 @@ fn main() {
     };
     match serve_until_signalled(options) {
         Ok(stats) => log::info!("totals: {stats}"),
-        Err(e) => die(e, 1),
+        Err(e) => die(&e, e.exit_code()),
     }
 }

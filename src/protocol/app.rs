@@ -690,6 +690,7 @@ fn log_request(peer: &Peer, frame: &Frame<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Produced;
     use proptest::prelude::*;
     use std::sync::Arc;
 
@@ -1161,24 +1162,33 @@ mod tests {
 
     impl Harness {
         fn new(app: App) -> Self {
-            let (mut reply, mut broadcast, mut requests) = (Vec::new(), Vec::new(), 0);
             let mut app = app;
-            let session = app.open(
-                &Peer::Unix,
-                &mut Output::new(&mut reply, &mut broadcast, &mut requests),
-            );
+            let session = app.open(&Peer::Unix, &mut Produced::default().output());
             Harness {
                 app,
                 session,
-                reply,
-                broadcast,
-                requests,
+                reply: Vec::new(),
+                broadcast: Vec::new(),
+                requests: 0,
             }
         }
 
+        /// Runs `call` with an output, then gathers what it produced.
+        fn with_output<T>(&mut self, call: impl FnOnce(&mut Self, &mut Output<'_>) -> T) -> T {
+            let mut produced = Produced::default();
+            let result = call(self, &mut produced.output());
+            self.reply.extend_from_slice(&produced.reply.to_vec());
+            self.broadcast.append(&mut produced.broadcast);
+            self.requests += produced.requests;
+            result
+        }
+
         fn feed(&mut self, input: &[u8]) -> (usize, Flow) {
-            let mut out = Output::new(&mut self.reply, &mut self.broadcast, &mut self.requests);
-            self.app.on_input(&mut self.session, input, &mut out)
+            self.with_output(|h, out| h.app.on_input(&mut h.session, input, out))
+        }
+
+        fn timeout(&mut self) {
+            self.with_output(|h, out| h.app.on_timeout(&mut h.session, Timeout::Frame, out))
         }
     }
 
@@ -1284,14 +1294,7 @@ mod tests {
             harness.feed(&search_request("ring")[..7]),
             (0, Flow::Continue)
         );
-        let mut out = Output::new(
-            &mut harness.reply,
-            &mut harness.broadcast,
-            &mut harness.requests,
-        );
-        harness
-            .app
-            .on_timeout(&mut harness.session, Timeout::Frame, &mut out);
+        harness.timeout();
         assert_eq!(
             harness.reply,
             expected_error("request not completed in time")

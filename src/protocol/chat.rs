@@ -22,6 +22,13 @@ pub const LINE_OVERHEAD: usize = 64;
 /// to any sensible `--max-outbound`, so batching barely changes when a slow consumer is cut.
 const BATCH_BYTES: usize = 16 * 1024;
 
+/// Bytes of lines one member may broadcast per loop turn before it is paused until the
+/// next: the loop delivers (and writes) each slice to every member before the sender is
+/// read again, so a burst reaches members that read as it comes instead of piling up in
+/// their queues, and the other connections get their turn in between. A 1-byte line costs
+/// about 20 bytes framed, so one 64 KiB read of empty lines takes about 20 slices.
+pub const MAX_FANOUT_PER_TURN: usize = 64 * 1024;
+
 /// Sent to a client whose line is longer than the limit, just before it is disconnected.
 pub const TOO_LONG: &[u8] = b"! line too long\n";
 
@@ -115,6 +122,9 @@ impl Protocol for Chat {
     ) -> (usize, Flow) {
         let mut used = 0;
         let flow = loop {
+            if out.broadcast_len() + self.batch.len() >= MAX_FANOUT_PER_TURN {
+                break Flow::Pause;
+            }
             let rest = &input[used..];
             let Some(end) = rest.iter().position(|&b| b == b'\n') else {
                 // Text plus a `\r` still waiting for its `\n` may reach `max_line + 1`;
@@ -149,7 +159,7 @@ impl Protocol for Chat {
                 // Nothing after the last line is read: the session is over.
                 (input.len(), Flow::Close)
             }
-            Flow::Continue => (used, Flow::Continue),
+            Flow::Continue | Flow::Pause => (used, flow),
         }
     }
 
@@ -186,6 +196,7 @@ impl Chat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Produced;
     use proptest::prelude::*;
 
     const PEER: &str = "10.0.0.1:4000";
@@ -196,57 +207,75 @@ mod tests {
 
     /// What one connection's input made the protocol produce, gathered across calls.
     #[derive(Debug, Default)]
-    struct Produced {
+    struct Gathered {
         reply: Vec<u8>,
         /// The shared chunks, concatenated.
         broadcast: Vec<u8>,
         chunk_sizes: Vec<usize>,
         lines: u64,
         flow: Option<Flow>,
+        /// Calls that returned `Flow::Pause`.
+        pauses: usize,
     }
 
     /// Feeds `pieces` one after another the way the loop does: unconsumed bytes are kept
-    /// and presented again, joined to the next piece. Stops at `Flow::Close`, after which
-    /// the departure must have been announced, last (it is checked and left out here).
-    fn run(chat: &mut Chat, pieces: &[&[u8]]) -> Produced {
-        let (mut reply, mut broadcast, mut requests) = (Vec::new(), Vec::<Arc<[u8]>>::new(), 0);
-        let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
-        let mut session = chat.open(&peer(), &mut out);
-        let joined = broadcast.remove(0);
+    /// and presented again, joined to the next piece; broadcasts are delivered (taken out)
+    /// after each call, and after a pause what was kept is presented again. Stops at
+    /// `Flow::Close`, after which the departure must have been announced, last (it is
+    /// checked and left out here).
+    fn run(chat: &mut Chat, pieces: &[&[u8]]) -> Gathered {
+        let mut sink = Produced::default();
+        let mut session = chat.open(&peer(), &mut sink.output());
+        let joined = sink.broadcast.remove(0);
+        sink.clear_broadcast();
         assert_eq!(&joined[..], format!("* {PEER} joined\n").as_bytes());
         let mut pending = Vec::new();
-        let mut produced = Produced::default();
-        for piece in pieces {
+        let mut gathered = Gathered::default();
+        let mut broadcast = Vec::new();
+        'pieces: for piece in pieces {
             pending.extend_from_slice(piece);
-            let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
-            let (used, flow) = chat.on_input(&mut session, &pending, &mut out);
-            assert!(used <= pending.len());
-            pending.drain(..used);
-            if flow == Flow::Close {
-                produced.flow = Some(flow);
+            loop {
+                let (used, flow) = chat.on_input(&mut session, &pending, &mut sink.output());
+                assert!(used <= pending.len());
+                pending.drain(..used);
+                assert!(
+                    sink.broadcast_len <= MAX_FANOUT_PER_TURN + BATCH_BYTES + 100,
+                    "one call's fan-out is bounded"
+                );
+                broadcast.append(&mut sink.broadcast);
+                sink.clear_broadcast();
+                if flow == Flow::Close {
+                    gathered.flow = Some(flow);
+                    break 'pieces;
+                }
+                if flow == Flow::Pause {
+                    gathered.pauses += 1;
+                    continue;
+                }
+                assert!(
+                    pending.len() <= chat.max_pending_input(),
+                    "kept more than the cap"
+                );
+                // Every complete line is consumed before returning.
+                assert!(
+                    !pending.contains(&b'\n'),
+                    "a complete line was left unconsumed"
+                );
                 break;
             }
-            assert!(
-                pending.len() <= chat.max_pending_input(),
-                "kept more than the cap"
-            );
-            // Every complete line is consumed before returning.
-            assert!(
-                !pending.contains(&b'\n'),
-                "a complete line was left unconsumed"
-            );
         }
+        let (reply, requests) = (sink.reply.to_vec(), sink.requests);
         let left = format!("* {PEER} left\n");
-        if produced.flow == Some(Flow::Close) {
+        if gathered.flow == Some(Flow::Close) {
             let last = broadcast.pop().expect("a departure notice");
             assert_eq!(&last[..], left.as_bytes(), "the departure comes last");
         }
         assert!(broadcast.iter().all(|c| &c[..] != left.as_bytes()));
-        produced.reply = reply;
-        produced.chunk_sizes = broadcast.iter().map(|c| c.len()).collect();
-        produced.broadcast = broadcast.iter().flat_map(|c| c.iter().copied()).collect();
-        produced.lines = requests;
-        produced
+        gathered.reply = reply;
+        gathered.chunk_sizes = broadcast.iter().map(|c| c.len()).collect();
+        gathered.broadcast = broadcast.iter().flat_map(|c| c.iter().copied()).collect();
+        gathered.lines = requests;
+        gathered
     }
 
     fn framed(lines: &[&str]) -> Vec<u8> {
@@ -337,16 +366,36 @@ mod tests {
         let expect = framed(&vec![line.as_str(); 100]);
         assert_eq!(got.broadcast, expect);
         let framed_line = format!("[{PEER}] {line}\n").len();
-        let (last, full) = got.chunk_sizes.split_last().unwrap();
-        assert!(!full.is_empty(), "100 KB of lines make several chunks");
-        for size in full {
-            // Full: the next line would not have fitted.
-            assert!(
-                *size <= BATCH_BYTES && size + framed_line > BATCH_BYTES,
-                "{size}"
-            );
-        }
-        assert!(*last <= BATCH_BYTES);
+        assert!(
+            got.chunk_sizes.len() > 1,
+            "100 KB of lines make several chunks"
+        );
+        assert!(got.chunk_sizes.iter().all(|size| *size <= BATCH_BYTES));
+        // Full (the next line would not have fitted) but for the last of each call.
+        let partial = got
+            .chunk_sizes
+            .iter()
+            .filter(|size| *size + framed_line <= BATCH_BYTES)
+            .count();
+        assert!(partial <= got.pauses + 1, "{:?}", got.chunk_sizes);
+    }
+
+    /// A burst of empty lines (the cheapest input with the largest fan-out) is broadcast
+    /// in bounded slices: the member is paused between them, and every line still comes
+    /// out, framed and in order.
+    #[test]
+    fn bursts_are_sliced_per_turn() {
+        let burst = vec![b'\n'; 64 * 1024];
+        let got = run(&mut Chat::new(100), &[&burst]);
+        assert_eq!(got.lines, 64 * 1024);
+        assert_eq!(got.broadcast, framed(&vec![""; 64 * 1024]));
+        let framed_line = format!("[{PEER}] \n").len();
+        assert!(
+            got.pauses >= 64 * 1024 * framed_line / (MAX_FANOUT_PER_TURN + BATCH_BYTES),
+            "{} pauses",
+            got.pauses
+        );
+        assert_eq!(got.flow, None);
     }
 
     /// Joining and leaving are announced to the others, leaving exactly once: at the
@@ -363,15 +412,15 @@ mod tests {
             |chat, s, out| assert_eq!(chat.on_input(s, b"quit\n", out), (5, Flow::Close)),
         ];
         for before_close in cases {
-            let (mut reply, mut broadcast, mut requests) = (Vec::new(), Vec::<Arc<[u8]>>::new(), 0);
-            let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
+            let mut produced = Produced::default();
+            let mut out = produced.output();
             let mut chat = Chat::default();
             let mut session = chat.open(&peer(), &mut out);
             before_close(&mut chat, &mut session, &mut out);
             chat.on_close(session, &peer(), &mut out);
-            let texts: Vec<&[u8]> = broadcast.iter().map(|c| &c[..]).collect();
+            let texts: Vec<&[u8]> = produced.broadcast.iter().map(|c| &c[..]).collect();
             assert_eq!(texts, [joined, left]);
-            assert!(reply.is_empty());
+            assert!(produced.reply.is_empty());
         }
     }
 

@@ -35,14 +35,14 @@ fn log_echo(input: &[u8], peer: &Peer) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use crate::protocol::Produced;
 
     /// Whatever arrives is queued back whole and fully consumed.
     #[test]
     fn echoes_input() {
         let peer = Peer::Unix;
-        let (mut reply, mut broadcast, mut requests) = (Vec::new(), Vec::<Arc<[u8]>>::new(), 0);
-        let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
+        let mut produced = Produced::default();
+        let mut out = produced.output();
         let mut echo = Echo;
         let mut session = echo.open(&peer, &mut out);
         assert_eq!(
@@ -53,8 +53,8 @@ mod tests {
             echo.on_input(&mut session, b"de", &mut out),
             (2, Flow::Continue)
         );
-        assert_eq!(reply, b"abcde");
-        assert!(broadcast.is_empty());
-        assert_eq!(requests, 2);
+        assert_eq!(produced.reply.to_vec(), b"abcde");
+        assert!(produced.broadcast.is_empty());
+        assert_eq!(produced.requests, 2);
     }
 }

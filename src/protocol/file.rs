@@ -8,10 +8,11 @@
 //! streamed a chunk at a time from `on_drained`, as the peer takes them, so a file of any
 //! size holds only a couple of chunks in memory.
 //!
-//! Pipelining: request lines that arrive while a file is streaming are consumed at once
-//! and queued (at most `MAX_QUEUED_BYTES` of them); each is answered, in order, when the
-//! responses before it are complete. A protocol error (a request line that is too long,
-//! too many queued requests) is answered in turn like a request, after which the
+//! Pipelining: request lines that arrive while a file is streaming are consumed and queued
+//! (up to `MAX_QUEUED_BYTES`, each costing its length plus `QUEUED_REQUEST_COST`); past
+//! that the protocol pauses and the rest waits, unread, until the queue has room. Each is
+//! answered, in order, when the responses before it are complete. A protocol error (a
+//! request line that is too long) is answered in turn like a request, after which the
 //! connection closes; input after it is discarded.
 
 use std::collections::VecDeque;
@@ -25,6 +26,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
+#[cfg(test)]
+use super::Produced;
 use super::{ByteStr, Flow, Output, Protocol};
 use crate::net::Peer;
 
@@ -37,11 +40,16 @@ pub const MAX_REQUEST_LINE: usize = 4096;
 pub const CHUNK: usize = 64 * 1024;
 
 /// Request lines waiting behind a transfer, in bytes: pipelining is allowed, but a peer
-/// cannot make the server hold more than this (plus one request line) per connection.
+/// cannot make the server hold more than this (plus one request line) per connection;
+/// past it reading pauses until the queue has room.
 pub const MAX_QUEUED_BYTES: usize = 16 * 1024;
 
+/// What one queued request costs against `MAX_QUEUED_BYTES` besides its bytes: about what
+/// it takes in memory (a boxed slice's allocation and its queue slot), so that empty lines,
+/// which are requests too, cannot queue without bound.
+pub const QUEUED_REQUEST_COST: usize = 64;
+
 const TOO_LONG: &[u8] = b"ERR request line too long\n";
-const TOO_MANY: &[u8] = b"ERR too many queued requests\n";
 
 /// Why a request is refused; each has the `ERR` line the client receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,7 +258,7 @@ impl FileServer {
             };
         }
         if let Some(request) = session.queued.pop_front() {
-            session.queued_bytes -= request.len();
+            session.queued_bytes -= request.len() + QUEUED_REQUEST_COST;
             self.start(session, &request, out);
             return Flow::Continue;
         }
@@ -386,29 +394,30 @@ impl Protocol for FileServer {
             return (input.len(), Flow::Continue);
         }
         let mut used = 0;
+        let mut queue_full = false;
         while let Some(end) = input[used..].iter().position(|&b| b == b'\n') {
             let line = &input[used..used + end];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            used += end + 1;
             if line.len() > MAX_REQUEST_LINE {
+                used += end + 1;
                 session.refuse(
                     TOO_LONG,
                     format_args!("request line of {} bytes", line.len()),
                 );
                 break;
             }
-            if session.queued_bytes + line.len() > MAX_QUEUED_BYTES {
-                session.refuse(
-                    TOO_MANY,
-                    format_args!("more than {MAX_QUEUED_BYTES} bytes of requests queued"),
-                );
+            let cost = line.len() + QUEUED_REQUEST_COST;
+            if session.queued_bytes + cost > MAX_QUEUED_BYTES {
+                // Left unread until the queue has room: backpressure, not an error.
+                queue_full = true;
                 break;
             }
-            session.queued_bytes += line.len();
+            used += end + 1;
+            session.queued_bytes += cost;
             session.queued.push_back(line.into());
         }
         // A path plus a `\r` waiting for its `\n` may reach MAX_REQUEST_LINE + 1 bytes.
-        if !session.refused && input.len() - used > MAX_REQUEST_LINE + 1 {
+        if !session.refused && !queue_full && input.len() - used > MAX_REQUEST_LINE + 1 {
             session.refuse(
                 TOO_LONG,
                 format_args!("request line over {MAX_REQUEST_LINE} bytes"),
@@ -424,7 +433,10 @@ impl Protocol for FileServer {
         } else {
             Flow::Continue
         };
-        (used, flow)
+        match flow {
+            Flow::Continue if queue_full => (used, Flow::Pause),
+            flow => (used, flow),
+        }
     }
 
     const STREAMS: bool = true;
@@ -489,46 +501,54 @@ mod tests {
 
     /// Everything a connection would receive for `pieces`, fed the way the loop feeds them
     /// (unconsumed bytes are kept and joined to the next piece), with `on_drained` called
-    /// until it produces nothing, as the loop does while the peer keeps reading.
+    /// until it produces nothing, as the loop does while the peer keeps reading; after a
+    /// pause the kept bytes are presented again once the output has drained.
     fn run(server: &mut FileServer, pieces: &[&[u8]]) -> (Vec<u8>, Option<Flow>) {
-        let (mut reply, mut broadcast, mut requests) = (Vec::new(), Vec::<Arc<[u8]>>::new(), 0);
-        let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
-        let mut session = server.open(&Peer::Unix, &mut out);
+        let mut produced = Produced::default();
+        let mut session = server.open(&Peer::Unix, &mut produced.output());
         let mut pending = Vec::new();
         let mut sent = Vec::new();
         for piece in pieces {
             pending.extend_from_slice(piece);
-            let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
-            let (used, flow) = server.on_input(&mut session, &pending, &mut out);
-            assert!(used <= pending.len());
-            pending.drain(..used);
-            assert!(
-                !pending.contains(&b'\n'),
-                "a complete request was left unconsumed"
-            );
-            assert!(pending.len() <= server.max_pending_input());
-            sent.append(&mut reply);
-            if flow == Flow::Close {
-                return (sent, Some(flow));
-            }
             loop {
-                let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
-                let flow = server.on_drained(&mut session, &mut out);
-                assert!(
-                    reply.len() <= CHUNK + 64,
-                    "one call produces at most a chunk"
-                );
-                let produced = !reply.is_empty();
-                sent.append(&mut reply);
+                let (used, flow) = server.on_input(&mut session, &pending, &mut produced.output());
+                assert!(used <= pending.len());
+                pending.drain(..used);
+                if flow != Flow::Pause {
+                    assert!(
+                        !pending.contains(&b'\n'),
+                        "a complete request was left unconsumed"
+                    );
+                    assert!(pending.len() <= server.max_pending_input());
+                }
+                assert!(session.queued_bytes <= MAX_QUEUED_BYTES);
+                sent.append(&mut produced.reply.to_vec());
+                produced.reply.clear();
                 if flow == Flow::Close {
                     return (sent, Some(flow));
                 }
-                if !produced {
+                loop {
+                    let flow = server.on_drained(&mut session, &mut produced.output());
+                    assert!(
+                        produced.reply.len() <= CHUNK + 64,
+                        "one call produces at most a chunk"
+                    );
+                    let made = !produced.reply.is_empty();
+                    sent.append(&mut produced.reply.to_vec());
+                    produced.reply.clear();
+                    if flow == Flow::Close {
+                        return (sent, Some(flow));
+                    }
+                    if !made {
+                        break;
+                    }
+                }
+                if flow != Flow::Pause {
                     break;
                 }
             }
         }
-        assert!(broadcast.is_empty());
+        assert!(produced.broadcast.is_empty());
         (sent, None)
     }
 
@@ -654,22 +674,32 @@ mod tests {
         assert_eq!(run(&mut server, &[&input]), (expect, Some(Flow::Close)));
     }
 
-    /// More queued request bytes than the cap end the session after the queued answers.
+    /// Requests pipelined behind a transfer queue up to the cap, each costing at least
+    /// `QUEUED_REQUEST_COST`, so empty lines cannot queue without bound; past it the
+    /// protocol pauses, and every request is still answered, in order.
     #[test]
-    fn queue_is_bounded() {
+    fn queue_is_bounded_and_pauses() {
         let (_dir, mut server, big) = fixture("queue");
-        // All lines of one call are queued before the first starts: `big` counts too.
-        let fits = (MAX_QUEUED_BYTES - b"big".len()) / b"small".len();
-        let mut input = b"big\n".to_vec();
-        for _ in 0..fits + 1 {
-            input.extend_from_slice(b"small\n");
-        }
+        let mut session = server.open(&Peer::Unix, &mut Produced::default().output());
+        let mut produced = Produced::default();
+        let lines = b"big\n"
+            .iter()
+            .chain(&[b'\n'; 100_000])
+            .copied()
+            .collect::<Vec<u8>>();
+        let (used, flow) = server.on_input(&mut session, &lines, &mut produced.output());
+        assert_eq!(flow, Flow::Pause);
+        let fits = MAX_QUEUED_BYTES / QUEUED_REQUEST_COST;
+        assert!(used < 4 + fits + 1, "{used} bytes consumed");
+        assert!(session.queued_bytes <= MAX_QUEUED_BYTES);
+
         let mut expect = ok(&big);
-        for _ in 0..fits {
-            expect.extend_from_slice(&ok(b"hello file\n"));
+        let refusal = Refusal::InvalidPath.reply();
+        for _ in 0..1000 {
+            expect.extend_from_slice(refusal);
         }
-        expect.extend_from_slice(TOO_MANY);
-        assert_eq!(run(&mut server, &[&input]), (expect, Some(Flow::Close)));
+        let input = [&b"big\n"[..], &[b'\n'; 1000]].concat();
+        assert_eq!(run(&mut server, &[&input]), (expect, None));
     }
 
     /// A file that shrinks while it is sent ends the connection short instead of lying.
@@ -677,10 +707,9 @@ mod tests {
     fn shrinking_file_closes() {
         let (dir, server, _) = fixture("shrink");
         let mut server = server;
-        let (mut reply, mut broadcast, mut requests) = (Vec::new(), Vec::<Arc<[u8]>>::new(), 0);
-        let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
-        let mut session = server.open(&Peer::Unix, &mut out);
-        let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
+        let mut produced = Produced::default();
+        let mut session = server.open(&Peer::Unix, &mut produced.output());
+        let mut out = produced.output();
         assert_eq!(
             server.on_input(&mut session, b"big\n", &mut out),
             (4, Flow::Continue)
@@ -695,7 +724,7 @@ mod tests {
         // The request queued behind the broken transfer is not answered.
         assert_eq!(server.on_drained(&mut session, &mut out), Flow::Continue);
         let header = format!("OK {}\n", CHUNK * 7 / 2);
-        assert_eq!(reply.len(), header.len() + CHUNK);
+        assert_eq!(produced.reply.len(), header.len() + CHUNK);
     }
 
     /// The root must be an existing directory.

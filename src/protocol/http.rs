@@ -10,8 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use httparse::Status;
 
 use super::{Flow, Output, Protocol, Timeout};
-use crate::launch::ProtocolOptions;
-use crate::net::Peer;
+use crate::net::{describe, Peer};
 
 /// The page served when no `--body` is given: the seed's.
 pub const DEFAULT_BODY: &[u8] = b"<h1>Hello,World!</h1>";
@@ -25,18 +24,14 @@ pub const DEFAULT_MAX_HEADER: usize = 8 * 1024;
 /// path allocates nothing; 64 is well above what browsers send (15-25).
 pub const MAX_HEADERS: usize = 64;
 
-/// The largest `--body` file: each response copies the body into the connection's
-/// output, so a page larger than this belongs in a file server, not a responder.
+/// The largest `--body` file: it is held in memory for the server's lifetime (once: every
+/// response shares it), so a page larger than this belongs in a file server.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
-/// Response bytes one `on_input` call may produce before it stops honouring keep-alive.
-/// A read of 64 KiB can hold thousands of tiny pipelined requests; with a large `--body`
-/// their responses would be unbounded. A request whose page would take the call past this
-/// budget (unless it is the call's first) is answered with `Connection: close` and the rest
-/// of the pipeline is dropped (HTTP lets a server close between responses; clients retry
-/// unanswered idempotent requests), so one call produces at most this plus one response
-/// (and a few header bytes). The default page never comes near it.
-pub const MAX_OUTPUT_PER_READ: usize = 1024 * 1024;
+/// Bodies of at least this many bytes are queued by reference, not copied: copying a
+/// small page is cheaper than a shared chunk's reference count and extra iovec, while a
+/// large one copied per response would make pipelined requests multiply memory.
+pub const SHARED_BODY_MIN: usize = 4 * 1024;
 
 /// Seconds since the epoch at which `httpdate` stops formatting (year 9999); a clock set
 /// that far ahead is clamped rather than allowed to panic.
@@ -60,29 +55,10 @@ impl Default for HttpConfig {
     }
 }
 
-impl HttpConfig {
-    /// From the server's flags: reads the `--body` file (once, here) if one is named.
-    pub fn from_options(options: &ProtocolOptions) -> Result<HttpConfig, String> {
-        let mut config = HttpConfig::default();
-        if let Some(path) = &options.body {
-            config.body = read_body(path)?;
-        }
-        if let Some(max_header) = options.max_header {
-            config.max_header = max_header;
-        }
-        Ok(config)
-    }
-}
-
 /// Reads the file `--body` names, once, at start. The error is one line for `error: ...`.
 pub fn read_body(path: &Path) -> Result<Arc<[u8]>, String> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        format!(
-            "cannot read {}: {}",
-            path.display(),
-            crate::launch::describe(&e)
-        )
-    })?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("cannot read {}: {}", path.display(), describe(&e)))?;
     if bytes.len() > MAX_BODY_BYTES {
         return Err(format!(
             "{} is {} bytes; --body serves at most {MAX_BODY_BYTES}",
@@ -288,21 +264,26 @@ impl Http {
         }
     }
 
-    /// Appends one response: fixed head, the cached `Date`, `Connection`, blank line, body.
-    /// No allocation while `out` has room, which the loop's reused reply buffer usually has.
+    /// Appends one response: fixed head, the cached `Date`, `Connection`, blank line, body
+    /// (shared, not copied, when it is large). No allocation while the reply buffer has
+    /// room, which the loop's reused one usually has.
     fn respond(
         canned: &Canned,
         date: &[u8],
         connection: ConnectionHeader,
         with_body: bool,
-        out: &mut Vec<u8>,
+        out: &mut Output<'_>,
     ) {
-        out.extend_from_slice(&canned.head);
-        out.extend_from_slice(date);
-        out.extend_from_slice(connection.bytes());
-        out.extend_from_slice(b"\r\n");
-        if with_body {
-            out.extend_from_slice(&canned.body);
+        let reply = out.reply_buf();
+        reply.extend_from_slice(&canned.head);
+        reply.extend_from_slice(date);
+        reply.extend_from_slice(connection.bytes());
+        reply.extend_from_slice(b"\r\n");
+        if !with_body {
+        } else if canned.body.len() >= SHARED_BODY_MIN {
+            out.send_shared(canned.body.clone());
+        } else {
+            reply.extend_from_slice(&canned.body);
         }
     }
 
@@ -315,13 +296,7 @@ impl Http {
             ErrorPage::HeaderTooLarge => &self.header_too_large,
             ErrorPage::RequestTimeout => &self.request_timeout,
         };
-        Http::respond(
-            canned,
-            &date,
-            ConnectionHeader::Close,
-            true,
-            out.reply_buf(),
-        );
+        Http::respond(canned, &date, ConnectionHeader::Close, true, out);
         out.count_request();
     }
 
@@ -520,7 +495,6 @@ impl Protocol for Http {
         input: &[u8],
         out: &mut Output<'_>,
     ) -> (usize, Flow) {
-        let output_at_start = out.reply_buf().len();
         let mut used = 0;
         loop {
             match self.skip_body(&mut session.body, input.get(used..).unwrap_or_default()) {
@@ -533,6 +507,11 @@ impl Protocol for Http {
             let rest = input.get(used..).unwrap_or_default();
             if session.body != Body::Done || rest.is_empty() {
                 return (used, Flow::Continue);
+            }
+            if out.is_full() {
+                // The responses so far fill the connection's queue: the rest of the
+                // pipeline waits, unread, until the client has taken them.
+                return (used, Flow::Pause);
             }
             // On the stack and reused for each request of the pipeline: no allocation.
             let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -567,13 +546,10 @@ impl Protocol for Http {
             };
             used += head_len;
             session.body = head.body;
-            // The first response of a call always keeps the connection, however large.
-            let produced = out.reply_buf().len().saturating_sub(output_at_start);
-            let over_budget = produced > 0 && produced + self.ok.body.len() > MAX_OUTPUT_PER_READ;
             // A client that sent `Expect: 100-continue` may never send the body we would
             // skip; rather than guess, answer and close (it then knows not to send it).
             let body_withheld = head.expects_continue && head.body != Body::Done;
-            let keep_alive = head.keep_alive && !over_budget && !body_withheld;
+            let keep_alive = head.keep_alive && !body_withheld;
             let connection = match (keep_alive, head.minor_version) {
                 (false, _) => ConnectionHeader::Close,
                 (true, 0) => ConnectionHeader::KeepAlive,
@@ -585,7 +561,7 @@ impl Protocol for Http {
                 Method::Head => (&self.ok, false),
                 Method::Other => (&self.method_not_allowed, true),
             };
-            Http::respond(canned, date, connection, with_body, out.reply_buf());
+            Http::respond(canned, date, connection, with_body, out);
             out.count_request();
             if !keep_alive {
                 return (input.len(), Flow::Close);
@@ -604,6 +580,12 @@ impl Protocol for Http {
         }
     }
 
+    fn mid_frame(&self, session: &HttpSession) -> bool {
+        // A body being skipped: its request was answered, but the body must still arrive
+        // within the frame timeout.
+        session.body != Body::Done
+    }
+
     fn refusal(&self) -> Option<&[u8]> {
         Some(&self.refusal)
     }
@@ -618,6 +600,7 @@ impl Protocol for Http {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Produced;
     use proptest::prelude::*;
     use std::time::Duration;
 
@@ -656,37 +639,54 @@ mod tests {
     /// Feeds `chunks` the way the event loop does: unconsumed bytes are kept and
     /// presented again, with the next chunk appended. Stops at `Flow::Close`.
     fn feed<'a>(http: &mut Http, chunks: impl IntoIterator<Item = &'a [u8]>) -> Run {
-        let (mut reply, mut broadcast, mut requests) = (Vec::new(), Vec::<Arc<[u8]>>::new(), 0);
+        feed_capped(http, chunks, usize::MAX)
+    }
+
+    /// Like `feed`, with the connection's queue full at `high_water`: after a pause the
+    /// reply is taken (the peer read it) and what was kept is presented again.
+    fn feed_capped<'a>(
+        http: &mut Http,
+        chunks: impl IntoIterator<Item = &'a [u8]>,
+        high_water: usize,
+    ) -> Run {
+        let mut produced = Produced::default();
+        let mut reply = Vec::new();
         let mut pending = Vec::new();
         let mut closed = false;
         let mut replies_per_call = Vec::new();
-        let mut session = {
-            let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
-            http.open(&Peer::Unix, &mut out)
-        };
-        for chunk in chunks {
+        let mut session = http.open(&Peer::Unix, &mut produced.output());
+        'chunks: for chunk in chunks {
             pending.extend_from_slice(chunk);
-            let before = requests;
-            let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
-            let (used, flow) = http.on_input(&mut session, &pending, &mut out);
-            assert!(used <= pending.len(), "used {used} of {}", pending.len());
-            replies_per_call.push((requests - before) as usize);
-            pending.drain(..used);
-            if flow == Flow::Close {
-                closed = true;
+            loop {
+                let before = produced.requests;
+                let mut out = produced.output_for(0, high_water);
+                let (used, flow) = http.on_input(&mut session, &pending, &mut out);
+                assert!(used <= pending.len(), "used {used} of {}", pending.len());
+                replies_per_call.push((produced.requests - before) as usize);
+                pending.drain(..used);
+                reply.extend_from_slice(&produced.reply.to_vec());
+                produced.reply.clear();
+                match flow {
+                    Flow::Close => {
+                        closed = true;
+                        break 'chunks;
+                    }
+                    Flow::Pause => continue,
+                    Flow::Continue => {}
+                }
+                assert!(
+                    pending.len() <= http.max_pending_input(),
+                    "kept {} bytes",
+                    pending.len()
+                );
                 break;
             }
-            assert!(
-                pending.len() <= http.max_pending_input(),
-                "kept {} bytes",
-                pending.len()
-            );
         }
-        assert!(broadcast.is_empty());
+        assert!(produced.broadcast.is_empty());
         Run {
             reply,
             closed,
-            requests,
+            requests: produced.requests,
             pending,
             replies_per_call,
         }
@@ -1100,26 +1100,33 @@ mod tests {
         assert_eq!(text(&run), ok(KEEP));
     }
 
-    /// A pipeline whose responses pass the per-read budget is answered up to it, the last
-    /// response saying `Connection: close`.
+    /// A pipeline whose responses fill the connection's queue pauses there, and the rest
+    /// is answered, keep-alive, once it has drained; a large body is shared by every
+    /// response, not copied.
     #[test]
-    fn output_per_read_is_bounded() {
+    fn pipeline_pauses_at_the_cap() {
         let body = vec![b'x'; 300 * 1024];
         let mut http = responder_with(&body, DEFAULT_MAX_HEADER);
         let input = GET.repeat(8);
-        let run = feed_whole(&mut http, &input);
-        // 3 × 300 KiB fit in 1 MiB; the fourth would not, so it closes.
-        assert!(run.closed);
-        assert_eq!(run.requests, 4);
-        let body = String::from_utf8(body).unwrap();
-        let keep = response("200 OK", "", &body, KEEP, true);
-        let close = response("200 OK", "", &body, CLOSE, true);
-        assert_eq!(text(&run), keep.repeat(3) + &close);
-        assert!(run.reply.len() <= MAX_OUTPUT_PER_READ + close.len());
-        // A single response larger than the budget still keeps the connection.
-        let mut http = responder_with(&vec![b'y'; MAX_OUTPUT_PER_READ + 1], DEFAULT_MAX_HEADER);
-        let run = feed_whole(&mut http, GET);
+        let run = feed_capped(&mut http, [&input[..]], 1024 * 1024);
         assert!(!run.closed);
+        assert_eq!(run.requests, 8);
+        // 3 × 300 KiB stay under 1 MiB, the fourth passes it: then the pipeline waits.
+        assert_eq!(run.replies_per_call, [4, 4]);
+        let body_text = String::from_utf8(body).unwrap();
+        let keep = response("200 OK", "", &body_text, KEEP, true);
+        assert_eq!(text(&run), keep.repeat(8));
+
+        let mut produced = Produced::default();
+        let mut session = http.open(&Peer::Unix, &mut produced.output());
+        let (used, flow) = http.on_input(&mut session, &input, &mut produced.output());
+        assert_eq!((used, flow), (input.len(), Flow::Continue));
+        let references = Arc::strong_count(&http.ok.body);
+        assert_eq!(references, 1 + 8, "every response shares the body");
+        assert!(
+            produced.reply.bytes_mut().len() < 8 * 1024,
+            "no body was copied"
+        );
     }
 
     /// Every split of a mixed pipeline into two reads gives the same responses as one read.
@@ -1165,8 +1172,8 @@ mod tests {
     #[test]
     fn frame_timeout() {
         let mut http = responder();
-        let (mut reply, mut broadcast, mut requests) = (Vec::new(), Vec::<Arc<[u8]>>::new(), 0);
-        let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
+        let mut produced = Produced::default();
+        let mut out = produced.output();
         let mut session = http.open(&Peer::Unix, &mut out);
         assert_eq!(
             http.on_input(&mut session, b"GET / HT", &mut out),
@@ -1174,21 +1181,25 @@ mod tests {
         );
         http.on_timeout(&mut session, Timeout::Frame, &mut out);
         assert_eq!(
-            String::from_utf8_lossy(&reply),
+            String::from_utf8_lossy(&produced.reply.to_vec()),
             error_page("408 Request Timeout")
         );
 
-        let mut reply = Vec::new();
-        let mut out = Output::new(&mut reply, &mut broadcast, &mut requests);
+        let mut produced = Produced::default();
+        let mut out = produced.output();
         let mut session = http.open(&Peer::Unix, &mut out);
         let post = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r";
         assert_eq!(
             http.on_input(&mut session, post, &mut out),
             (post.len() - 2, Flow::Continue)
         );
+        assert!(
+            http.mid_frame(&session),
+            "a body being skipped is a frame in progress"
+        );
         out.reply_buf().clear();
         http.on_timeout(&mut session, Timeout::Frame, &mut out);
-        assert!(reply.is_empty());
+        assert!(produced.reply.is_empty());
     }
 
     /// A refused connection gets a complete 503 that closes.
@@ -1248,20 +1259,12 @@ mod tests {
 
     /// `--body` reads the file once; a missing or oversized file is a one-line error.
     #[test]
-    #[allow(clippy::needless_update)] // other protocols' options join the struct later
     fn body_file_loading() {
         let dir = std::env::temp_dir().join(format!("multiconn-http-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let page = dir.join("page.html");
         std::fs::write(&page, b"<p>mine</p>").unwrap();
-        let options = ProtocolOptions {
-            body: Some(page.clone()),
-            max_header: Some(512),
-            ..Default::default()
-        };
-        let config = HttpConfig::from_options(&options).unwrap();
-        assert_eq!(&*config.body, b"<p>mine</p>");
-        assert_eq!(config.max_header, 512);
+        assert_eq!(&*read_body(&page).unwrap(), b"<p>mine</p>");
         let missing = dir.join("missing.html");
         let err = read_body(&missing).unwrap_err();
         assert_eq!(

@@ -12,12 +12,21 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::net::Peer;
+use crate::outbound::Reply;
 
-/// What the connection does after the protocol has looked at its input.
+/// What the connection does after the protocol has looked at its input: the effects a
+/// protocol asks of the loop, which carries them out in one place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
     /// Keep reading.
     Continue,
+    /// Present no more input until this connection's outbound queue is at or below the
+    /// low-water mark: the loop stops reading it, keeps what was not consumed (complete
+    /// frames included), and presents that again, from a later turn, once the queue has
+    /// drained. How a protocol whose input makes output (replies, fan-out) keeps that
+    /// output within the caps. A protocol that pauses must have made progress: a pause
+    /// with nothing consumed, produced or streaming would only be presented again.
+    Pause,
     /// Stop reading, flush what is queued, then close (the write side first, so the last
     /// reply is not destroyed by a reset).
     Close,
@@ -30,44 +39,90 @@ pub enum Timeout {
     Frame,
 }
 
-/// Where a protocol puts what it produces during one call.
-pub struct Output<'a> {
-    reply: &'a mut Vec<u8>,
-    broadcast: &'a mut Vec<Arc<[u8]>>,
-    requests: &'a mut u64,
+/// What protocols produce during one connection's turn: its reply, the broadcasts for the
+/// other connections, and how many requests were served. The loop keeps one and reuses
+/// it every turn; tests keep one per connection and read it.
+#[derive(Debug, Default)]
+pub struct Produced {
+    pub reply: Reply,
+    pub broadcast: Vec<Arc<[u8]>>,
+    /// Bytes in `broadcast`.
+    pub broadcast_len: usize,
+    pub requests: u64,
 }
 
-impl<'a> Output<'a> {
-    pub fn new(
-        reply: &'a mut Vec<u8>,
-        broadcast: &'a mut Vec<Arc<[u8]>>,
-        requests: &'a mut u64,
-    ) -> Self {
+impl Produced {
+    /// An output without a cap: `is_full` is never true (for tests and one-off calls).
+    pub fn output(&mut self) -> Output<'_> {
+        self.output_for(0, usize::MAX)
+    }
+
+    /// An output for a connection that already owes `queued` bytes, full at `high_water`.
+    pub fn output_for(&mut self, queued: usize, high_water: usize) -> Output<'_> {
         Output {
-            reply,
-            broadcast,
-            requests,
+            produced: self,
+            queued,
+            high_water,
         }
     }
 
+    /// Forgets the broadcasts (after they were delivered).
+    pub fn clear_broadcast(&mut self) {
+        self.broadcast.clear();
+        self.broadcast_len = 0;
+    }
+}
+
+/// Where a protocol puts what it produces during one call, and how full the connection's
+/// queue is, so that a protocol whose input makes output can pause before passing the cap.
+pub struct Output<'a> {
+    produced: &'a mut Produced,
+    /// Bytes this connection already owed before this turn's reply.
+    queued: usize,
+    high_water: usize,
+}
+
+impl Output<'_> {
     /// Queues bytes for this connection's peer.
     pub fn send(&mut self, bytes: &[u8]) {
-        self.reply.extend_from_slice(bytes);
+        self.produced.reply.push(bytes);
     }
 
-    /// The reply buffer itself, for encoders that write in place.
+    /// Queues a shared chunk for this connection's peer without copying it.
+    pub fn send_shared(&mut self, bytes: Arc<[u8]>) {
+        self.produced.reply.push_shared(bytes);
+    }
+
+    /// The reply's owned bytes, for encoders that write in place.
     pub fn reply_buf(&mut self) -> &mut Vec<u8> {
-        self.reply
+        self.produced.reply.bytes_mut()
     }
 
     /// Queues `bytes` for every other connection of this loop, serialised once and shared.
     pub fn broadcast(&mut self, bytes: Arc<[u8]>) {
-        self.broadcast.push(bytes);
+        self.produced.broadcast_len += bytes.len();
+        self.produced.broadcast.push(bytes);
+    }
+
+    /// Bytes broadcast so far this turn, for protocols that bound their fan-out per turn.
+    pub fn broadcast_len(&self) -> usize {
+        self.produced.broadcast_len
     }
 
     /// Counts one request served, for the statistics.
     pub fn count_request(&mut self) {
-        *self.requests += 1;
+        self.produced.requests += 1;
+    }
+
+    /// Bytes this connection owes its peer, this turn's reply included.
+    pub fn owed(&self) -> usize {
+        self.queued + self.produced.reply.len()
+    }
+
+    /// Whether the connection owes its peer as much as its cap: a protocol should answer
+    /// no more requests now and return [`Flow::Pause`].
+    pub fn is_full(&self) -> bool {
+        self.owed() >= self.high_water
     }
 }
 
@@ -83,6 +138,7 @@ pub trait Protocol {
     /// `input` holds the connection's unconsumed bytes. Consume every complete frame in it
     /// (never wait for another call when a whole frame is already here) and return how
     /// many bytes were used; the rest is kept and presented again, with more, next time.
+    /// Return [`Flow::Pause`] instead of consuming more when `out.is_full()`.
     fn on_input(
         &mut self,
         session: &mut Self::Session,
@@ -104,14 +160,21 @@ pub trait Protocol {
     /// others the loop skips the call on every message.
     const STREAMS: bool = false;
 
-    /// The connection's queued output is at or below the low-water mark (64 KiB): a
-    /// streaming protocol (file transfer) queues its next chunk here. The loop calls it
-    /// again while it produces output and the queue stays low (up to a per-turn budget),
-    /// and again on later write events; it must produce nothing once it has nothing left.
-    /// It is also called after the peer's FIN or a `Flow::Close`, so that a response in
-    /// progress is completed before the connection closes.
+    /// The connection's queued output is at or below the low-water mark: a streaming
+    /// protocol (file transfer) queues its next chunk here. The loop calls it again while
+    /// it produces output and the queue stays low (up to a per-turn budget), and again on
+    /// later write events; it must produce nothing once it has nothing left. It is also
+    /// called after the peer's FIN or a `Flow::Close`, so that a response in progress is
+    /// completed before the connection closes. `Flow::Pause` here means nothing more.
     fn on_drained(&mut self, _session: &mut Self::Session, _out: &mut Output<'_>) -> Flow {
         Flow::Continue
+    }
+
+    /// Whether the session is inside a frame it consumed in part (a request body being
+    /// skipped, content being parsed as it arrives). Unconsumed bytes already count; this
+    /// lets the frame timeout also cover input a protocol consumes as it comes.
+    fn mid_frame(&self, _session: &Self::Session) -> bool {
+        false
     }
 
     /// A deadline passed; whatever is sent here is flushed before the connection closes.

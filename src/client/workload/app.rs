@@ -109,17 +109,17 @@ impl Exchange for AppExchange {
 mod tests {
     use super::*;
     use crate::protocol::app::App;
-    use crate::protocol::{Output, Protocol};
+    use crate::protocol::{Produced, Protocol};
 
     /// What our own app server answers to `requests`, through its pure protocol code.
     fn serve(requests: &[u8]) -> Vec<u8> {
         let mut server = App::default();
-        let (mut reply, mut broadcast, mut count) = (Vec::new(), Vec::new(), 0);
-        let mut out = Output::new(&mut reply, &mut broadcast, &mut count);
+        let mut produced = Produced::default();
+        let mut out = produced.output();
         let mut session = server.open(&crate::net::Peer::Unix, &mut out);
         let (used, _) = server.on_input(&mut session, requests, &mut out);
         assert_eq!(used, requests.len());
-        reply
+        produced.reply.to_vec()
     }
 
     /// Eight pipelined requests: every answer from the server is accepted at every split

@@ -1,0 +1,553 @@
+//! The server loop: one `mio::Poll` over the listener, a waker and every connection (held
+//! in a `Slab` whose key is the connection's `Token`), a deadline queue for timeouts, the
+//! deferred lists, and the sweep. It only schedules: what a connection does with an event
+//! is the connection's business ([`crate::connection`]). Data flows one way:
+//! accept → read → protocol → write → interest.
+
+mod control;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::clock::Tick;
+use crate::config::{ServerConfig, READ_CHUNK};
+use crate::connection::{Connection, Readiness, Settled, Turn};
+use crate::net::{configure_accepted, ListenAddr, Listener, Peer, Stream};
+use crate::protocol::{Produced, Protocol};
+use crate::stats::Stats;
+pub use control::ServerHandle;
+use control::{Control, SignalWatch, State};
+
+/// The listener's and the waker's tokens sit at the top of the range, so a connection's
+/// token is simply its slab key.
+const LISTENER: Token = Token(usize::MAX);
+const WAKER: Token = Token(usize::MAX - 1);
+const SIGNALS: Token = Token(usize::MAX - 2);
+
+/// Events taken from one `epoll_wait`.
+const EVENTS_CAPACITY: usize = 1024;
+/// How long accepting pauses after EMFILE/ENFILE/ENOBUFS/ENOMEM before it is retried.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// At most one accept-error log line per this interval.
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A loop running on its own thread (`Server::spawn`); joining it yields its counters.
+pub type ServerThread = JoinHandle<io::Result<Stats>>;
+
+/// A connection's place in the slab and its identity, for work deferred to later in the
+/// turn or to the next one: the key may be reused by then, the id is not.
+type ConnRef = (usize, u64);
+
+/// A server loop: binds in `bind`, serves in `run` until shut down.
+pub struct Server<P: Protocol> {
+    poll: Poll,
+    listener: Option<Listener>,
+    local_addr: ListenAddr,
+    conns: Slab<Connection<P::Session>>,
+    protocol: P,
+    config: ServerConfig,
+    control: Arc<Control>,
+    stats: Stats,
+    next_id: u64,
+    timers: BinaryHeap<Reverse<(Tick, usize, u64)>>,
+    /// Per-loop scratch, reused every turn so the hot path does not allocate.
+    read_buf: Vec<u8>,
+    produced: Produced,
+    /// Connections to serve next turn without waiting for an event (edge-triggered epoll
+    /// will not report them again), and its spare, swapped each turn.
+    again: Vec<ConnRef>,
+    again_spare: Vec<ConnRef>,
+    accept_again: bool,
+    /// Connections that got broadcast output this batch; flushed once at its end.
+    delivered: Vec<usize>,
+    /// Connections marked closed this batch; removed in one sweep after it.
+    closing: Vec<usize>,
+    accept_paused_until: Option<Tick>,
+    last_accept_error_log: Option<Tick>,
+    /// SIGINT/SIGTERM/SIGHUP, when this loop takes them (the binary's first worker).
+    signals: Option<SignalWatch>,
+}
+
+impl<P: Protocol> Server<P> {
+    /// Binds the listener (port 0 picks a free port) and prepares the loop. A configuration
+    /// that would make the loop spin or never read is refused as `InvalidInput`.
+    pub fn bind(config: ServerConfig, protocol: P) -> io::Result<Self> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let mut listener = Listener::bind(&config.listen, &config.socket)?;
+        let local_addr = listener.local_addr()?;
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            local_addr,
+            conns: Slab::new(),
+            protocol,
+            config,
+            control: Control::new(waker),
+            stats: Stats::default(),
+            next_id: 0,
+            timers: BinaryHeap::new(),
+            read_buf: vec![0; READ_CHUNK],
+            produced: Produced {
+                reply: crate::outbound::Reply::with_capacity(READ_CHUNK),
+                ..Produced::default()
+            },
+            again: Vec::new(),
+            again_spare: Vec::new(),
+            accept_again: false,
+            delivered: Vec::new(),
+            closing: Vec::new(),
+            accept_paused_until: None,
+            last_accept_error_log: None,
+            signals: None,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> &ListenAddr {
+        &self.local_addr
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            control: self.control.clone(),
+        }
+    }
+
+    /// Like [`run`](Self::run), also taking signals inside the loop: the first SIGINT or
+    /// SIGTERM starts a graceful shutdown here and in `peers`, a second exits the process
+    /// at once with status 130; SIGHUP is logged and ignored.
+    pub fn run_until_signalled(
+        mut self,
+        mut signals: Signals,
+        peers: Vec<ServerHandle>,
+    ) -> io::Result<Stats> {
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(SignalWatch::new(signals, peers));
+        self.run()
+    }
+
+    /// Serves until a shutdown request; returns the loop's counters. Only errors of the
+    /// poll itself end it: a failing connection ends only that connection.
+    pub fn run(mut self) -> io::Result<Stats> {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        let mut drain_deadline: Option<Tick> = None;
+        let mut now = Tick::now();
+        let mut next_stats = self.config.stats_interval.map(|i| now + i);
+        loop {
+            // Measured from the start of the last turn, not read again: one coarse clock
+            // read per turn is enough for deadlines counted in seconds, and a busy loop
+            // turns over once per message.
+            let timeout = self.poll_timeout(now, drain_deadline, next_stats);
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            now = Tick::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(now),
+                    WAKER => self.answer_stats_requests(),
+                    SIGNALS => {
+                        if let Some(watch) = &mut self.signals {
+                            watch.on_signals(&self.control);
+                        }
+                    }
+                    Token(key) => self.on_event(key, Readiness::from(event), now),
+                }
+            }
+            let accept_resumes = self.accept_paused_until.is_some_and(|until| now >= until);
+            if std::mem::take(&mut self.accept_again) || accept_resumes {
+                self.accept(now);
+            }
+            if !self.again.is_empty() {
+                self.serve_again(now);
+            }
+            match self.control.state() {
+                State::Immediate => break,
+                State::Graceful if drain_deadline.is_none() => {
+                    drain_deadline = Some(now + self.config.drain_timeout);
+                    self.begin_shutdown(now);
+                }
+                _ => {}
+            }
+            self.fire_timers(now);
+            self.flush_delivered(now);
+            self.sweep(now);
+
+            if let Some(at) = next_stats {
+                if now >= at {
+                    self.log_stats();
+                    next_stats = self.config.stats_interval.map(|i| now + i);
+                }
+            }
+            if let Some(deadline) = drain_deadline {
+                if self.conns.is_empty() || now >= deadline {
+                    break;
+                }
+            }
+        }
+        for (key, conn) in self.conns.iter_mut() {
+            conn.end_at_shutdown();
+            self.closing.push(key);
+        }
+        self.sweep(Tick::now());
+        self.stats.open = self.conns.len();
+        Ok(self.stats)
+    }
+
+    /// Runs the server on a new thread; returns its address, a handle to stop it, and the
+    /// thread, which yields the final counters. Fails only if the OS refuses a thread.
+    pub fn spawn(self) -> io::Result<(ListenAddr, ServerHandle, ServerThread)>
+    where
+        P: Send + 'static,
+        P::Session: Send,
+    {
+        let addr = self.local_addr.clone();
+        let handle = self.handle();
+        let thread = std::thread::Builder::new()
+            .name("multiconn-server".into())
+            .spawn(move || self.run())?;
+        Ok((addr, handle, thread))
+    }
+
+    fn poll_timeout(
+        &self,
+        now: Tick,
+        drain: Option<Tick>,
+        stats: Option<Tick>,
+    ) -> Option<Duration> {
+        if !self.again.is_empty() || self.accept_again {
+            return Some(Duration::ZERO);
+        }
+        // Folded by hand: the iterator version cost about 60 instructions per turn.
+        let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        let nearest = earliest(
+            earliest(timer, self.accept_paused_until),
+            earliest(drain, stats),
+        )?;
+        Some(nearest.saturating_duration_since(now))
+    }
+
+    fn answer_stats_requests(&mut self) {
+        self.stats.open = self.conns.len();
+        for tx in self.control.take_stats_requests() {
+            let _ = tx.send(self.stats.clone());
+        }
+    }
+
+    fn log_stats(&mut self) {
+        self.stats.open = self.conns.len();
+        match &self.config.name {
+            Some(name) => log::info!("{name}: stats: {}", self.stats),
+            None => log::info!("stats: {}", self.stats),
+        }
+    }
+
+    fn begin_shutdown(&mut self, now: Tick) {
+        if let Some(mut listener) = self.listener.take() {
+            // Dropping the listener closes it: new connections are refused from now on.
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.accept_paused_until = None;
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.conns[key].begin_shutdown();
+            self.settle(key, now);
+        }
+    }
+
+    fn accept(&mut self, now: Tick) {
+        if self.accept_paused_until.is_some_and(|until| now < until) {
+            return;
+        }
+        self.accept_paused_until = None;
+        for _ in 0..self.config.limits.accepts_per_turn {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    if self.conns.len() >= self.config.limits.max_connections {
+                        self.refuse(stream, &peer);
+                        continue;
+                    }
+                    if let Err(e) = configure_accepted(&stream, &self.config.socket) {
+                        log::debug!("cannot set socket options for {peer}: {e}");
+                    }
+                    self.open(stream, peer, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if is_transient_accept_error(&e) => continue,
+                Err(e) => {
+                    // EMFILE and friends: the pending connection stays queued and epoll will
+                    // not report the listener again until an accept sees WouldBlock, so
+                    // retry from a timer rather than spin or stall.
+                    self.stats.accept_errors += 1;
+                    if self.last_accept_error_log.is_none_or(|at| {
+                        now.saturating_duration_since(at) >= ACCEPT_ERROR_LOG_INTERVAL
+                    }) {
+                        log::warn!("accept failed: {e}; pausing accepts, serving open connections");
+                        self.last_accept_error_log = Some(now);
+                    }
+                    self.accept_paused_until = Some(now + ACCEPT_RETRY);
+                    return;
+                }
+            }
+        }
+        // Budget used up with connections possibly still queued: continue next turn.
+        self.accept_again = true;
+    }
+
+    fn refuse(&mut self, mut stream: Stream, peer: &Peer) {
+        self.stats.refused += 1;
+        log::debug!("refusing {peer}: {} connections open", self.conns.len());
+        if let Some(refusal) = self.protocol.refusal() {
+            // Best effort: a fresh socket's send buffer is empty, so this rarely blocks.
+            let _ = stream.write(refusal);
+            let _ = stream.shutdown_write();
+        }
+    }
+
+    fn open(&mut self, mut stream: Stream, peer: Peer, now: Tick) {
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(key), Interest::READABLE)
+        {
+            log::warn!("cannot register connection from {peer}: {e}");
+            return;
+        }
+        let session = {
+            let mut out = self.produced.output_for(0, self.config.limits.max_outbound);
+            self.protocol.open(&peer, &mut out)
+        };
+        self.next_id += 1;
+        let conn = entry.insert(Connection::new(stream, peer, self.next_id, session, now));
+        self.stats.accepted += 1;
+        log::info!("Accepted connection from {peer}");
+        conn.send_reply(&mut self.produced.reply, &mut self.stats, now);
+        self.deliver_broadcast(Some(key), now);
+        self.settle(key, now);
+    }
+
+    /// Everything a connection borrows from the loop for one turn.
+    fn turn(&mut self, now: Tick) -> (&mut Slab<Connection<P::Session>>, Turn<'_, P>) {
+        let Server {
+            conns,
+            protocol,
+            produced,
+            read_buf,
+            config,
+            stats,
+            ..
+        } = self;
+        let turn = Turn {
+            protocol,
+            produced,
+            read_buf,
+            limits: &config.limits,
+            timeouts: &config.timeouts,
+            stats,
+            now,
+        };
+        (conns, turn)
+    }
+
+    fn on_event(&mut self, key: usize, ready: Readiness, now: Tick) {
+        let (conns, mut turn) = self.turn(now);
+        let Some(conn) = conns.get_mut(key) else {
+            return;
+        };
+        let again = conn.on_event(&mut turn, ready);
+        self.after_serving(key, again, now);
+    }
+
+    /// Serves the connections deferred from the last turn.
+    fn serve_again(&mut self, now: Tick) {
+        // Swapped with a spare list that keeps its capacity: serving may queue the same
+        // connections for the next turn, and neither list is reallocated.
+        let spare = std::mem::take(&mut self.again_spare);
+        let mut batch = std::mem::replace(&mut self.again, spare);
+        for &(key, id) in &batch {
+            let (conns, mut turn) = self.turn(now);
+            let Some(conn) = conns.get_mut(key).filter(|c| c.id() == id) else {
+                continue;
+            };
+            let again = conn.serve(&mut turn, true, false);
+            self.after_serving(key, again, now);
+        }
+        batch.clear();
+        self.again_spare = batch;
+    }
+
+    /// What follows serving a connection: its broadcasts go out, and it is settled.
+    #[inline]
+    fn after_serving(&mut self, key: usize, again: bool, now: Tick) {
+        if !self.produced.broadcast.is_empty() {
+            self.deliver_broadcast(Some(key), now);
+        }
+        if again {
+            self.serve_next_turn(key);
+        }
+        self.settle(key, now);
+    }
+
+    fn serve_next_turn(&mut self, key: usize) {
+        let id = self.conns[key].id();
+        self.again.push((key, id));
+    }
+
+    /// Queues this turn's broadcasts on every other open connection, shared, not copied.
+    fn deliver_broadcast(&mut self, from: Option<usize>, now: Tick) {
+        if self.produced.broadcast.is_empty() {
+            return;
+        }
+        let max_outbound = self.config.limits.max_outbound;
+        for (key, conn) in self.conns.iter_mut() {
+            if Some(key) == from {
+                continue;
+            }
+            if conn.deliver(&self.produced.broadcast, max_outbound, &mut self.stats, now) {
+                self.delivered.push(key);
+            }
+            if conn.is_closed() {
+                self.closing.push(key);
+            }
+        }
+        self.produced.clear_broadcast();
+    }
+
+    fn flush_delivered(&mut self, now: Tick) {
+        while let Some(key) = self.delivered.pop() {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            conn.flush_delivered(&mut self.stats, now);
+            self.settle(key, now);
+        }
+    }
+
+    /// After any work on a connection: it takes its phase step and registers its interest
+    /// (only if changed); the loop schedules what it asks for.
+    #[inline(always)]
+    fn settle(&mut self, key: usize, now: Tick) {
+        let conn = &mut self.conns[key];
+        let settled = conn.settle(
+            self.poll.registry(),
+            Token(key),
+            &self.config.limits,
+            &self.config.timeouts,
+            &mut self.stats,
+            now,
+        );
+        if settled != Settled::default() {
+            self.schedule(key, settled);
+        }
+    }
+
+    #[cold]
+    fn schedule(&mut self, key: usize, settled: Settled) {
+        let id = self.conns[key].id();
+        if settled.finished {
+            self.closing.push(key);
+            return;
+        }
+        if settled.serve_again {
+            self.again.push((key, id));
+        }
+        if let Some(at) = settled.timer {
+            self.timers.push(Reverse((at, key, id)));
+        }
+    }
+
+    fn fire_timers(&mut self, now: Tick) {
+        while let Some(Reverse((at, key, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let (conns, mut turn) = self.turn(now);
+            let Some(conn) = conns
+                .get_mut(key)
+                .filter(|c| c.id() == id && c.timer_is(at))
+            else {
+                continue; // a stale entry: the connection is gone or re-armed sooner
+            };
+            if let Some(later) = conn.on_timer(at, &mut turn) {
+                self.timers.push(Reverse((later, key, id)));
+                continue;
+            }
+            self.deliver_broadcast(Some(key), now);
+            self.settle(key, now);
+        }
+    }
+
+    /// Removes every connection marked closed this batch. A removed connection's
+    /// `on_close` may broadcast (chat's "left"), which may close slow consumers in turn.
+    fn sweep(&mut self, now: Tick) {
+        if !self.closing.is_empty() {
+            self.remove_closed(now);
+        }
+        self.stats.requests += std::mem::take(&mut self.produced.requests);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn remove_closed(&mut self, now: Tick) {
+        while !self.closing.is_empty() {
+            for key in std::mem::take(&mut self.closing) {
+                if !self.conns.get(key).is_some_and(Connection::is_closed) {
+                    continue; // already removed (queued twice)
+                }
+                let (session, peer, reason, was_cut) = self.conns.remove(key).into_ended();
+                self.stats.closed[reason as usize] += 1;
+                self.stats.resets += u64::from(was_cut);
+                log::info!("Closing connection to {peer}");
+                log::debug!("{peer}: closed ({})", reason.name());
+                let mut out = self.produced.output_for(0, self.config.limits.max_outbound);
+                self.protocol.on_close(session, &peer, &mut out);
+                self.produced.reply.clear();
+                self.deliver_broadcast(None, now);
+            }
+            self.flush_delivered(now);
+        }
+    }
+}
+
+fn earliest(a: Option<Tick>, b: Option<Tick>) -> Option<Tick> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+/// Accept errors about one connection that died in the queue, not about the server.
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::ConnectionReset
+    ) || e.raw_os_error() == Some(libc::EPROTO)
+}
