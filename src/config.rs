@@ -59,6 +59,8 @@ pub struct Timeouts {
     pub frame: Option<Duration>,
     /// How long a lingering close waits for the peer's FIN.
     pub linger: Duration,
+    /// An outgoing connection's connect must complete within this (clients only).
+    pub connect: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -68,6 +70,7 @@ impl Default for Timeouts {
             write: Some(Duration::from_secs(30)),
             frame: Some(Duration::from_secs(30)),
             linger: Duration::from_secs(2),
+            connect: None,
         }
     }
 }

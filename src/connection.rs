@@ -11,7 +11,7 @@ use mio::{Interest, Registry, Token};
 
 use crate::clock::Tick;
 use crate::config::{Limits, Timeouts};
-use crate::net::{Peer, Stream};
+use crate::net::{describe, Peer, Stream};
 use crate::outbound::{Outbound, Reply};
 use crate::protocol::{Flow, Produced, Protocol, Timeout};
 pub use crate::stats::CloseReason;
@@ -20,6 +20,9 @@ use crate::stats::Stats;
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// An outgoing connection whose non-blocking connect has not completed: what the
+    /// protocol produced on opening waits in the queue until it has.
+    Connecting,
     /// Reading requests and answering them.
     Open,
     /// No more reading: flush what is owed, then close.
@@ -35,6 +38,7 @@ pub enum Phase {
 /// Which of a connection's deadlines is the nearest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeadlineKind {
+    Connect,
     Idle,
     Frame,
     Write,
@@ -125,6 +129,17 @@ impl Deadlines {
     }
 }
 
+/// A connection taken apart once closed: what the loop and a client report need of it.
+pub struct Ended<S> {
+    pub session: S,
+    pub peer: Peer,
+    pub reason: CloseReason,
+    /// Closed with a reset rather than gracefully.
+    pub was_cut: bool,
+    /// The socket error that ended it, if one did.
+    pub error: Option<io::Error>,
+}
+
 /// A connection and everything the loop keeps for it. Idle, it holds no heap memory:
 /// both buffers are unallocated while empty.
 pub struct Connection<S> {
@@ -152,6 +167,8 @@ pub struct Connection<S> {
     close_reason: CloseReason,
     /// Closed with a reset rather than gracefully.
     was_cut: bool,
+    /// The socket error that ended it, if one did (a client reports it).
+    error: Option<io::Error>,
     deadlines: Deadlines,
     /// Queued on the loop's list of connections to flush at the end of the batch.
     flush_queued: bool,
@@ -164,6 +181,25 @@ pub struct Connection<S> {
 impl<S> Connection<S> {
     /// An accepted connection, registered READABLE by the caller.
     pub fn new(stream: Stream, peer: Peer, id: u64, session: S, now: Tick) -> Self {
+        Connection::with_phase(stream, peer, id, session, now, Phase::Open)
+    }
+
+    /// An outgoing connection whose connect was started, registered READABLE | WRITABLE
+    /// by the caller (a non-blocking connect completes as writability).
+    pub fn connecting(stream: Stream, peer: Peer, id: u64, session: S, now: Tick) -> Self {
+        let mut conn = Connection::with_phase(stream, peer, id, session, now, Phase::Connecting);
+        conn.registered = Interest::READABLE | Interest::WRITABLE;
+        conn
+    }
+
+    fn with_phase(
+        stream: Stream,
+        peer: Peer,
+        id: u64,
+        session: S,
+        now: Tick,
+        phase: Phase,
+    ) -> Self {
         Connection {
             stream,
             peer,
@@ -172,12 +208,13 @@ impl<S> Connection<S> {
             inbound: Vec::new(),
             outbound: Outbound::default(),
             registered: Interest::READABLE,
-            phase: Phase::Open,
+            phase,
             paused: false,
             input_waiting: false,
             peer_closed: false,
             close_reason: CloseReason::PeerClosed,
             was_cut: false,
+            error: None,
             deadlines: Deadlines {
                 last_activity: now,
                 frame_started: None,
@@ -215,10 +252,24 @@ impl<S> Connection<S> {
         self.deadlines.timer_at == Some(at)
     }
 
-    /// Takes the connection apart once it is closed: its session, its peer, why it ended
-    /// and whether it was reset. Dropping the stream here closes the socket.
-    pub fn into_ended(self) -> (S, Peer, CloseReason, bool) {
-        (self.session, self.peer, self.close_reason, self.was_cut)
+    pub fn session(&self) -> &S {
+        &self.session
+    }
+
+    pub fn session_mut(&mut self) -> &mut S {
+        &mut self.session
+    }
+
+    /// Takes the connection apart once it is closed. Dropping the stream here closes the
+    /// socket (and removes it from the poll).
+    pub fn into_ended(self) -> Ended<S> {
+        Ended {
+            session: self.session,
+            peer: self.peer,
+            reason: self.close_reason,
+            was_cut: self.was_cut,
+            error: self.error,
+        }
     }
 
     /// The one decision of what the connection needs, from its state: which interest,
@@ -228,6 +279,8 @@ impl<S> Connection<S> {
         let owes = !self.outbound.is_empty();
         let reads = match self.phase {
             Phase::Closed => return Wants::Finished,
+            // Writability says the connect completed (or failed); readability, an error.
+            Phase::Connecting => return Wants::Interest(Interest::READABLE | Interest::WRITABLE),
             Phase::Open if self.paused => {
                 if self.outbound.len() <= low_water {
                     return Wants::Resume;
@@ -345,6 +398,11 @@ impl<S> Connection<S> {
         match self.phase {
             Phase::Closed => return None,
             Phase::Lingering { until } => return Some((until, DeadlineKind::Linger)),
+            Phase::Connecting => {
+                return timeouts
+                    .connect
+                    .map(|t| (d.last_activity + t, DeadlineKind::Connect))
+            }
             Phase::Open | Phase::Closing => {}
         }
         let after = |timeout: Option<Duration>, since: Option<Tick>, kind| {
@@ -384,7 +442,7 @@ impl<S> Connection<S> {
 
     /// Stops reading and closes once what is queued has been sent.
     pub fn finish(&mut self, reason: CloseReason) {
-        if self.phase == Phase::Open {
+        if matches!(self.phase, Phase::Open | Phase::Connecting) {
             self.phase = Phase::Closing;
             self.close_reason = reason;
         }
@@ -393,7 +451,7 @@ impl<S> Connection<S> {
     /// A shutdown began: an idle connection closes now, one that owes output closes once
     /// it has sent it.
     pub fn begin_shutdown(&mut self) {
-        if self.outbound.is_empty() && self.phase == Phase::Open {
+        if self.outbound.is_empty() && matches!(self.phase, Phase::Open | Phase::Connecting) {
             self.close(CloseReason::Shutdown);
         } else {
             self.finish(CloseReason::Shutdown);
@@ -419,6 +477,9 @@ impl<S> Connection<S> {
         } else {
             log::warn!("{}: {op}: {e}", self.peer);
         }
+        if self.phase != Phase::Closed {
+            self.error = Some(io::Error::new(e.kind(), format!("{op}: {}", describe(e))));
+        }
         self.close(CloseReason::Error);
     }
 
@@ -435,6 +496,10 @@ impl<S> Connection<S> {
     }
 
     fn send(&mut self, reply: &Reply, stats: &mut Stats, now: Tick) {
+        if self.phase == Phase::Connecting {
+            // Written once the connect has completed.
+            return self.outbound.push_reply(reply, 0);
+        }
         if !self.outbound.is_empty() {
             self.outbound.push_reply(reply, 0);
             self.flush(stats, now);
@@ -577,10 +642,44 @@ impl<S> Connection<S> {
         if self.phase == Phase::Closed {
             return false;
         }
+        if self.phase == Phase::Connecting && !self.connect_completed(ready) {
+            return false;
+        }
         if ready.writable && !self.outbound.is_empty() {
             self.flush(turn.stats, turn.now);
         }
         self.serve(turn, ready.readable, ready.read_closed)
+    }
+
+    /// Whether a started connect has completed; a failed one closes the connection.
+    #[cold]
+    fn connect_completed(&mut self, ready: Readiness) -> bool {
+        if !ready.writable && !ready.readable {
+            return false;
+        }
+        let outcome = match &self.stream {
+            Stream::Tcp(tcp) => match tcp.take_error() {
+                Ok(Some(e)) | Err(e) => Err(e),
+                Ok(None) => match tcp.peer_addr() {
+                    Ok(_) => Ok(true),
+                    // Not connected yet: a spurious event.
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+                    Err(e) => Err(e),
+                },
+            },
+            Stream::Unix(_) => Ok(true),
+        };
+        match outcome {
+            Ok(true) => {
+                self.phase = Phase::Open;
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                self.fail(&e, "connect");
+                false
+            }
+        }
     }
 
     /// Reads what the connection has and hands it to the protocol, writes the reply, and
@@ -816,6 +915,11 @@ impl<S> Connection<S> {
             return Some(deadline);
         }
         match kind {
+            DeadlineKind::Connect => {
+                log::debug!("{}: connect timed out", self.peer);
+                self.error = Some(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+                self.close(CloseReason::Error);
+            }
             DeadlineKind::Idle => {
                 log::debug!("{}: idle timeout", self.peer);
                 self.close(CloseReason::IdleTimeout);
@@ -855,4 +959,322 @@ pub fn is_peer_error(e: &io::Error) -> bool {
             | io::ErrorKind::TimedOut
             | io::ErrorKind::WriteZero
     )
+}
+
+#[cfg(test)]
+mod tests {
+    //! The connection core on a Unix socket pair, without a loop: what it reads, writes,
+    //! registers and asks the loop to schedule, step by step.
+    use super::*;
+    use crate::protocol::Output;
+    use mio::{Events, Poll};
+    use std::io::Write;
+
+    /// Echoes every byte, or with `pause_after` set, consumes that many bytes per call and
+    /// then pauses.
+    #[derive(Default)]
+    struct TestEcho {
+        pause_after: Option<usize>,
+    }
+
+    impl Protocol for TestEcho {
+        type Session = ();
+        fn open(&mut self, _: &Peer, _: &mut Output<'_>) {}
+        fn on_input(&mut self, _: &mut (), input: &[u8], out: &mut Output<'_>) -> (usize, Flow) {
+            match self.pause_after {
+                Some(n) if input.len() > n => {
+                    out.send(&input[..n]);
+                    out.count_request();
+                    (n, Flow::Pause)
+                }
+                _ => {
+                    out.send(input);
+                    out.count_request();
+                    (input.len(), Flow::Continue)
+                }
+            }
+        }
+    }
+
+    /// A connection on one end of a socket pair, registered with a poll, and the loop's
+    /// pieces it borrows.
+    struct Rig {
+        poll: Poll,
+        conn: Connection<()>,
+        peer: std::os::unix::net::UnixStream,
+        protocol: TestEcho,
+        produced: Produced,
+        read_buf: Vec<u8>,
+        limits: Limits,
+        timeouts: Timeouts,
+        stats: Stats,
+        now: Tick,
+    }
+
+    impl Rig {
+        fn new(protocol: TestEcho, limits: Limits) -> Rig {
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+            ours.set_nonblocking(true).unwrap();
+            let mut stream = Stream::Unix(mio::net::UnixStream::from_std(ours));
+            let poll = Poll::new().unwrap();
+            poll.registry()
+                .register(&mut stream, Token(0), Interest::READABLE)
+                .unwrap();
+            let now = Tick::now();
+            Rig {
+                poll,
+                conn: Connection::new(stream, Peer::Unix, 1, (), now),
+                peer: theirs,
+                protocol,
+                produced: Produced::default(),
+                read_buf: vec![0; 64 * 1024],
+                limits,
+                timeouts: Timeouts::default(),
+                stats: Stats::default(),
+                now,
+            }
+        }
+
+        /// Serves the connection as after a readable event, then settles it.
+        fn serve(&mut self) -> Settled {
+            let mut turn = Turn {
+                protocol: &mut self.protocol,
+                produced: &mut self.produced,
+                read_buf: &mut self.read_buf,
+                limits: &self.limits,
+                timeouts: &self.timeouts,
+                stats: &mut self.stats,
+                now: self.now,
+            };
+            let again = self.conn.serve(&mut turn, true, false);
+            let mut settled = self.settle();
+            settled.serve_again |= again;
+            settled
+        }
+
+        fn settle(&mut self) -> Settled {
+            self.conn.settle(
+                self.poll.registry(),
+                Token(0),
+                &self.limits,
+                &self.timeouts,
+                &mut self.stats,
+                self.now,
+            )
+        }
+
+        /// Everything the peer can read now.
+        fn peer_reads(&mut self) -> Vec<u8> {
+            self.peer.set_nonblocking(true).unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                match self.peer.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            got
+        }
+    }
+
+    /// An echoed message is written at once, and the connection is left exactly as it
+    /// was: no reregistration, nothing for the loop to schedule but the idle timer once.
+    #[test]
+    fn steady_state_changes_nothing() {
+        let mut rig = Rig::new(TestEcho::default(), Limits::default());
+        let first = rig.settle();
+        assert!(first.timer.is_some(), "the idle timer is armed once");
+        for round in 0..3 {
+            rig.peer.write_all(b"ping").unwrap();
+            assert_eq!(rig.serve(), Settled::default(), "round {round}");
+            assert_eq!(rig.peer_reads(), b"ping");
+        }
+        assert_eq!(rig.stats.reregistrations, 0);
+        assert_eq!((rig.stats.bytes_in, rig.stats.bytes_out), (12, 12));
+        // Interest decided and registered agree, and the fast path sees it.
+        assert_eq!(
+            rig.conn.wants(rig.limits.low_water()),
+            Wants::Interest(rig.conn.registered)
+        );
+    }
+
+    /// A protocol that pauses keeps what it did not consume; the loop is asked to serve
+    /// the connection again once its queue is low, and the kept bytes come first.
+    #[test]
+    fn a_pause_keeps_input_and_resumes_when_drained() {
+        let mut rig = Rig::new(
+            TestEcho {
+                pause_after: Some(3),
+            },
+            Limits::default(),
+        );
+        rig.settle();
+        rig.peer.write_all(b"abcdefgh").unwrap();
+        let settled = rig.serve();
+        assert!(settled.serve_again, "an empty queue resumes at once");
+        assert_eq!(rig.peer_reads(), b"abc");
+        assert_eq!(rig.conn.inbound, b"defgh");
+        assert!(rig.conn.input_waiting);
+        assert_eq!(rig.stats.pauses, 1);
+        // Served again: the kept bytes are presented before any new read.
+        rig.peer.write_all(b"ij").unwrap();
+        rig.serve();
+        rig.serve();
+        rig.serve();
+        assert_eq!(rig.peer_reads(), b"defghij");
+        assert!(rig.conn.inbound.is_empty());
+    }
+
+    /// With output the peer does not take, reading stops at the cap: what is owed never
+    /// passes it by more than one read, and the connection then waits for WRITABLE only.
+    #[test]
+    fn reading_stops_at_the_cap() {
+        let limits = Limits {
+            max_outbound: 4096,
+            ..Limits::default()
+        };
+        let mut rig = Rig::new(TestEcho::default(), limits);
+        rig.settle();
+        // Fill the peer's receive side first so our writes stall.
+        let filler = vec![b'f'; 1 << 20];
+        let mut sent = 0;
+        rig.peer.set_nonblocking(true).unwrap();
+        for _ in 0..64 {
+            match rig.peer.write(&filler[..64 * 1024]) {
+                Ok(n) => sent += n,
+                Err(_) => break,
+            }
+            rig.serve();
+            assert!(
+                rig.conn.outbound_len() <= 4096,
+                "{}",
+                rig.conn.outbound_len()
+            );
+        }
+        assert!(sent > 4096);
+        assert!(rig.stats.pauses > 0, "reading paused at the cap");
+        assert!(
+            rig.stats.bytes_in < sent as u64,
+            "input was left unread: {} of {sent}",
+            rig.stats.bytes_in
+        );
+        if rig.conn.paused {
+            assert_eq!(rig.conn.registered, Interest::WRITABLE);
+        }
+    }
+
+    /// A member whose socket takes everything is never cut, however large the burst; one
+    /// whose socket is full is cut, with a reset, once its backlog passes the cap after a
+    /// write was tried.
+    #[test]
+    fn delivery_cuts_only_a_member_that_cannot_take_it() {
+        let mut rig = Rig::new(TestEcho::default(), Limits::default());
+        let chunk: Arc<[u8]> = Arc::from(vec![b'c'; 1000]);
+        let mut got = 0;
+        for _ in 0..200 {
+            rig.conn
+                .deliver(std::slice::from_ref(&chunk), 1500, &mut rig.stats, rig.now);
+            assert!(!rig.conn.is_closed(), "a reading member is not cut");
+            rig.conn.flush_delivered(&mut rig.stats, rig.now);
+            got += rig.peer_reads().len();
+        }
+        assert_eq!(got, 200 * 1000);
+
+        // Now the peer stops reading: the socket fills, the backlog passes the cap.
+        for _ in 0..10_000 {
+            rig.conn
+                .deliver(std::slice::from_ref(&chunk), 1500, &mut rig.stats, rig.now);
+            if rig.conn.is_closed() {
+                break;
+            }
+        }
+        assert!(rig.conn.is_closed());
+        let ended = std::mem::replace(
+            &mut rig.conn,
+            Connection::new(
+                Stream::Unix(mio::net::UnixStream::pair().unwrap().0),
+                Peer::Unix,
+                2,
+                (),
+                rig.now,
+            ),
+        )
+        .into_ended();
+        assert_eq!(ended.reason, CloseReason::SlowConsumer);
+        assert!(ended.was_cut);
+    }
+
+    /// An outgoing connection queues what it produced before the connect completes and
+    /// writes it once it has; a refused connect ends it with the error kept.
+    #[test]
+    fn connecting_then_open() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut stream = Stream::Tcp(mio::net::TcpStream::connect(addr).unwrap());
+        let mut poll = Poll::new().unwrap();
+        poll.registry()
+            .register(
+                &mut stream,
+                Token(0),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .unwrap();
+        let now = Tick::now();
+        let mut conn = Connection::connecting(stream, Peer::Tcp(addr), 1, (), now);
+        let (mut protocol, mut produced, mut stats) =
+            (TestEcho::default(), Produced::default(), Stats::default());
+        produced.reply.push(b"hello");
+        conn.send_reply(&mut produced.reply, &mut stats, now);
+        assert_eq!(conn.outbound_len(), 5, "queued while connecting");
+        let (mut accepted, _) = listener.accept().unwrap();
+        let mut events = Events::with_capacity(4);
+        poll.poll(&mut events, Some(Duration::from_secs(5)))
+            .unwrap();
+        let event = events.iter().next().expect("connect completes");
+        let (limits, timeouts) = (Limits::default(), Timeouts::default());
+        let mut read_buf = vec![0; 1024];
+        let mut turn = Turn {
+            protocol: &mut protocol,
+            produced: &mut produced,
+            read_buf: &mut read_buf,
+            limits: &limits,
+            timeouts: &timeouts,
+            stats: &mut stats,
+            now,
+        };
+        conn.on_event(&mut turn, Readiness::from(event));
+        assert_eq!(conn.phase(), Phase::Open);
+        assert_eq!(conn.outbound_len(), 0, "written once connected");
+        let mut got = [0u8; 5];
+        accepted.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello");
+
+        drop(listener);
+        let mut refused = Stream::Tcp(mio::net::TcpStream::connect(addr).unwrap());
+        poll.registry()
+            .register(
+                &mut refused,
+                Token(1),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .unwrap();
+        let mut conn = Connection::connecting(refused, Peer::Tcp(addr), 2, (), now);
+        poll.poll(&mut events, Some(Duration::from_secs(5)))
+            .unwrap();
+        let event = events
+            .iter()
+            .find(|e| e.token() == Token(1))
+            .expect("refusal");
+        conn.on_event(&mut turn, Readiness::from(event));
+        assert!(conn.is_closed());
+        let ended = conn.into_ended();
+        assert_eq!(ended.reason, CloseReason::Error);
+        assert_eq!(
+            ended.error.map(|e| e.kind()),
+            Some(io::ErrorKind::ConnectionRefused)
+        );
+    }
 }

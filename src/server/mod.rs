@@ -519,13 +519,14 @@ impl<P: Protocol> Server<P> {
                 if !self.conns.get(key).is_some_and(Connection::is_closed) {
                     continue; // already removed (queued twice)
                 }
-                let (session, peer, reason, was_cut) = self.conns.remove(key).into_ended();
-                self.stats.closed[reason as usize] += 1;
-                self.stats.resets += u64::from(was_cut);
+                let ended = self.conns.remove(key).into_ended();
+                self.stats.closed[ended.reason as usize] += 1;
+                self.stats.resets += u64::from(ended.was_cut);
+                let peer = ended.peer;
                 log::info!("Closing connection to {peer}");
-                log::debug!("{peer}: closed ({})", reason.name());
+                log::debug!("{peer}: closed ({})", ended.reason.name());
                 let mut out = self.produced.output_for(0, self.config.limits.max_outbound);
-                self.protocol.on_close(session, &peer, &mut out);
+                self.protocol.on_close(ended.session, &peer, &mut out);
                 self.produced.reply.clear();
                 self.deliver_broadcast(None, now);
             }
