@@ -239,7 +239,7 @@ impl<S> Connection<S> {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.phase == Phase::Closed
+        matches!(self.phase, Phase::Closed)
     }
 
     /// Bytes owed to the peer and not yet taken by the socket.
@@ -274,15 +274,15 @@ impl<S> Connection<S> {
 
     /// The one decision of what the connection needs, from its state: which interest,
     /// or a phase step first. `settle` carries it out; its fast path is this same answer.
-    #[inline]
-    fn wants(&self, low_water: usize) -> Wants {
+    #[inline(always)]
+    fn wants(&self, limits: &Limits) -> Wants {
         let owes = !self.outbound.is_empty();
         let reads = match self.phase {
             Phase::Closed => return Wants::Finished,
             // Writability says the connect completed (or failed); readability, an error.
             Phase::Connecting => return Wants::Interest(Interest::READABLE | Interest::WRITABLE),
             Phase::Open if self.paused => {
-                if self.outbound.len() <= low_water {
+                if self.outbound.len() <= limits.low_water() {
                     return Wants::Resume;
                 }
                 false
@@ -304,14 +304,14 @@ impl<S> Connection<S> {
 
     /// Whether the loop should read from this connection now.
     fn reads_now(&self) -> bool {
-        self.phase == Phase::Open && !self.paused
+        matches!(self.phase, Phase::Open) && !self.paused
     }
 
     /// After any work on the connection: take the phase step its state calls for,
     /// register the interest it now wants (only if changed), and say what the loop must
     /// schedule. The steady state (interest unchanged, only the idle timer armed) returns
     /// at once: that is every echoed message.
-    #[inline]
+    #[inline(always)]
     pub fn settle(
         &mut self,
         registry: &Registry,
@@ -320,12 +320,12 @@ impl<S> Connection<S> {
         timeouts: &Timeouts,
         stats: &mut Stats,
         now: Tick,
-    ) -> Settled {
-        let wants = self.wants(limits.low_water());
+    ) -> Option<Settled> {
+        let wants = self.wants(limits);
         if wants == Wants::Interest(self.registered) && self.deadlines.only_idle_armed() {
-            return Settled::default();
+            return None;
         }
-        self.settle_changed(wants, registry, token, limits, timeouts, stats, now)
+        Some(self.settle_changed(wants, registry, token, limits, timeouts, stats, now))
     }
 
     #[cold]
@@ -341,7 +341,7 @@ impl<S> Connection<S> {
         stats: &mut Stats,
         now: Tick,
     ) -> Settled {
-        if self.phase != Phase::Closed {
+        if !matches!(self.phase, Phase::Closed) {
             // A connection cut off for its backlog is not counted: its queue is dropped.
             stats.peak_outbound = stats.peak_outbound.max(self.outbound.len());
         }
@@ -376,7 +376,7 @@ impl<S> Connection<S> {
                     break;
                 }
             }
-            wants = self.wants(limits.low_water());
+            wants = self.wants(limits);
         }
         if self.deadlines.only_idle_armed() {
             return settled;
@@ -421,7 +421,7 @@ impl<S> Connection<S> {
 
     /// Marks the connection finished; the loop removes it in its sweep.
     pub fn close(&mut self, reason: CloseReason) {
-        if self.phase != Phase::Closed {
+        if !matches!(self.phase, Phase::Closed) {
             self.phase = Phase::Closed;
             self.close_reason = reason;
         }
@@ -431,7 +431,7 @@ impl<S> Connection<S> {
     /// kernel drops what it still holds for them at once instead of trickling it out from
     /// FIN-WAIT-1, like nginx's `reset_timedout_connection`.
     pub fn cut(&mut self, reason: CloseReason) {
-        if self.phase != Phase::Closed {
+        if !matches!(self.phase, Phase::Closed) {
             if let Err(e) = self.stream.reset_on_close() {
                 log::debug!("{}: cannot set SO_LINGER: {e}", self.peer);
             }
@@ -477,7 +477,7 @@ impl<S> Connection<S> {
         } else {
             log::warn!("{}: {op}: {e}", self.peer);
         }
-        if self.phase != Phase::Closed {
+        if !matches!(self.phase, Phase::Closed) {
             self.error = Some(io::Error::new(e.kind(), format!("{op}: {}", describe(e))));
         }
         self.close(CloseReason::Error);
@@ -485,25 +485,21 @@ impl<S> Connection<S> {
 
     /// Writes `reply` straight from the loop's buffer when nothing else is queued, keeping
     /// only what the socket did not take (write first, then ask for WRITABLE); clears it.
+    #[inline(always)]
     pub fn send_reply(&mut self, reply: &mut Reply, stats: &mut Stats, now: Tick) {
         if reply.is_empty() {
             return;
         }
-        if self.phase != Phase::Closed {
+        if !matches!(self.phase, Phase::Closed) {
             self.send(reply, stats, now);
         }
         reply.clear();
     }
 
+    #[inline(always)]
     fn send(&mut self, reply: &Reply, stats: &mut Stats, now: Tick) {
-        if self.phase == Phase::Connecting {
-            // Written once the connect has completed.
-            return self.outbound.push_reply(reply, 0);
-        }
-        if !self.outbound.is_empty() {
-            self.outbound.push_reply(reply, 0);
-            self.flush(stats, now);
-            return;
+        if !self.outbound.is_empty() || matches!(self.phase, Phase::Connecting) {
+            return self.queue_behind(reply, stats, now);
         }
         let (written, all) = loop {
             match reply.write_to(&mut self.stream) {
@@ -517,7 +513,7 @@ impl<S> Connection<S> {
             stats.bytes_out += written as u64;
             self.deadlines.last_activity = now;
         }
-        if written < reply.len() {
+        if !all || written < reply.len() {
             self.outbound.push_reply(reply, written);
             if all {
                 // More pieces than one writev takes, all taken: the socket has room.
@@ -525,6 +521,15 @@ impl<S> Connection<S> {
             } else {
                 self.deadlines.write_stalled_since = Some(now);
             }
+        }
+    }
+
+    /// Output already waits (or the connect has not completed): the reply goes behind it.
+    #[cold]
+    fn queue_behind(&mut self, reply: &Reply, stats: &mut Stats, now: Tick) {
+        self.outbound.push_reply(reply, 0);
+        if !matches!(self.phase, Phase::Connecting) {
+            self.flush(stats, now);
         }
     }
 
@@ -572,7 +577,7 @@ impl<S> Connection<S> {
         now: Tick,
     ) -> bool {
         // A member that is leaving receives nothing more.
-        if self.phase != Phase::Open {
+        if !matches!(self.phase, Phase::Open) {
             return false;
         }
         for chunk in chunks {
@@ -596,7 +601,7 @@ impl<S> Connection<S> {
     /// Flushes what deliveries queued this batch (the loop's end-of-batch flush).
     pub fn flush_delivered(&mut self, stats: &mut Stats, now: Tick) {
         self.flush_queued = false;
-        if self.phase != Phase::Closed && !self.outbound.is_empty() {
+        if !matches!(self.phase, Phase::Closed) && !self.outbound.is_empty() {
             self.flush(stats, now);
         }
     }
@@ -639,10 +644,10 @@ impl<S> Connection<S> {
     where
         P: Protocol<Session = S>,
     {
-        if self.phase == Phase::Closed {
+        if matches!(self.phase, Phase::Closed) {
             return false;
         }
-        if self.phase == Phase::Connecting && !self.connect_completed(ready) {
+        if matches!(self.phase, Phase::Connecting) && !self.connect_completed(ready) {
             return false;
         }
         if ready.writable && !self.outbound.is_empty() {
@@ -686,6 +691,7 @@ impl<S> Connection<S> {
     /// lets a streaming protocol refill the queue. Broadcasts are left in `turn.produced`
     /// for the loop to deliver. Returns whether the connection must be served again next
     /// turn (a budget ran out).
+    #[inline]
     pub fn serve<P>(&mut self, turn: &mut Turn<'_, P>, readable: bool, read_closed: bool) -> bool
     where
         P: Protocol<Session = S>,
@@ -794,6 +800,7 @@ impl<S> Connection<S> {
     /// Hands bytes just read to the protocol, joined to what is kept if anything is: the
     /// common case (nothing kept) parses straight from the read buffer. Carries out the
     /// flow the protocol returns.
+    #[inline(always)]
     fn feed<P>(
         &mut self,
         protocol: &mut P,
@@ -1053,6 +1060,10 @@ mod tests {
         }
 
         fn settle(&mut self) -> Settled {
+            self.settle_step().unwrap_or_default()
+        }
+
+        fn settle_step(&mut self) -> Option<Settled> {
             self.conn.settle(
                 self.poll.registry(),
                 Token(0),
@@ -1096,7 +1107,7 @@ mod tests {
         assert_eq!((rig.stats.bytes_in, rig.stats.bytes_out), (12, 12));
         // Interest decided and registered agree, and the fast path sees it.
         assert_eq!(
-            rig.conn.wants(rig.limits.low_water()),
+            rig.conn.wants(&rig.limits),
             Wants::Interest(rig.conn.registered)
         );
     }

@@ -34,10 +34,12 @@ impl Reply {
     }
 
     /// Bytes produced, owned and shared.
+    #[inline]
     pub fn len(&self) -> usize {
         self.bytes.len() + self.shared_len
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty() && self.shared.is_empty()
     }
@@ -60,10 +62,13 @@ impl Reply {
         &mut self.bytes
     }
 
+    #[inline]
     pub fn clear(&mut self) {
         self.bytes.clear();
-        self.shared.clear();
-        self.shared_len = 0;
+        if !self.shared.is_empty() {
+            self.shared.clear();
+            self.shared_len = 0;
+        }
     }
 
     /// The whole reply as one byte string (for tests and logs; copies).
@@ -98,11 +103,17 @@ impl Reply {
     /// Writes as much as `out` takes in one `write`/`writev`. Returns the bytes written and
     /// whether that was everything offered (a reply of more pieces than one `writev` takes
     /// is offered in part).
+    #[inline]
     pub fn write_to<W: Write>(&self, out: &mut W) -> io::Result<(usize, bool)> {
         if self.shared.is_empty() {
             let written = out.write(&self.bytes)?;
             return Ok((written, written == self.bytes.len()));
         }
+        self.write_pieces_to(out)
+    }
+
+    #[cold]
+    fn write_pieces_to<W: Write>(&self, out: &mut W) -> io::Result<(usize, bool)> {
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
         let mut count = 0;
         let mut offered = 0;

@@ -189,7 +189,9 @@ impl<P: Protocol> Server<P> {
                 _ => {}
             }
             self.fire_timers(now);
-            self.flush_delivered(now);
+            if !self.delivered.is_empty() {
+                self.flush_delivered(now);
+            }
             self.sweep(now);
 
             if let Some(at) = next_stats {
@@ -401,7 +403,7 @@ impl<P: Protocol> Server<P> {
     }
 
     /// What follows serving a connection: its broadcasts go out, and it is settled.
-    #[inline]
+    #[inline(always)]
     fn after_serving(&mut self, key: usize, again: bool, now: Tick) {
         if !self.produced.broadcast.is_empty() {
             self.deliver_broadcast(Some(key), now);
@@ -437,6 +439,7 @@ impl<P: Protocol> Server<P> {
         self.produced.clear_broadcast();
     }
 
+    #[cold]
     fn flush_delivered(&mut self, now: Tick) {
         while let Some(key) = self.delivered.pop() {
             let Some(conn) = self.conns.get_mut(key) else {
@@ -452,15 +455,14 @@ impl<P: Protocol> Server<P> {
     #[inline(always)]
     fn settle(&mut self, key: usize, now: Tick) {
         let conn = &mut self.conns[key];
-        let settled = conn.settle(
+        if let Some(settled) = conn.settle(
             self.poll.registry(),
             Token(key),
             &self.config.limits,
             &self.config.timeouts,
             &mut self.stats,
             now,
-        );
-        if settled != Settled::default() {
+        ) {
             self.schedule(key, settled);
         }
     }
