@@ -80,7 +80,7 @@ const SEARCHES: [(&str, &str); 4] = [
     ("morpheus", "Follow the white rabbit. 🐰"),
     ("ring", "In the caves beneath the Misty Mountains. 💍"),
     ("🐶", "🐾 Playing ball! 🏐"),
-    ("neo", "No match for \"neo\"."),
+    ("neo", "No match for 'neo'."),
 ];
 
 /// Reads one whole frame (prefix, header, content-length bytes) and returns its bytes.
@@ -161,7 +161,7 @@ fn other_actions_are_invalid() {
     );
     assert_eq!(
         read_frame(&mut conn),
-        result_reply("Error: invalid action \"find\".")
+        result_reply("Error: invalid action 'find'.")
     );
 }
 

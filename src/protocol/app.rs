@@ -523,7 +523,7 @@ pub fn search(query: &str) -> String {
         .iter()
         .find(|(key, _)| *key == query)
         .map_or_else(
-            || format!("No match for \"{query}\"."),
+            || format!("No match for '{query}'."),
             |(_, answer)| (*answer).to_owned(),
         )
 }
@@ -543,9 +543,9 @@ pub fn json_answer(request: &Map<String, Value>) -> String {
     match request.get("action") {
         Some(Value::String(action)) if action == "search" => match request.get("value") {
             Some(Value::String(query)) => search(query),
-            other => format!("No match for \"{}\".", field_text(other)),
+            other => format!("No match for '{}'.", field_text(other)),
         },
-        other => format!("Error: invalid action \"{}\".", field_text(other)),
+        other => format!("Error: invalid action '{}'.", field_text(other)),
     }
 }
 
@@ -1105,7 +1105,8 @@ mod tests {
         );
     }
 
-    /// The search table and the invalid-action message are the tutorial's.
+    /// The search table and the invalid-action message are the tutorial's, byte for byte
+    /// (`libserver.py` quotes with single quotes).
     #[test]
     fn answers_follow_the_tutorial() {
         assert_eq!(search("morpheus"), "Follow the white rabbit. 🐰");
@@ -1114,18 +1115,18 @@ mod tests {
             "In the caves beneath the Misty Mountains. 💍"
         );
         assert_eq!(search("🐶"), "🐾 Playing ball! 🏐");
-        assert_eq!(search("neo"), "No match for \"neo\".");
+        assert_eq!(search("neo"), "No match for 'neo'.");
         assert_eq!(
             json_answer(&json_map(r#"{"action": "find", "value": "x"}"#)),
-            "Error: invalid action \"find\"."
+            "Error: invalid action 'find'."
         );
         assert_eq!(
             json_answer(&json_map(r#"{"value": "x"}"#)),
-            "Error: invalid action \"null\"."
+            "Error: invalid action 'null'."
         );
         assert_eq!(
             json_answer(&json_map(r#"{"action": "search", "value": 5}"#)),
-            "No match for \"5\"."
+            "No match for '5'."
         );
     }
 
@@ -1238,7 +1239,7 @@ mod tests {
         assert_eq!(
             harness.reply,
             [
-                expected_result("No match for \"neo\"."),
+                expected_result("No match for 'neo'."),
                 expected_error("text/json content must be a JSON object, not an array")
             ]
             .concat()
