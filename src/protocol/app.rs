@@ -175,38 +175,89 @@ impl fmt::Display for FrameError {
 
 impl std::error::Error for FrameError {}
 
-/// Where the decoder is within the current frame. The header is parsed and checked once,
-/// as soon as it is complete, and kept here while the content arrives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Stage {
+/// Where a [`FrameHead`] is: the stages are waited for in order, the header's length
+/// remembered once the prefix is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeadStage {
     /// Waiting for the 2-byte header length.
     Prefix,
     /// The header is this long; waiting for all of it.
     Header { header_len: usize },
-    /// The header is decoded and within limits; waiting for its content.
-    Content { header_len: usize, header: Header },
 }
 
-/// An incremental frame decoder. Every call is given the bytes from the start of the
-/// current (unfinished) frame, plus whatever arrived since; the decoder remembers how far
-/// it got so a large content does not make it re-parse the header on every read.
+/// Reads a frame's prefix and JSON header: the framing both the server and the clients
+/// use. Every call is given the bytes from the start of the frame, plus whatever arrived
+/// since; the header is parsed and checked once, as soon as all of it is in.
+#[derive(Debug, Clone)]
+pub struct FrameHead {
+    stage: HeadStage,
+    max_content_length: usize,
+}
+
+impl FrameHead {
+    pub fn new(max_content_length: usize) -> Self {
+        FrameHead {
+            stage: HeadStage::Prefix,
+            max_content_length,
+        }
+    }
+
+    /// Forgets a partly read head (its bytes were discarded).
+    pub fn reset(&mut self) {
+        self.stage = HeadStage::Prefix;
+    }
+
+    /// Reads the head at the start of `buf`: `Ok(None)` means more bytes are needed,
+    /// `Ok(Some((header, n)))` that prefix and header are the first `n` bytes. Limits are
+    /// checked as soon as the prefix and the header are in, before any content. After a
+    /// head or an error it is ready for the next frame.
+    pub fn decode(&mut self, buf: &[u8]) -> Result<Option<(Header, usize)>, FrameError> {
+        let header_len = match self.stage {
+            HeadStage::Header { header_len } => header_len,
+            HeadStage::Prefix => {
+                let Some(&[high, low]) = buf.get(..PREFIX_LEN) else {
+                    return Ok(None);
+                };
+                let header_len = usize::from(u16::from_be_bytes([high, low]));
+                if header_len == 0 {
+                    return Err(FrameError::EmptyHeader);
+                }
+                header_len
+            }
+        };
+        let head_len = PREFIX_LEN + header_len;
+        let Some(bytes) = buf.get(PREFIX_LEN..head_len) else {
+            self.stage = HeadStage::Header { header_len };
+            return Ok(None);
+        };
+        self.stage = HeadStage::Prefix;
+        let header = parse_header(bytes, self.max_content_length)?;
+        Ok(Some((header, head_len)))
+    }
+}
+
+/// The clients' frame decoder: the head, then all of the (small) content, decoded whole
+/// into a [`Frame`]. Like [`FrameHead`] it is given the bytes from the start of the
+/// current frame on every call, and remembers the header while the content arrives.
 #[derive(Debug, Clone)]
 pub struct Decoder {
-    stage: Stage,
-    max_content_length: usize,
+    head: FrameHead,
+    /// The current frame's header and where its content starts.
+    header: Option<(Header, usize)>,
 }
 
 impl Decoder {
     pub fn new(max_content_length: usize) -> Self {
         Decoder {
-            stage: Stage::Prefix,
-            max_content_length,
+            head: FrameHead::new(max_content_length),
+            header: None,
         }
     }
 
     /// Forgets a partly decoded frame (its bytes were discarded).
     pub fn reset(&mut self) {
-        self.stage = Stage::Prefix;
+        self.head.reset();
+        self.header = None;
     }
 
     /// Decodes the frame at the start of `buf`: `Ok(None)` means more bytes are needed,
@@ -214,39 +265,20 @@ impl Decoder {
     /// as soon as the prefix and the header are in, before any content is waited for.
     /// After an error the stream is out of step and the decoder starts afresh.
     pub fn decode<'a>(&mut self, buf: &'a [u8]) -> Result<Option<(Frame<'a>, usize)>, FrameError> {
-        loop {
-            // Taken out so the header can move into the frame; put back while incomplete.
-            match std::mem::replace(&mut self.stage, Stage::Prefix) {
-                Stage::Prefix => {
-                    let Some(&[high, low]) = buf.get(..PREFIX_LEN) else {
-                        return Ok(None);
-                    };
-                    let header_len = usize::from(u16::from_be_bytes([high, low]));
-                    if header_len == 0 {
-                        return Err(FrameError::EmptyHeader);
-                    }
-                    self.stage = Stage::Header { header_len };
-                }
-                Stage::Header { header_len } => {
-                    let Some(bytes) = buf.get(PREFIX_LEN..PREFIX_LEN + header_len) else {
-                        self.stage = Stage::Header { header_len };
-                        return Ok(None);
-                    };
-                    let header = parse_header(bytes, self.max_content_length)?;
-                    self.stage = Stage::Content { header_len, header };
-                }
-                Stage::Content { header_len, header } => {
-                    let start = PREFIX_LEN + header_len;
-                    let end = start + header.content_length;
-                    let Some(bytes) = buf.get(start..end) else {
-                        self.stage = Stage::Content { header_len, header };
-                        return Ok(None);
-                    };
-                    let content = parse_content(&header, bytes)?;
-                    return Ok(Some((Frame { header, content }, end)));
-                }
-            }
-        }
+        let (header, start) = match self.header.take() {
+            Some(known) => known,
+            None => match self.head.decode(buf)? {
+                Some(head) => head,
+                None => return Ok(None),
+            },
+        };
+        let end = start.saturating_add(header.content_length);
+        let Some(bytes) = buf.get(start..end) else {
+            self.header = Some((header, start));
+            return Ok(None);
+        };
+        let content = parse_content(&header, bytes)?;
+        Ok(Some((Frame { header, content }, end)))
     }
 }
 
