@@ -1,10 +1,16 @@
 //! The tutorial's application protocol (`libserver.py` / `libclient.py`'s `Message`): a
 //! 2-byte big-endian header length, a UTF-8 JSON header, then `content-length` bytes of
-//! content. Pure pieces only: an incremental decoder, an encoder and the search handler.
+//! content. Pure pieces only: the frame head reader both sides share, the clients'
+//! whole-frame decoder, an encoder, the search handler, and an incremental decoder of
+//! JSON requests ([`request`]).
+
+mod request;
 
 use std::fmt;
 
 use serde_json::{Map, Value};
+
+pub use request::{Field, Request, RequestDecoder, MAX_DEPTH};
 
 use super::{ByteStr, Flow, Output, Protocol, Timeout};
 use crate::net::Peer;
