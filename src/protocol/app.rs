@@ -581,6 +581,10 @@ fn respond_binary(first_bytes: &[u8], out: &mut Vec<u8>) -> Result<(), EncodeErr
 /// parser's buffers, which grow to the longest string or number passed to it, then hold
 /// no more than this.
 const RECYCLE_MAX_CONTENT: usize = 4096;
+/// A JSON content at most this long that is all in the input with its head is decoded
+/// in one go (`request::decode_whole`): the search requests of the tutorial are ~40 bytes,
+/// and a content this small costs nothing to parse from the input where it lies.
+const WHOLE_MAX_CONTENT: usize = 4096;
 
 /// The app protocol server: answers every request on a connection, in order, and keeps
 /// the connection open for more; a bad frame gets an error reply, then the close.
@@ -679,7 +683,22 @@ impl App {
                             header.content_type,
                             header.content_length
                         );
-                        session.stage = self.content_stage(&header);
+                        // The common case: a small request whose content came with its
+                        // head is read in one go from the input (see `decode_whole`).
+                        let whole = (header.content_type == JSON_TYPE
+                            && header.content_length <= WHOLE_MAX_CONTENT)
+                            .then(|| input.get(used..used + header.content_length))
+                            .flatten()
+                            .and_then(request::decode_whole);
+                        match whole {
+                            Some(request) => {
+                                used += header.content_length;
+                                if let Err(flow) = answer_json(session, &request, out) {
+                                    return (used, flow);
+                                }
+                            }
+                            None => session.stage = self.content_stage(&header),
+                        }
                     }
                     Err(e) => return (used, self.refuse(session, &e, out)),
                 },
@@ -729,13 +748,9 @@ impl App {
                         Ok(request) => request,
                         Err(e) => return (used, self.refuse(session, &e, out)),
                     };
-                    log::debug!("{}: request {request}", session.peer);
-                    let answer = request.answer();
-                    if let Err(e) = encode_json_fields(out.reply_buf(), &[("result", &answer)]) {
-                        log::error!("{}: cannot encode a response: {e}", session.peer);
-                        return (used, Flow::Close);
+                    if let Err(flow) = answer_json(session, &request, out) {
+                        return (used, flow);
                     }
-                    out.count_request();
                 }
             }
         }
@@ -848,6 +863,18 @@ impl Protocol for App {
     fn max_pending_input(&self) -> usize {
         PREFIX_LEN + MAX_HEADER_LEN
     }
+}
+
+/// Answers a JSON request: `{"result": ...}`. `Err` carries the flow when it cannot.
+fn answer_json(session: &AppSession, request: &Request, out: &mut Output<'_>) -> Result<(), Flow> {
+    log::debug!("{}: request {request}", session.peer);
+    let answer = request.answer();
+    if let Err(e) = encode_json_fields(out.reply_buf(), &[("result", &answer)]) {
+        log::error!("{}: cannot encode a response: {e}", session.peer);
+        return Err(Flow::Close);
+    }
+    out.count_request();
+    Ok(())
 }
 
 fn reply_error(out: &mut Output<'_>, peer: &Peer, message: &str) {
@@ -2208,6 +2235,21 @@ mod tests {
             assert_agrees_with_serde(text(&value).as_bytes(), &chunks)?;
             let request = serde_json::json!({"pad": value.clone(), "action": "search", "value": value});
             assert_agrees_with_serde(text(&request).as_bytes(), &chunks)?;
+        }
+
+        /// Where the one-go decoder takes a small whole content, it makes the same
+        /// request of it as the incremental decoder; random JSON-ish bytes and values.
+        #[test]
+        fn whole_and_incremental_decoders_agree(content in arb_jsonish(), value in arb_value(), key in arb_text()) {
+            let wrapped = [&b"{\"value\": "[..], &content, b", \"action\": \"search\"}"].concat();
+            let request = serde_json::to_vec(&serde_json::json!({"action": value.clone(), key: value.clone(), "value": value})).unwrap();
+            for content in [content, wrapped, request] {
+                if let Some(whole) = request::decode_whole(&content) {
+                    let mut decoder = RequestDecoder::new();
+                    let incremental = decoder.feed(&content, true).and_then(|_| decoder.finish());
+                    prop_assert_eq!(Ok(whole), incremental, "{}", String::from_utf8_lossy(&content));
+                }
+            }
         }
 
         /// Random bytes as JSON or binary content, in random pieces, never panic the server.

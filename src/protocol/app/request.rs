@@ -13,6 +13,7 @@ use actson::feeder::PushJsonFeeder;
 use actson::options::JsonParserOptionsBuilder;
 use actson::parser::ParserError;
 use actson::{JsonEvent, JsonParser};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::{push_json_str, search, FrameError, MAX_QUOTED_CHARS};
 
@@ -679,6 +680,152 @@ impl RequestDecoder {
     }
 }
 
+/// A small content that is already all here, decoded in one go by serde_json straight
+/// from the input (keys compared in place, other members checked and dropped, nothing
+/// built but the two strings). Only a plain request qualifies: an object whose `action`
+/// and `value` are strings or absent. For anything else, and for every error, it says
+/// `None` and [`RequestDecoder`] decides, so the answer and every error message never
+/// depend on how the content arrived. It accepts what the incremental decoder accepts
+/// (serde_json's limits are the ones that decoder copies); the tests hold them together.
+pub fn decode_whole(content: &[u8]) -> Option<Request> {
+    serde_json::from_slice::<Plain>(content)
+        .ok()
+        .map(|plain| plain.0)
+}
+
+/// The request `decode_whole` reads: a JSON object (an array is not read positionally).
+struct Plain(Request);
+
+impl<'de> Deserialize<'de> for Plain {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(PlainVisitor)
+    }
+}
+
+struct PlainVisitor;
+
+impl<'de> Visitor<'de> for PlainVisitor {
+    type Value = Plain;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Plain, A::Error> {
+        let mut request = Request::default();
+        while let Some(key) = map.next_key::<Key>()? {
+            let slot = match key {
+                Key::Action => &mut request.action,
+                Key::Value => &mut request.value,
+                Key::Other => {
+                    map.next_value::<Skip>()?;
+                    continue;
+                }
+            };
+            // The last one wins, as in the incremental decoder; a non-string is an error
+            // here, so that the incremental decoder quotes it.
+            *slot = Some(Field::Str(map.next_value::<Text>()?.0));
+        }
+        Ok(Plain(request))
+    }
+}
+
+/// A member name of the top-level object, as far as a request cares.
+enum Key {
+    Action,
+    Value,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+                Ok(match key {
+                    "action" => Key::Action,
+                    "value" => Key::Value,
+                    _ => Key::Other,
+                })
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// A JSON string and nothing else (not even null).
+struct Text(String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl Visitor<'_> for TextVisitor {
+            type Value = Text;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Text, E> {
+                Ok(Text(text.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, text: String) -> Result<Text, E> {
+                Ok(Text(text))
+            }
+        }
+        deserializer.deserialize_string(TextVisitor)
+    }
+}
+
+/// Any JSON value, parsed (strings decoded, so checked as strictly as for a
+/// `serde_json::Value`) and dropped; `serde::de::IgnoredAny` would skip strings without
+/// checking their `\u` escapes.
+struct Skip;
+
+impl<'de> Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(SkipVisitor)
+    }
+}
+
+struct SkipVisitor;
+
+impl<'de> Visitor<'de> for SkipVisitor {
+    type Value = Skip;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+        while map.next_entry::<Skip, Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+}
+
 fn is_continuation(b: u8) -> bool {
     b & 0xC0 == 0x80
 }
@@ -734,6 +881,39 @@ mod tests {
             })
         );
         assert_eq!(decode_in_steps(b"{}", 2), Ok(Request::default()));
+    }
+
+    /// Where the one-go decoder takes a content, it makes the same request of it as the
+    /// incremental decoder; what it does not take, the incremental decoder decides.
+    #[test]
+    fn whole_decoding_agrees_on_plain_requests() {
+        for content in [
+            &br#"{"action": "search", "value": "ring"}"#[..],
+            br#"{"value": "\ud83d\udc36", "x": [1, {"action": 2}], "action": "search", "value": "x\n"}"#,
+            b"{}",
+        ] {
+            assert_eq!(
+                decode_whole(content).map(Ok),
+                Some(decode_in_steps(content, 1))
+            );
+        }
+        for content in [
+            &br#"{"action": null}"#[..],
+            br#"{"action": ["search"]}"#,
+            br#"["search", "ring"]"#,
+            br#"{"x": "\ud800", "action": "search"}"#,
+            br#"{"x": "\udc00"}"#,
+            br#"{"x": 1e400}"#,
+            b"{} x",
+            b"{\"x\": \"\xff\"}",
+        ] {
+            assert_eq!(
+                decode_whole(content),
+                None,
+                "{}",
+                String::from_utf8_lossy(content)
+            );
+        }
     }
 
     /// Any piece size gives the same request or the same error, including pieces that
