@@ -190,13 +190,20 @@ fn through_a_server(request: Arc<LargeRequest>) {
     });
     let mut slowest = Duration::ZERO;
     let mut answers = 0;
-    while !sender.is_finished() {
+    // Until the large request's answer starts to arrive: the server may still be
+    // working through it after the client has written the last byte. (A read timeout,
+    // not non-blocking mode, which the writer's clone of the socket would share.)
+    big.set_read_timeout(Some(Duration::from_millis(1)))
+        .unwrap();
+    while matches!(big.peek(&mut [0]), Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+    {
         let start = Instant::now();
         write_all(&mut bystander, &search);
         assert_eq!(read_exact(&mut bystander, answer.len()), answer);
         slowest = slowest.max(start.elapsed());
         answers += 1;
     }
+    big.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
     sender.join().unwrap().expect("the large request is sent");
     let reply = read_reply(&mut big);
     let grown = peak_bytes().saturating_sub(before);
