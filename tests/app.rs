@@ -80,7 +80,7 @@ const SEARCHES: [(&str, &str); 4] = [
     ("morpheus", "Follow the white rabbit. 🐰"),
     ("ring", "In the caves beneath the Misty Mountains. 💍"),
     ("🐶", "🐾 Playing ball! 🏐"),
-    ("neo", "No match for \"neo\"."),
+    ("neo", "No match for 'neo'."),
 ];
 
 /// Reads one whole frame (prefix, header, content-length bytes) and returns its bytes.
@@ -161,7 +161,19 @@ fn other_actions_are_invalid() {
     );
     assert_eq!(
         read_frame(&mut conn),
-        result_reply("Error: invalid action \"find\".")
+        result_reply("Error: invalid action 'find'.")
+    );
+    // Not a string: quoted as JSON text, cut short.
+    write_all(
+        &mut conn,
+        &json_frame(&format!(r#"{{"action": [{}]}}"#, "1, ".repeat(100) + "1")),
+    );
+    assert_eq!(
+        read_frame(&mut conn),
+        result_reply(&format!(
+            "Error: invalid action '[{}...'.",
+            "1,".repeat(20)[..39].to_owned()
+        ))
     );
 }
 
@@ -283,6 +295,34 @@ fn large_binary_request_is_answered() {
     let request = binary(&content);
     let sender = std::thread::spawn(move || writer.write_all(&request));
     assert_eq!(read_frame(&mut conn), binary_reply(&content[..10]));
+    sender.join().unwrap().expect("write");
+    write_all(&mut conn, &search("ring"));
+    assert_eq!(
+        read_frame(&mut conn),
+        result_reply("In the caves beneath the Misty Mountains. 💍")
+    );
+}
+
+/// A 16 MiB JSON request (8.4 M zeros in a member) arriving over many reads is
+/// answered, and the connection goes on serving: the content is decoded as it arrives.
+#[test]
+fn large_json_request_is_answered() {
+    let server = TestServer::start(App::default(), |_| {});
+    let mut conn = server.connect();
+    let open = r#"{"value": "morpheus", "zeros": [0"#;
+    let mut content = open.as_bytes().to_vec();
+    while content.len() + 2 + r#"], "action": "search"}"#.len() <= DEFAULT_MAX_CONTENT_LENGTH {
+        content.extend_from_slice(b",0");
+    }
+    content.extend_from_slice(br#"], "action": "search"}"#);
+    let request = frame(&header("text/json", "utf-8", content.len()), &content);
+    drop(content);
+    let mut writer = conn.try_clone().unwrap();
+    let sender = std::thread::spawn(move || writer.write_all(&request));
+    assert_eq!(
+        read_frame(&mut conn),
+        result_reply("Follow the white rabbit. 🐰")
+    );
     sender.join().unwrap().expect("write");
     write_all(&mut conn, &search("ring"));
     assert_eq!(
@@ -504,15 +544,26 @@ fn bad_content_length_over_configured_limit() {
     assert_eof(&mut conn);
 }
 
-/// JSON content that is not valid JSON.
+/// JSON content that is not valid JSON: where it stops being JSON.
 #[test]
 fn bad_json_content_not_json() {
-    let detail = serde_json::from_str::<serde_json::Value>("{\"action\": ")
-        .unwrap_err()
-        .to_string();
     refused_with(
         &json_frame("{\"action\": "),
-        &format!("text/json content is not valid JSON: {detail}"),
+        "text/json content is not valid JSON: unexpected end of content at byte 11",
+    );
+    refused_with(
+        &json_frame("{\"action\" \"search\"}"),
+        "text/json content is not valid JSON: syntax error at byte 10",
+    );
+}
+
+/// JSON content that is not UTF-8 is refused as soon as the bad byte is in, before the
+/// rest of its content (one byte of 14 is never sent).
+#[test]
+fn bad_json_content_not_utf8() {
+    refused_with(
+        &frame(&header("text/json", "utf-8", 14), b"{\"value\": \"\xc3("),
+        "text/json content is not valid UTF-8",
     );
 }
 

@@ -1,10 +1,16 @@
 //! The tutorial's application protocol (`libserver.py` / `libclient.py`'s `Message`): a
 //! 2-byte big-endian header length, a UTF-8 JSON header, then `content-length` bytes of
-//! content. Pure pieces only: an incremental decoder, an encoder and the search handler.
+//! content. Pure pieces only: the frame head reader both sides share, the clients'
+//! whole-frame decoder, an encoder, and the server, which consumes content as it arrives
+//! (its JSON decoder is in [`request`]).
+
+mod request;
 
 use std::fmt;
 
 use serde_json::{Map, Value};
+
+pub use request::{Field, Request, RequestDecoder, MAX_DEPTH};
 
 use super::{ByteStr, Flow, Output, Protocol, Timeout};
 use crate::net::Peer;
@@ -175,38 +181,89 @@ impl fmt::Display for FrameError {
 
 impl std::error::Error for FrameError {}
 
-/// Where the decoder is within the current frame. The header is parsed and checked once,
-/// as soon as it is complete, and kept here while the content arrives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Stage {
+/// Where a [`FrameHead`] is: the stages are waited for in order, the header's length
+/// remembered once the prefix is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeadStage {
     /// Waiting for the 2-byte header length.
     Prefix,
     /// The header is this long; waiting for all of it.
     Header { header_len: usize },
-    /// The header is decoded and within limits; waiting for its content.
-    Content { header_len: usize, header: Header },
 }
 
-/// An incremental frame decoder. Every call is given the bytes from the start of the
-/// current (unfinished) frame, plus whatever arrived since; the decoder remembers how far
-/// it got so a large content does not make it re-parse the header on every read.
+/// Reads a frame's prefix and JSON header: the framing both the server and the clients
+/// use. Every call is given the bytes from the start of the frame, plus whatever arrived
+/// since; the header is parsed and checked once, as soon as all of it is in.
+#[derive(Debug, Clone)]
+pub struct FrameHead {
+    stage: HeadStage,
+    max_content_length: usize,
+}
+
+impl FrameHead {
+    pub fn new(max_content_length: usize) -> Self {
+        FrameHead {
+            stage: HeadStage::Prefix,
+            max_content_length,
+        }
+    }
+
+    /// Forgets a partly read head (its bytes were discarded).
+    pub fn reset(&mut self) {
+        self.stage = HeadStage::Prefix;
+    }
+
+    /// Reads the head at the start of `buf`: `Ok(None)` means more bytes are needed,
+    /// `Ok(Some((header, n)))` that prefix and header are the first `n` bytes. Limits are
+    /// checked as soon as the prefix and the header are in, before any content. After a
+    /// head or an error it is ready for the next frame.
+    pub fn decode(&mut self, buf: &[u8]) -> Result<Option<(Header, usize)>, FrameError> {
+        let header_len = match self.stage {
+            HeadStage::Header { header_len } => header_len,
+            HeadStage::Prefix => {
+                let Some(&[high, low]) = buf.get(..PREFIX_LEN) else {
+                    return Ok(None);
+                };
+                let header_len = usize::from(u16::from_be_bytes([high, low]));
+                if header_len == 0 {
+                    return Err(FrameError::EmptyHeader);
+                }
+                header_len
+            }
+        };
+        let head_len = PREFIX_LEN + header_len;
+        let Some(bytes) = buf.get(PREFIX_LEN..head_len) else {
+            self.stage = HeadStage::Header { header_len };
+            return Ok(None);
+        };
+        self.stage = HeadStage::Prefix;
+        let header = parse_header(bytes, self.max_content_length)?;
+        Ok(Some((header, head_len)))
+    }
+}
+
+/// The clients' frame decoder: the head, then all of the (small) content, decoded whole
+/// into a [`Frame`]. Like [`FrameHead`] it is given the bytes from the start of the
+/// current frame on every call, and remembers the header while the content arrives.
 #[derive(Debug, Clone)]
 pub struct Decoder {
-    stage: Stage,
-    max_content_length: usize,
+    head: FrameHead,
+    /// The current frame's header and where its content starts.
+    header: Option<(Header, usize)>,
 }
 
 impl Decoder {
     pub fn new(max_content_length: usize) -> Self {
         Decoder {
-            stage: Stage::Prefix,
-            max_content_length,
+            head: FrameHead::new(max_content_length),
+            header: None,
         }
     }
 
     /// Forgets a partly decoded frame (its bytes were discarded).
     pub fn reset(&mut self) {
-        self.stage = Stage::Prefix;
+        self.head.reset();
+        self.header = None;
     }
 
     /// Decodes the frame at the start of `buf`: `Ok(None)` means more bytes are needed,
@@ -214,39 +271,20 @@ impl Decoder {
     /// as soon as the prefix and the header are in, before any content is waited for.
     /// After an error the stream is out of step and the decoder starts afresh.
     pub fn decode<'a>(&mut self, buf: &'a [u8]) -> Result<Option<(Frame<'a>, usize)>, FrameError> {
-        loop {
-            // Taken out so the header can move into the frame; put back while incomplete.
-            match std::mem::replace(&mut self.stage, Stage::Prefix) {
-                Stage::Prefix => {
-                    let Some(&[high, low]) = buf.get(..PREFIX_LEN) else {
-                        return Ok(None);
-                    };
-                    let header_len = usize::from(u16::from_be_bytes([high, low]));
-                    if header_len == 0 {
-                        return Err(FrameError::EmptyHeader);
-                    }
-                    self.stage = Stage::Header { header_len };
-                }
-                Stage::Header { header_len } => {
-                    let Some(bytes) = buf.get(PREFIX_LEN..PREFIX_LEN + header_len) else {
-                        self.stage = Stage::Header { header_len };
-                        return Ok(None);
-                    };
-                    let header = parse_header(bytes, self.max_content_length)?;
-                    self.stage = Stage::Content { header_len, header };
-                }
-                Stage::Content { header_len, header } => {
-                    let start = PREFIX_LEN + header_len;
-                    let end = start + header.content_length;
-                    let Some(bytes) = buf.get(start..end) else {
-                        self.stage = Stage::Content { header_len, header };
-                        return Ok(None);
-                    };
-                    let content = parse_content(&header, bytes)?;
-                    return Ok(Some((Frame { header, content }, end)));
-                }
-            }
-        }
+        let (header, start) = match self.header.take() {
+            Some(known) => known,
+            None => match self.head.decode(buf)? {
+                Some(head) => head,
+                None => return Ok(None),
+            },
+        };
+        let end = start.saturating_add(header.content_length);
+        let Some(bytes) = buf.get(start..end) else {
+            self.header = Some((header, start));
+            return Ok(None);
+        };
+        let content = parse_content(&header, bytes)?;
+        Ok(Some((Frame { header, content }, end)))
     }
 }
 
@@ -324,7 +362,8 @@ fn parse_header(bytes: &[u8], max_content_length: usize) -> Result<Header, Frame
     })
 }
 
-/// Decodes content as its header says: JSON text must be an object; anything else is bytes.
+/// Decodes a whole (client-side, small) content as its header says: JSON text must be an
+/// object; anything else is bytes. The server decodes its requests with [`RequestDecoder`].
 fn parse_content<'a>(header: &Header, bytes: &'a [u8]) -> Result<Content<'a>, FrameError> {
     if header.content_type != JSON_TYPE {
         return Ok(Content::Bytes(bytes));
@@ -523,56 +562,50 @@ pub fn search(query: &str) -> String {
         .iter()
         .find(|(key, _)| *key == query)
         .map_or_else(
-            || format!("No match for \"{query}\"."),
+            || format!("No match for '{query}'."),
             |(_, answer)| (*answer).to_owned(),
         )
 }
 
-/// A request field as the answer quotes it: a string as is, anything else as JSON text
-/// (`null` when absent, where Python would print `None`).
-fn field_text(value: Option<&Value>) -> String {
-    match value {
-        Some(Value::String(text)) => text.clone(),
-        Some(other) => other.to_string(),
-        None => "null".to_owned(),
-    }
+/// Appends the response to a binary request: the tutorial's prefix and its first bytes.
+fn respond_binary(first_bytes: &[u8], out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    encode(
+        out,
+        SERVER_BINARY_TYPE,
+        BINARY_ENCODING,
+        &[BINARY_REPLY_PREFIX, first_bytes],
+    )
 }
 
-/// The answer to a JSON request: a search, or the tutorial's invalid-action message.
-pub fn json_answer(request: &Map<String, Value>) -> String {
-    match request.get("action") {
-        Some(Value::String(action)) if action == "search" => match request.get("value") {
-            Some(Value::String(query)) => search(query),
-            other => format!("No match for \"{}\".", field_text(other)),
-        },
-        other => format!("Error: invalid action \"{}\".", field_text(other)),
-    }
-}
-
-/// Appends the response to one request: `{"result": ...}` for JSON, the first bytes of
-/// the request for anything else.
-pub fn respond(frame: &Frame<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-    match &frame.content {
-        Content::Json(request) => encode_json_fields(out, &[("result", &json_answer(request))]),
-        Content::Bytes(bytes) => {
-            let echoed = bytes.get(..BINARY_REPLY_ECHOED).unwrap_or(bytes);
-            encode(
-                out,
-                SERVER_BINARY_TYPE,
-                BINARY_ENCODING,
-                &[BINARY_REPLY_PREFIX, echoed],
-            )
-        }
-    }
-}
+/// A JSON decoder whose content was at most this long is kept for the next request: the
+/// parser's buffers, which grow to the longest string or number passed to it, then hold
+/// no more than this.
+const RECYCLE_MAX_CONTENT: usize = 4096;
+/// A JSON content at most this long that is all in the input with its head is decoded
+/// in one go (`request::decode_whole`): the search requests of the tutorial are ~40 bytes,
+/// and a content this small costs nothing to parse from the input where it lies.
+const WHOLE_MAX_CONTENT: usize = 4096;
 
 /// The app protocol server: answers every request on a connection, in order, and keeps
 /// the connection open for more; a bad frame gets an error reply, then the close.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct App {
     max_content_length: usize,
     /// The `{"error": "server busy"}` frame, encoded once.
     refusal: Vec<u8>,
+    /// A JSON decoder left by a finished small request, for the next one: a request that
+    /// comes whole in one read then allocates no parser.
+    spare: Option<Box<RequestDecoder>>,
+}
+
+impl Clone for App {
+    fn clone(&self) -> Self {
+        App {
+            max_content_length: self.max_content_length,
+            refusal: self.refusal.clone(),
+            spare: None,
+        }
+    }
 }
 
 impl App {
@@ -586,11 +619,154 @@ impl App {
         App {
             max_content_length,
             refusal,
+            spare: None,
         }
     }
 
     pub fn max_content_length(&self) -> usize {
         self.max_content_length
+    }
+
+    /// The stage after a header: its content, consumed as it arrives.
+    fn content_stage(&mut self, header: &Header) -> Stage {
+        let left = header.content_length;
+        if header.content_type == JSON_TYPE {
+            Stage::Json {
+                left,
+                recycle: left <= RECYCLE_MAX_CONTENT,
+                decoder: self.spare.take().unwrap_or_default(),
+            }
+        } else {
+            Stage::Binary {
+                left,
+                first: [0; BINARY_REPLY_ECHOED],
+                first_len: 0,
+            }
+        }
+    }
+
+    /// Ends the session's frame (done, refused or abandoned): back to waiting for a prefix.
+    fn end_frame(&mut self, session: &mut AppSession) {
+        let idle = Stage::Head(FrameHead::new(self.max_content_length));
+        if let Stage::Json {
+            mut decoder,
+            recycle: true,
+            ..
+        } = std::mem::replace(&mut session.stage, idle)
+        {
+            // Only after a small content: the parser's buffers are as small as that.
+            decoder.reset();
+            self.spare = Some(decoder);
+        }
+        session.holding = false;
+    }
+
+    /// Consumes what `input` holds of the session's frames; see `on_input`.
+    fn serve(
+        &mut self,
+        session: &mut AppSession,
+        input: &[u8],
+        out: &mut Output<'_>,
+    ) -> (usize, Flow) {
+        let mut used = 0;
+        loop {
+            let rest = input.get(used..).unwrap_or_default();
+            if out.is_full() && !rest.is_empty() && matches!(session.stage, Stage::Head(_)) {
+                // The answers so far fill the connection's queue: the next request waits,
+                // unread, until the client has taken them.
+                return (used, Flow::Pause);
+            }
+            match &mut session.stage {
+                // The head is parsed whole, so its bytes stay with the loop until all are in.
+                Stage::Head(head) => match head.decode(rest) {
+                    Ok(None) => return (used, Flow::Continue),
+                    Ok(Some((header, len))) => {
+                        used += len;
+                        log::debug!(
+                            "{}: {} request with {} bytes of content",
+                            session.peer,
+                            header.content_type,
+                            header.content_length
+                        );
+                        // The common case: a small request whose content came with its
+                        // head is read in one go from the input (see `decode_whole`).
+                        let whole = (header.content_type == JSON_TYPE
+                            && header.content_length <= WHOLE_MAX_CONTENT)
+                            .then(|| input.get(used..used + header.content_length))
+                            .flatten()
+                            .and_then(request::decode_whole);
+                        match whole {
+                            Some(request) => {
+                                used += header.content_length;
+                                if let Err(flow) = answer_json(session, &request, out) {
+                                    return (used, flow);
+                                }
+                            }
+                            None => session.stage = self.content_stage(&header),
+                        }
+                    }
+                    Err(e) => return (used, self.refuse(session, &e, out)),
+                },
+                // Content is consumed as it arrives; only what the answer needs is kept.
+                Stage::Binary {
+                    left,
+                    first,
+                    first_len,
+                } => {
+                    let take = (*left).min(rest.len());
+                    let chunk = rest.get(..take).unwrap_or_default();
+                    let room = first.get_mut(usize::from(*first_len)..).unwrap_or_default();
+                    let keep = room.len().min(chunk.len());
+                    room[..keep].copy_from_slice(&chunk[..keep]);
+                    *first_len += keep as u8; // at most BINARY_REPLY_ECHOED
+                    *left -= take;
+                    used += take;
+                    if *left > 0 {
+                        return (used, Flow::Continue);
+                    }
+                    let (first, first_len) = (*first, *first_len);
+                    self.end_frame(session);
+                    let first_bytes = first.get(..usize::from(first_len)).unwrap_or_default();
+                    log::debug!("{}: binary request {}", session.peer, ByteStr(first_bytes));
+                    if let Err(e) = respond_binary(first_bytes, out.reply_buf()) {
+                        log::error!("{}: cannot encode a response: {e}", session.peer);
+                        return (used, Flow::Close);
+                    }
+                    out.count_request();
+                }
+                Stage::Json { left, decoder, .. } => {
+                    let chunk = rest.get(..(*left).min(rest.len())).unwrap_or_default();
+                    let is_end = chunk.len() == *left;
+                    match decoder.feed(chunk, is_end) {
+                        Ok(n) => {
+                            used += n;
+                            *left -= n;
+                        }
+                        Err(e) => return (used, self.refuse(session, &e, out)),
+                    }
+                    if *left > 0 {
+                        return (used, Flow::Continue);
+                    }
+                    let request = decoder.finish();
+                    self.end_frame(session);
+                    let request = match request {
+                        Ok(request) => request,
+                        Err(e) => return (used, self.refuse(session, &e, out)),
+                    };
+                    if let Err(flow) = answer_json(session, &request, out) {
+                        return (used, flow);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers a bad frame with its error; the connection then closes.
+    fn refuse(&mut self, session: &mut AppSession, e: &FrameError, out: &mut Output<'_>) -> Flow {
+        log::debug!("{}: bad request: {e}; closing", session.peer);
+        self.end_frame(session);
+        reply_error(out, &session.peer, &e.to_string());
+        Flow::Close
     }
 }
 
@@ -600,11 +776,43 @@ impl Default for App {
     }
 }
 
-/// One connection's state: where it is within the current request.
-#[derive(Debug, Clone)]
+/// Where a connection is within its current frame.
+#[derive(Debug)]
+enum Stage {
+    /// Waiting for all of a prefix and header; their bytes stay unconsumed until then.
+    Head(FrameHead),
+    /// In the content of a `text/json` request: `left` bytes to go.
+    Json {
+        left: usize,
+        /// The content is small enough for the decoder to be kept for another request.
+        recycle: bool,
+        decoder: Box<RequestDecoder>,
+    },
+    /// In the content of any other request: `left` bytes to go, the first ones kept.
+    Binary {
+        left: usize,
+        first: [u8; BINARY_REPLY_ECHOED],
+        first_len: u8,
+    },
+}
+
+/// One connection's state: where it is within the current request. The content is
+/// consumed as it arrives, so it is never held whole, here or in the loop's buffer.
+#[derive(Debug)]
 pub struct AppSession {
-    decoder: Decoder,
+    stage: Stage,
+    /// The last call left bytes unconsumed: part of a head, or of a UTF-8 character.
+    holding: bool,
     peer: Peer,
+}
+
+impl AppSession {
+    /// Whether a frame has started and is not finished: a head partly received or content
+    /// partly consumed. The loop's frame timeout needs this, because consumed content
+    /// leaves no unconsumed bytes behind for it to see.
+    pub fn mid_frame(&self) -> bool {
+        self.holding || !matches!(self.stage, Stage::Head(_))
+    }
 }
 
 impl Protocol for App {
@@ -612,7 +820,8 @@ impl Protocol for App {
 
     fn open(&mut self, peer: &Peer, _out: &mut Output<'_>) -> AppSession {
         AppSession {
-            decoder: Decoder::new(self.max_content_length),
+            stage: Stage::Head(FrameHead::new(self.max_content_length)),
+            holding: false,
             peer: *peer,
         }
     }
@@ -623,67 +832,63 @@ impl Protocol for App {
         input: &[u8],
         out: &mut Output<'_>,
     ) -> (usize, Flow) {
-        let mut used = 0;
-        loop {
-            let rest = input.get(used..).unwrap_or_default();
-            match session.decoder.decode(rest) {
-                Ok(Some((frame, len))) => {
-                    used += len;
-                    if log::log_enabled!(log::Level::Debug) {
-                        log_request(&session.peer, &frame);
-                    }
-                    if let Err(e) = respond(&frame, out.reply_buf()) {
-                        log::error!("{}: cannot encode a response: {e}", session.peer);
-                        return (used, Flow::Close);
-                    }
-                    out.count_request();
-                }
-                Ok(None) => return (used, Flow::Continue),
-                Err(e) => {
-                    log::debug!("{}: bad request: {e}; closing", session.peer);
-                    reply_error(out, &session.peer, &e.to_string());
-                    return (used, Flow::Close);
-                }
-            }
+        let (used, flow) = self.serve(session, input, out);
+        session.holding = flow == Flow::Continue && used < input.len();
+        (used, flow)
+    }
+
+    fn on_eof(&mut self, session: &mut AppSession, leftover: &[u8], _out: &mut Output<'_>) {
+        if session.mid_frame() {
+            log::debug!(
+                "{}: peer closed in the middle of a frame ({} bytes unused)",
+                session.peer,
+                leftover.len()
+            );
         }
+        self.end_frame(session);
     }
 
     fn on_timeout(&mut self, session: &mut AppSession, kind: Timeout, out: &mut Output<'_>) {
         if kind == Timeout::Frame {
-            session.decoder.reset();
+            self.end_frame(session);
             reply_error(out, &session.peer, "request not completed in time");
         }
+    }
+
+    fn on_close(&mut self, mut session: AppSession, _peer: &Peer, _out: &mut Output<'_>) {
+        self.end_frame(&mut session);
+    }
+
+    fn mid_frame(&self, session: &AppSession) -> bool {
+        session.mid_frame()
     }
 
     fn refusal(&self) -> Option<&[u8]> {
         Some(&self.refusal)
     }
 
-    /// The largest frame allowed, so the loop's own limit never fires before the
-    /// decoder has refused an oversized `content-length` with an error reply.
+    /// The longest head: content is consumed as it arrives, so an unfinished frame never
+    /// leaves more than its head (or a UTF-8 character's first bytes) unconsumed.
     fn max_pending_input(&self) -> usize {
-        PREFIX_LEN
-            .saturating_add(MAX_HEADER_LEN)
-            .saturating_add(self.max_content_length)
+        PREFIX_LEN + MAX_HEADER_LEN
     }
+}
+
+/// Answers a JSON request: `{"result": ...}`. `Err` carries the flow when it cannot.
+fn answer_json(session: &AppSession, request: &Request, out: &mut Output<'_>) -> Result<(), Flow> {
+    log::debug!("{}: request {request}", session.peer);
+    let answer = request.answer();
+    if let Err(e) = encode_json_fields(out.reply_buf(), &[("result", &answer)]) {
+        log::error!("{}: cannot encode a response: {e}", session.peer);
+        return Err(Flow::Close);
+    }
+    out.count_request();
+    Ok(())
 }
 
 fn reply_error(out: &mut Output<'_>, peer: &Peer, message: &str) {
     if let Err(e) = encode_error(out.reply_buf(), message) {
         log::error!("{peer}: cannot encode an error reply: {e}");
-    }
-}
-
-fn log_request(peer: &Peer, frame: &Frame<'_>) {
-    match &frame.content {
-        Content::Json(request) => {
-            log::debug!("{peer}: request {}", Value::Object(request.clone()))
-        }
-        Content::Bytes(bytes) => log::debug!(
-            "{peer}: {} request {}",
-            frame.header.content_type,
-            ByteStr(bytes.get(..64).unwrap_or(bytes))
-        ),
     }
 }
 
@@ -1106,52 +1311,6 @@ mod tests {
         );
     }
 
-    /// The search table and the invalid-action message are the tutorial's.
-    #[test]
-    fn answers_follow_the_tutorial() {
-        assert_eq!(search("morpheus"), "Follow the white rabbit. 🐰");
-        assert_eq!(
-            search("ring"),
-            "In the caves beneath the Misty Mountains. 💍"
-        );
-        assert_eq!(search("🐶"), "🐾 Playing ball! 🏐");
-        assert_eq!(search("neo"), "No match for \"neo\".");
-        assert_eq!(
-            json_answer(&json_map(r#"{"action": "find", "value": "x"}"#)),
-            "Error: invalid action \"find\"."
-        );
-        assert_eq!(
-            json_answer(&json_map(r#"{"value": "x"}"#)),
-            "Error: invalid action \"null\"."
-        );
-        assert_eq!(
-            json_answer(&json_map(r#"{"action": "search", "value": 5}"#)),
-            "No match for \"5\"."
-        );
-    }
-
-    /// A binary request is answered with its first 10 bytes (or all of a shorter one).
-    #[test]
-    fn binary_response_repeats_first_ten_bytes() {
-        for (request, echoed) in [
-            (&b"0123456789abc"[..], &b"0123456789"[..]),
-            (b"abc", b"abc"),
-        ] {
-            let bytes = binary_request(request);
-            let (frame, _) = decode(&bytes, MAX).unwrap().unwrap();
-            let mut out = Vec::new();
-            respond(&frame, &mut out).unwrap();
-            let content = [&b"First 10 bytes of request: "[..], echoed].concat();
-            assert_eq!(
-                out,
-                raw_frame(
-                    &header_json(SERVER_BINARY_TYPE, "binary", content.len()),
-                    &content
-                )
-            );
-        }
-    }
-
     struct Harness {
         app: App,
         session: AppSession,
@@ -1184,7 +1343,32 @@ mod tests {
         }
 
         fn feed(&mut self, input: &[u8]) -> (usize, Flow) {
-            self.with_output(|h, out| h.app.on_input(&mut h.session, input, out))
+            let (used, flow) =
+                self.with_output(|h, out| h.app.on_input(&mut h.session, input, out));
+            assert!(used <= input.len(), "used {used} of {} bytes", input.len());
+            (used, flow)
+        }
+
+        /// Presents `chunks` the way the loop does: the unconsumed rest plus each new
+        /// chunk, until a Close. Returns the last flow and the most bytes left unconsumed.
+        fn feed_chunks<'c>(&mut self, chunks: impl IntoIterator<Item = &'c [u8]>) -> (Flow, usize) {
+            let mut pending = Vec::new();
+            let mut most = 0;
+            for chunk in chunks {
+                pending.extend_from_slice(chunk);
+                let (used, flow) = self.feed(&pending);
+                pending.drain(..used);
+                most = most.max(pending.len());
+                assert_eq!(
+                    self.session.mid_frame(),
+                    flow == Flow::Continue
+                        && (!pending.is_empty() || !matches!(self.session.stage, Stage::Head(_))),
+                );
+                if flow == Flow::Close {
+                    return (flow, most);
+                }
+            }
+            (Flow::Continue, most)
         }
 
         fn timeout(&mut self) {
@@ -1206,7 +1390,472 @@ mod tests {
         )
     }
 
-    /// on_input answers every complete frame present, in order, and leaves a partial one.
+    /// What the server answers to `bytes` given whole, and whether it closes.
+    fn serve(bytes: &[u8]) -> (Vec<u8>, Flow) {
+        let mut harness = Harness::new(App::default());
+        let (flow, _) = harness.feed_chunks([bytes]);
+        (harness.reply, flow)
+    }
+
+    /// The `result` the server answers to a JSON request with this content.
+    fn answer_to(content: &str) -> String {
+        let (reply, flow) = serve(&json_request(content));
+        assert_eq!(
+            flow,
+            Flow::Continue,
+            "{content}: {}",
+            String::from_utf8_lossy(&reply)
+        );
+        match decode(&reply, MAX) {
+            Ok(Some((
+                Frame {
+                    content: Content::Json(map),
+                    ..
+                },
+                _,
+            ))) => match map.get("result") {
+                Some(Value::String(result)) => result.clone(),
+                other => panic!("{content}: no result: {other:?}"),
+            },
+            other => panic!("{content}: not a JSON reply: {other:?}"),
+        }
+    }
+
+    /// The error the server answers to a JSON request with this content (then closing).
+    fn error_to(content: &[u8]) -> String {
+        let (reply, flow) = serve(&raw_frame(
+            &header_json("text/json", "utf-8", content.len()),
+            content,
+        ));
+        assert_eq!(flow, Flow::Close, "{}", String::from_utf8_lossy(&reply));
+        match decode(&reply, MAX) {
+            Ok(Some((
+                Frame {
+                    content: Content::Json(map),
+                    ..
+                },
+                _,
+            ))) => match map.get("error") {
+                Some(Value::String(error)) => error.clone(),
+                other => panic!("no error: {other:?}"),
+            },
+            other => panic!("not a JSON reply: {other:?}"),
+        }
+    }
+
+    /// The search table and the invalid-action message are the tutorial's, byte for byte
+    /// (`libserver.py` quotes with single quotes).
+    #[test]
+    fn answers_follow_the_tutorial() {
+        assert_eq!(search("morpheus"), "Follow the white rabbit. 🐰");
+        assert_eq!(
+            search("ring"),
+            "In the caves beneath the Misty Mountains. 💍"
+        );
+        assert_eq!(search("🐶"), "🐾 Playing ball! 🏐");
+        assert_eq!(search("neo"), "No match for 'neo'.");
+        assert_eq!(
+            answer_to(r#"{"action": "search", "value": "morpheus"}"#),
+            "Follow the white rabbit. 🐰"
+        );
+        assert_eq!(
+            answer_to(r#"{"action": "search", "value": "neo"}"#),
+            "No match for 'neo'."
+        );
+        assert_eq!(
+            answer_to(r#"{"action": "find", "value": "x"}"#),
+            "Error: invalid action 'find'."
+        );
+        assert_eq!(
+            answer_to(r#"{"value": "x"}"#),
+            "Error: invalid action 'null'."
+        );
+        assert_eq!(answer_to(r#"{"action": "search"}"#), "No match for 'null'.");
+        // Escapes are decoded before the lookup, and the query is quoted in full.
+        assert_eq!(
+            answer_to(r#"{"value": "\ud83d\udc36", "action": "se\u0061rch"}"#),
+            "🐾 Playing ball! 🏐"
+        );
+        let long = "q".repeat(5000);
+        assert_eq!(
+            answer_to(&format!(r#"{{"action": "search", "value": "{long}"}}"#)),
+            format!("No match for '{long}'.")
+        );
+    }
+
+    /// A non-string action or value is quoted as compact JSON text, cut after
+    /// MAX_QUOTED_CHARS characters, however large the value is.
+    #[test]
+    fn non_string_fields_are_quoted_and_cut() {
+        let cases = [
+            (r#"{"action": 5}"#, "Error: invalid action '5'."),
+            (r#"{"action": null}"#, "Error: invalid action 'null'."),
+            (
+                r#"{"action": [1, 2.5e3, true]}"#,
+                "Error: invalid action '[1,2.5e3,true]'.",
+            ),
+            (
+                r#"{"action": {"a": [false, null, "x\"\u00e9"], "b": {}}}"#,
+                r#"Error: invalid action '{"a":[false,null,"x\"é"],"b":{}}'."#,
+            ),
+            (
+                r#"{"action": "search", "value": -0.5}"#,
+                "No match for '-0.5'.",
+            ),
+            (
+                r#"{"action": "search", "value": [[], {}]}"#,
+                "No match for '[[],{}]'.",
+            ),
+        ];
+        for (content, answer) in cases {
+            assert_eq!(answer_to(content), answer, "{content}");
+        }
+        let full = format!("[{}]", vec!["0"; 10_000].join(", "));
+        let compact = full.replace(' ', "");
+        assert_eq!(
+            answer_to(&format!(r#"{{"action": {full}}}"#)),
+            format!(
+                "Error: invalid action '{}...'.",
+                &compact[..MAX_QUOTED_CHARS]
+            )
+        );
+        // Exactly MAX_QUOTED_CHARS characters are not cut.
+        let exact = format!("[{}]", "7".repeat(MAX_QUOTED_CHARS - 2));
+        assert_eq!(
+            answer_to(&format!(r#"{{"action": {exact}}}"#)),
+            format!("Error: invalid action '{exact}'.")
+        );
+        let digits = "9".repeat(1000);
+        assert_eq!(
+            answer_to(&format!(r#"{{"action": "search", "value": {digits}}}"#)),
+            format!("No match for '{}...'.", &digits[..MAX_QUOTED_CHARS])
+        );
+        let text = "é".repeat(1000);
+        assert_eq!(
+            answer_to(&format!(r#"{{"action": ["{text}"]}}"#)),
+            format!(
+                "Error: invalid action '[\"{}...'.",
+                &text[..2 * (MAX_QUOTED_CHARS - 2)]
+            )
+        );
+    }
+
+    /// Duplicate keys: the last one wins, as serde_json decided before.
+    #[test]
+    fn duplicate_keys_last_wins() {
+        assert_eq!(
+            answer_to(
+                r#"{"action": "find", "value": "ring", "action": "search", "value": "morpheus"}"#
+            ),
+            "Follow the white rabbit. 🐰"
+        );
+        assert_eq!(
+            answer_to(r#"{"action": "search", "action": [1]}"#),
+            "Error: invalid action '[1]'."
+        );
+    }
+
+    /// Members other than action and value, nested values, and look-alike keys deeper
+    /// down are skipped, whatever they hold.
+    #[test]
+    fn other_members_are_skipped() {
+        let long = "x".repeat(100_000);
+        let content = format!(
+            r#"{{"pad": "{long}", "{long}": 1, "deep": {{"action": "find", "value": [{{"value": 1}}]}}, "n": {}, "action": "search", "value": "ring", "z": [[["value"]]]}}"#,
+            "1".repeat(100_000)
+        );
+        assert_eq!(
+            answer_to(&content),
+            "In the caves beneath the Misty Mountains. 💍"
+        );
+    }
+
+    /// A long string the request does not need is passed to the parser only in part:
+    /// wherever the cut falls near an escape, a surrogate pair or a multi-byte character,
+    /// the request means what serde_json says, and bad text after the cut is still refused.
+    #[test]
+    fn cuts_fall_between_characters_and_escapes() {
+        for pad in 245..265 {
+            let a = "a".repeat(pad);
+            for x in [
+                r"\ud83d\udc36",
+                "é",
+                "🐶",
+                r"\n",
+                r#"\""#,
+                r"\u00e9",
+                r"\\",
+                "€x",
+            ] {
+                let content =
+                    format!(r#"{{"p{a}{x}": ["{a}{x}{a}"], "action": "search", "value": "ring"}}"#);
+                assert_agrees_with_serde(content.as_bytes(), &[]).unwrap();
+                assert_eq!(
+                    answer_to(&content),
+                    "In the caves beneath the Misty Mountains. 💍",
+                    "pad {pad} {x}"
+                );
+                let quoted = format!(r#"{{"action": ["{a}{x}"]}}"#);
+                assert_eq!(
+                    answer_to(&quoted),
+                    format!(
+                        "Error: invalid action '[\"{}...'.",
+                        &a[..MAX_QUOTED_CHARS - 2]
+                    )
+                );
+            }
+            for x in [r"\ud83d", r"\udc36", "\u{1}", r"\q", r"\u12x4", r"\ud83d\n"] {
+                let content =
+                    format!(r#"{{"p": "{a}{x}{a}", "action": "search", "value": "ring"}}"#);
+                let error = error_to(content.as_bytes());
+                assert!(
+                    error.starts_with("text/json content is not valid JSON: "),
+                    "pad {pad} {x}: {error}"
+                );
+            }
+            let mut content = format!(r#"{{"p": "{a}"#).into_bytes();
+            content.extend_from_slice(b"\xe2\x82\"}");
+            assert_eq!(error_to(&content), "text/json content is not valid UTF-8");
+        }
+    }
+
+    /// Bad JSON content gets the replies it got before: not UTF-8, not JSON (with a
+    /// position), not an object (with the kind).
+    #[test]
+    fn bad_json_content_is_answered_as_before() {
+        for (content, kind) in [
+            ("[1]", "an array"),
+            ("\"s\"", "a string"),
+            (" 5 ", "a number"),
+            ("-1.5e3", "a number"),
+            ("true", "a boolean"),
+            ("null", "null"),
+        ] {
+            assert_eq!(
+                error_to(content.as_bytes()),
+                format!("text/json content must be a JSON object, not {kind}"),
+                "{content}"
+            );
+        }
+        for content in [
+            &b"{oops"[..],
+            b"",
+            b"{",
+            b"{} x",
+            b"{}{}",
+            b"[1",
+            b"{\"a\": 01}",
+            b"{\"a\": \"\x01\"}",
+            b"{\"a\": \"\\x\"}",
+            b"{\"a\": \"\\u12g4\"}",
+            b"{\"a\": \"\\udc36\"}",
+            b"{\"a\": \"\\ud83d\"}",
+            b"{\"a\": \"\\ud83dx\"}",
+            b"{\"a\": \"\\ud83d\\n\"}",
+            b"{\"a\": \"\\ud83d\\ud83d\"}",
+            b"{\"a\" 1}",
+            b"{\"a\": tru}",
+            b"tru",
+            b"fals",
+            b"nul",
+            b" 1e",
+            b"1e+",
+            b"-",
+            b"\xef\xbb\xbf{}",
+        ] {
+            let error = error_to(content);
+            assert!(
+                error.starts_with("text/json content is not valid JSON: "),
+                "{}: {error}",
+                String::from_utf8_lossy(content)
+            );
+        }
+        assert_eq!(
+            error_to(b"{oops"),
+            "text/json content is not valid JSON: syntax error at byte 1"
+        );
+        for content in [
+            &b"\xff}"[..],
+            b"{\"a\": \"\xff\"}",
+            b"{\"a\": \"\xf0\x9f\x90\"}",
+            b"{\"\xc3",
+        ] {
+            assert_eq!(error_to(content), "text/json content is not valid UTF-8");
+        }
+        // Valid JSON around the object is fine.
+        assert_eq!(answer_to(" \r\n\t{ } \n"), "Error: invalid action 'null'.");
+    }
+
+    /// Nesting is limited as serde_json limited it.
+    #[test]
+    fn nesting_is_limited_like_serde() {
+        for depth in [MAX_DEPTH - 1, MAX_DEPTH] {
+            let nested = format!(
+                "{{\"a\": {}{}}}",
+                "[".repeat(depth - 1),
+                "]".repeat(depth - 1)
+            );
+            assert!(
+                serde_json::from_str::<Value>(&nested).is_ok(),
+                "serde at {depth}"
+            );
+            assert_eq!(answer_to(&nested), "Error: invalid action 'null'.");
+        }
+        let depth = MAX_DEPTH + 1;
+        let nested = format!(
+            "{{\"a\": {}{}}}",
+            "[".repeat(depth - 1),
+            "]".repeat(depth - 1)
+        );
+        assert!(serde_json::from_str::<Value>(&nested).is_err());
+        assert_eq!(
+            error_to(nested.as_bytes()),
+            format!(
+                "text/json content is not valid JSON: nested more than {MAX_DEPTH} deep at byte {}",
+                6 + MAX_DEPTH - 1
+            )
+        );
+    }
+
+    /// A binary request is answered with its first 10 bytes (or all of a shorter one).
+    #[test]
+    fn binary_response_repeats_first_ten_bytes() {
+        for (request, echoed) in [
+            (&b"0123456789abc"[..], &b"0123456789"[..]),
+            (b"abc", b"abc"),
+            (b"", b""),
+        ] {
+            let (reply, flow) = serve(&binary_request(request));
+            assert_eq!(flow, Flow::Continue);
+            let content = [&b"First 10 bytes of request: "[..], echoed].concat();
+            assert_eq!(
+                reply,
+                raw_frame(
+                    &header_json(SERVER_BINARY_TYPE, "binary", content.len()),
+                    &content
+                )
+            );
+        }
+    }
+
+    /// Requests of every kind, then a bad one: the stream the split tests cut up.
+    fn mixed_stream() -> Vec<u8> {
+        [
+            search_request("morpheus"),
+            binary_request(b"0123456789abcdef"),
+            json_request(
+                r#"{"x": [1, {"y": "\u00e9\ud83d\udc36 é🐶"}], "action": "search", "value": "🐶"}"#,
+            ),
+            binary_request(b""),
+            json_request(r#"{"action": {"k": [true, -1.5e+3]}, "value": "ring"}"#),
+            json_request("{}"),
+            search_request("ring"),
+            json_request(r#"{"action": "search", "value": "x"} ["trailing"]"#),
+            search_request("never answered"),
+        ]
+        .concat()
+    }
+
+    /// The same requests split at every byte boundary get the same replies, and the
+    /// bytes left unconsumed never exceed a head or a UTF-8 character's first bytes.
+    #[test]
+    fn every_split_gives_the_same_replies() {
+        let stream = mixed_stream();
+        let (whole, flow) = serve(&stream);
+        assert_eq!(flow, Flow::Close);
+        assert_eq!(
+            decode_chunks_lossy(&whole),
+            8,
+            "seven answers and the error"
+        );
+        for split in 0..=stream.len() {
+            let mut harness = Harness::new(App::default());
+            let (flow, _) = harness.feed_chunks([&stream[..split], &stream[split..]]);
+            assert_eq!(
+                (harness.reply.as_slice(), flow),
+                (whole.as_slice(), Flow::Close),
+                "split at {split}"
+            );
+        }
+    }
+
+    /// Byte by byte: the same replies; during content at most a UTF-8 character's first
+    /// bytes are left unconsumed.
+    #[test]
+    fn byte_at_a_time_gives_the_same_replies() {
+        let stream = mixed_stream();
+        let (whole, _) = serve(&stream);
+        let mut harness = Harness::new(App::default());
+        let (flow, _) = harness.feed_chunks(stream.chunks(1));
+        assert_eq!((harness.reply, flow), (whole, Flow::Close));
+
+        let request = json_request(&format!(
+            r#"{{"pad": "{}", "action": "search", "value": "ring"}}"#,
+            "é🐶".repeat(100)
+        ));
+        let head_len =
+            request.len() - (request.len() - 2 - header_json("text/json", "utf-8", 0).len() - 2);
+        let mut harness = Harness::new(App::default());
+        let (flow, most) = harness.feed_chunks(
+            request[..head_len + 1]
+                .chunks(head_len + 1)
+                .chain(request[head_len + 1..].chunks(1)),
+        );
+        assert_eq!(flow, Flow::Continue);
+        assert!(most <= 3, "{most} bytes of content left unconsumed");
+        assert_eq!(
+            harness.reply,
+            expected_result("In the caves beneath the Misty Mountains. 💍")
+        );
+    }
+
+    /// Counts the frames in `bytes` (all complete).
+    fn decode_chunks_lossy(bytes: &[u8]) -> usize {
+        let mut at = 0;
+        let mut frames = 0;
+        while let Ok(Some((_, used))) = decode(&bytes[at..], MAX) {
+            at += used;
+            frames += 1;
+        }
+        assert_eq!(at, bytes.len());
+        frames
+    }
+
+    /// A 16 MiB request of zeros in 64 KiB reads: each read is consumed at once, nothing
+    /// is left with the loop, and the answer is the usual one.
+    #[test]
+    fn large_json_request_is_consumed_as_it_arrives() {
+        let mut content = b"{\"action\": \"search\", \"value\": \"ring\", \"zeros\": [0".to_vec();
+        while content.len() + 4 <= DEFAULT_MAX_CONTENT_LENGTH {
+            content.extend_from_slice(b",0");
+        }
+        content.extend_from_slice(b"]}");
+        let request = raw_frame(&header_json("text/json", "utf-8", content.len()), &content);
+        drop(content);
+        let mut harness = Harness::new(App::default());
+        let (flow, most) = harness.feed_chunks(request.chunks(64 * 1024));
+        assert_eq!(
+            flow,
+            Flow::Continue,
+            "{}",
+            String::from_utf8_lossy(&harness.reply)
+        );
+        assert_eq!(most, 0, "a read was not consumed whole");
+        assert_eq!(
+            harness.reply,
+            expected_result("In the caves beneath the Misty Mountains. 💍")
+        );
+        assert!(!harness.session.mid_frame());
+        // Smaller than before (112 bytes, with the header kept in the session).
+        assert!(
+            std::mem::size_of::<AppSession>() <= 72,
+            "{}",
+            std::mem::size_of::<AppSession>()
+        );
+    }
+
+    /// on_input answers every complete frame present, in order, and consumes what it can
+    /// of a partial one.
     #[test]
     fn on_input_answers_every_complete_frame() {
         let mut harness = Harness::new(App::default());
@@ -1228,7 +1877,8 @@ mod tests {
             .concat()
         );
         assert_eq!(harness.requests, 2);
-        // The loop presents the partial frame again with the rest of it.
+        assert!(harness.session.mid_frame());
+        // The loop presents the partial head again with the rest of it.
         harness.reply.clear();
         assert_eq!(harness.feed(&partial), (partial.len(), Flow::Continue));
         assert_eq!(
@@ -1236,6 +1886,7 @@ mod tests {
             expected_result("In the caves beneath the Misty Mountains. 💍")
         );
         assert!(harness.broadcast.is_empty());
+        assert!(!harness.session.mid_frame());
     }
 
     /// A bad frame after good ones: the good ones are answered, then the error, then Close.
@@ -1243,12 +1894,13 @@ mod tests {
     fn on_input_answers_then_refuses_a_bad_frame() {
         let mut harness = Harness::new(App::default());
         let good = search_request("neo");
-        let input = [good.clone(), json_request("[1]"), search_request("ring")].concat();
-        assert_eq!(harness.feed(&input), (good.len(), Flow::Close));
+        let bad = json_request("[1]");
+        let input = [good.clone(), bad.clone(), search_request("ring")].concat();
+        assert_eq!(harness.feed(&input), (good.len() + bad.len(), Flow::Close));
         assert_eq!(
             harness.reply,
             [
-                expected_result("No match for \"neo\"."),
+                expected_result("No match for 'neo'."),
                 expected_error("text/json content must be a JSON object, not an array")
             ]
             .concat()
@@ -1259,10 +1911,7 @@ mod tests {
     #[test]
     fn configured_limit_is_enforced() {
         let mut harness = Harness::new(App::new(10));
-        assert_eq!(
-            harness.app.max_pending_input(),
-            PREFIX_LEN + MAX_HEADER_LEN + 10
-        );
+        assert_eq!(harness.app.max_pending_input(), PREFIX_LEN + MAX_HEADER_LEN);
         let input = raw_frame(&header_json("binary/x", "binary", 11), b"");
         assert_eq!(harness.feed(&input), (0, Flow::Close));
         assert_eq!(
@@ -1271,40 +1920,279 @@ mod tests {
         );
     }
 
-    /// The largest acceptable unfinished frame stays within `max_pending_input`, so the
-    /// loop's limit never closes a connection the protocol would have served.
+    /// The longest unfinished head stays within `max_pending_input`, so the loop's limit
+    /// never closes a connection the protocol would have served; content is never kept.
     #[test]
-    fn pending_limit_covers_the_largest_frame() {
+    fn pending_limit_covers_the_longest_head() {
         let app = App::new(1000);
         let header = header_json("binary/x", "binary", 1000);
         let header = format!("{header:<width$}", width = MAX_HEADER_LEN); // padded with spaces
-        let mut frame = raw_frame(&header, &[7; 1000]);
-        assert_eq!(frame.len(), app.max_pending_input());
-        frame.pop();
+        let frame = raw_frame(&header, &[7; 1000]);
+        let head_len = PREFIX_LEN + MAX_HEADER_LEN;
+        assert_eq!(head_len, app.max_pending_input());
         let mut harness = Harness::new(app);
-        assert_eq!(harness.feed(&frame), (0, Flow::Continue));
-        assert!(frame.len() <= harness.app.max_pending_input());
+        assert_eq!(harness.feed(&frame[..head_len - 1]), (0, Flow::Continue));
+        assert_eq!(
+            harness.feed(&frame[..head_len + 500]),
+            (head_len + 500, Flow::Continue)
+        );
+        assert!(harness.session.mid_frame());
+        assert_eq!(
+            harness.feed(&frame[head_len + 500..]),
+            (500, Flow::Continue)
+        );
+        assert_eq!(harness.requests, 1);
     }
 
-    /// A frame timeout is answered with an error frame; a full server refuses with one.
+    /// Pipelined requests stop at a full queue with a pause, at a frame boundary, and the
+    /// rest is answered when presented again.
+    #[test]
+    fn pipeline_pauses_when_the_queue_is_full() {
+        let mut app = App::default();
+        let mut produced = Produced::default();
+        let mut session = app.open(&Peer::Unix, &mut produced.output());
+        let one = search_request("ring");
+        let input = one.repeat(10);
+        let answer = expected_result("In the caves beneath the Misty Mountains. 💍");
+        let cap = 3 * answer.len();
+        let (used, flow) = app.on_input(&mut session, &input, &mut produced.output_for(0, cap));
+        assert_eq!((used, flow), (3 * one.len(), Flow::Pause));
+        assert_eq!(produced.reply.to_vec(), answer.repeat(3));
+        produced.reply.clear();
+        let (used, flow) = app.on_input(&mut session, &input[used..], &mut produced.output());
+        assert_eq!((used, flow), (7 * one.len(), Flow::Continue));
+        assert_eq!(produced.reply.to_vec(), answer.repeat(7));
+    }
+
+    /// mid_frame covers a partial head and partly consumed content; a frame timeout
+    /// answers with an error frame and forgets the partial frame; a full server refuses
+    /// with an error frame.
     #[test]
     fn timeout_and_refusal_frames() {
-        let mut harness = Harness::new(App::default());
-        assert_eq!(
-            harness.feed(&search_request("ring")[..7]),
-            (0, Flow::Continue)
-        );
-        harness.timeout();
-        assert_eq!(
-            harness.reply,
-            expected_error("request not completed in time")
-        );
+        let request = search_request("ring");
+        let head_len = request.len() - 36;
+        for cut in [1, 7, head_len, head_len + 10] {
+            let mut harness = Harness::new(App::default());
+            assert!(!harness.session.mid_frame());
+            let (used, flow) = harness.feed(&request[..cut]);
+            assert_eq!(flow, Flow::Continue);
+            assert_eq!(used, if cut < head_len { 0 } else { cut });
+            assert!(harness.session.mid_frame(), "cut at {cut}");
+            harness.timeout();
+            assert_eq!(
+                harness.reply,
+                expected_error("request not completed in time")
+            );
+            assert!(!harness.session.mid_frame());
+            // The state was reset: a new frame from its first byte is served.
+            harness.reply.clear();
+            assert_eq!(harness.feed(&request), (request.len(), Flow::Continue));
+            assert_eq!(
+                harness.reply,
+                expected_result("In the caves beneath the Misty Mountains. 💍")
+            );
+        }
+        let harness = Harness::new(App::default());
         assert_eq!(
             harness.app.refusal(),
             Some(&expected_error("server busy")[..])
         );
     }
 
+    /// What a JSON content means, by the server's reply.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Outcome {
+        Answer(Option<String>),
+        NotUtf8,
+        NotJson,
+        NotObject(String),
+    }
+
+    fn server_outcome(content: &[u8], chunks: &[usize]) -> Outcome {
+        let request = raw_frame(&header_json("text/json", "utf-8", content.len()), content);
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        for &len in chunks {
+            let end = (at + len).min(request.len());
+            pieces.push(&request[at..end]);
+            at = end;
+        }
+        pieces.push(&request[at..]);
+        let mut harness = Harness::new(App::default());
+        let (flow, _) = harness.feed_chunks(pieces);
+        let Ok(Some((
+            Frame {
+                content: Content::Json(map),
+                ..
+            },
+            _,
+        ))) = decode(&harness.reply, MAX)
+        else {
+            panic!("no reply: {:?}", harness.reply);
+        };
+        match (map.get("result"), map.get("error"), flow) {
+            (Some(Value::String(result)), None, Flow::Continue) => {
+                Outcome::Answer(Some(result.clone()))
+            }
+            (None, Some(Value::String(error)), Flow::Close) => {
+                if error == "text/json content is not valid UTF-8" {
+                    Outcome::NotUtf8
+                } else if error.starts_with("text/json content is not valid JSON: ") {
+                    Outcome::NotJson
+                } else if let Some(kind) =
+                    error.strip_prefix("text/json content must be a JSON object, not ")
+                {
+                    Outcome::NotObject(kind.to_owned())
+                } else {
+                    panic!("unexpected error {error}")
+                }
+            }
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
+    /// What the serde_json decoder the server used before made of a content; the answer
+    /// only when action and value are strings or absent (quotes of other values differ
+    /// in key order and number format). `None`: serde_json refuses a number out of range.
+    fn serde_outcome(content: &[u8]) -> Option<Outcome> {
+        let header = Header {
+            byteorder: ByteOrder::NATIVE,
+            content_type: JSON_TYPE.into(),
+            content_encoding: UTF8.into(),
+            content_length: content.len(),
+        };
+        Some(match parse_content(&header, content) {
+            Ok(Content::Json(map)) => {
+                let text = |key: &str| match map.get(key) {
+                    Some(Value::String(text)) => Some(text.clone()),
+                    None => Some("null".to_owned()),
+                    Some(_) => None,
+                };
+                let answer = match (text("action"), text("value")) {
+                    (Some(action), Some(query))
+                        if action == "search" && map.contains_key("action") =>
+                    {
+                        Some(search(&query))
+                    }
+                    (Some(action), _) if !(action == "search" && map.contains_key("action")) => {
+                        Some(format!("Error: invalid action '{action}'."))
+                    }
+                    _ => None,
+                };
+                Outcome::Answer(answer)
+            }
+            Ok(Content::Bytes(_)) => unreachable!("JSON content"),
+            Err(FrameError::ContentNotUtf8) => Outcome::NotUtf8,
+            Err(FrameError::ContentNotJson(e)) if e.contains("out of range") => return None,
+            Err(FrameError::ContentNotJson(_)) => Outcome::NotJson,
+            Err(FrameError::ContentNotObject(kind)) => Outcome::NotObject(kind.to_owned()),
+            Err(e) => panic!("unexpected {e}"),
+        })
+    }
+
+    /// The server agrees with serde_json on `content`, however it is split.
+    fn assert_agrees_with_serde(content: &[u8], chunks: &[usize]) -> Result<(), TestCaseError> {
+        let Some(expected) = serde_outcome(content) else {
+            return Ok(());
+        };
+        let got = server_outcome(content, chunks);
+        match (&expected, &got) {
+            (Outcome::Answer(Some(_)), _) => prop_assert_eq!(&got, &expected),
+            (Outcome::Answer(None), Outcome::Answer(_)) => {}
+            // UTF-8 was checked first over the whole content before; now the first error
+            // in the content wins.
+            (Outcome::NotUtf8, Outcome::NotUtf8 | Outcome::NotJson) => {}
+            _ => prop_assert_eq!(&got, &expected, "{}", String::from_utf8_lossy(content)),
+        }
+        Ok(())
+    }
+
+    /// JSON-ish pieces, so random sequences are often valid or nearly so.
+    const PIECES: [&str; 34] = [
+        "{",
+        "}",
+        "[",
+        "]",
+        ":",
+        ",",
+        "\"",
+        "\\",
+        "u",
+        "d83d",
+        "dc36",
+        "00e9",
+        "0",
+        "1",
+        "-",
+        ".",
+        "e",
+        "E",
+        "+",
+        "true",
+        "false",
+        "null",
+        " ",
+        "\n",
+        "a",
+        "é",
+        "🐶",
+        "\u{1}",
+        "\"action\"",
+        "\"value\"",
+        "\"search\"",
+        "\"ring\"",
+        "\\\"",
+        "\u{7f}",
+    ];
+
+    fn arb_jsonish() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec((0..PIECES.len() + 1, any::<bool>()), 0..40).prop_map(|picks| {
+            let mut bytes = Vec::new();
+            for (pick, cut) in picks {
+                match PIECES.get(pick) {
+                    // A piece cut short now and then: broken UTF-8 and escapes.
+                    Some(piece) if cut && piece.len() > 1 => {
+                        bytes.extend_from_slice(&piece.as_bytes()[..piece.len() - 1])
+                    }
+                    Some(piece) => bytes.extend_from_slice(piece.as_bytes()),
+                    None => bytes.push(0xff),
+                }
+            }
+            bytes
+        })
+    }
+
+    fn arb_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            (-1e6f64..1e6).prop_map(Value::from),
+            prop_oneof![
+                Just("search".to_owned()),
+                Just("ring".to_owned()),
+                arb_text()
+            ]
+            .prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 40, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::vec(
+                    (
+                        prop_oneof![
+                            Just("action".to_owned()),
+                            Just("value".to_owned()),
+                            arb_text()
+                        ],
+                        inner
+                    ),
+                    0..6
+                )
+                .prop_map(|members| Value::Object(members.into_iter().collect())),
+            ]
+        })
+    }
     fn arb_text() -> impl Strategy<Value = String> {
         proptest::collection::vec(any::<char>(), 0..40)
             .prop_map(|chars| chars.into_iter().collect())
@@ -1361,6 +2249,59 @@ mod tests {
                     break;
                 }
             }
+        }
+
+        /// Random JSON-ish content, split at random: the server never panics and agrees
+        /// with serde_json on what the content is.
+        #[test]
+        fn jsonish_content_agrees_with_serde(content in arb_jsonish(), chunks in proptest::collection::vec(1usize..40, 0..8)) {
+            assert_agrees_with_serde(&content, &chunks)?;
+            let wrapped = [&b"{\"value\": "[..], &content, b", \"action\": \"search\"}"].concat();
+            assert_agrees_with_serde(&wrapped, &chunks)?;
+        }
+
+        /// Random JSON values, compact or pretty, as content or as members of a request,
+        /// split at random: the same meaning as serde_json gives them.
+        #[test]
+        fn json_values_agree_with_serde(value in arb_value(), pretty in any::<bool>(), chunks in proptest::collection::vec(1usize..200, 0..8)) {
+            let text = |v: &Value| if pretty { serde_json::to_string_pretty(v).unwrap() } else { serde_json::to_string(v).unwrap() };
+            assert_agrees_with_serde(text(&value).as_bytes(), &chunks)?;
+            let request = serde_json::json!({"pad": value.clone(), "action": "search", "value": value});
+            assert_agrees_with_serde(text(&request).as_bytes(), &chunks)?;
+        }
+
+        /// Where the one-go decoder takes a small whole content, it makes the same
+        /// request of it as the incremental decoder; random JSON-ish bytes and values.
+        #[test]
+        fn whole_and_incremental_decoders_agree(content in arb_jsonish(), value in arb_value(), key in arb_text()) {
+            let wrapped = [&b"{\"value\": "[..], &content, b", \"action\": \"search\"}"].concat();
+            let request = serde_json::to_vec(&serde_json::json!({"action": value.clone(), key: value.clone(), "value": value})).unwrap();
+            for content in [content, wrapped, request] {
+                if let Some(whole) = request::decode_whole(&content) {
+                    let mut decoder = RequestDecoder::new();
+                    let incremental = decoder.feed(&content, true).and_then(|_| decoder.finish());
+                    prop_assert_eq!(Ok(whole), incremental, "{}", String::from_utf8_lossy(&content));
+                }
+            }
+        }
+
+        /// Random bytes as JSON or binary content, in random pieces, never panic the server.
+        #[test]
+        fn random_content_never_panics(content in proptest::collection::vec(any::<u8>(), 0..300), json in any::<bool>(), chunks in proptest::collection::vec(1usize..64, 0..8)) {
+            let content_type = if json { JSON_TYPE } else { CLIENT_BINARY_TYPE };
+            let request = raw_frame(&header_json(content_type, "utf-8", content.len()), &content);
+            let mut pieces = Vec::new();
+            let mut at = 0;
+            for len in chunks {
+                let end = (at + len).min(request.len());
+                pieces.push(&request[at..end]);
+                at = end;
+            }
+            pieces.push(&request[at..]);
+            let mut harness = Harness::new(App::default());
+            let (_, most) = harness.feed_chunks(pieces);
+            prop_assert!(most <= PREFIX_LEN + MAX_HEADER_LEN);
+            prop_assert!(!harness.reply.is_empty());
         }
 
         /// Random bytes behind a valid prefix and a plausible header never panic either.

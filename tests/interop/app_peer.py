@@ -111,8 +111,8 @@ def answer(request):
     if action == "search":
         query = request.get("value")
         found = SEARCH.get(query) if isinstance(query, str) else None
-        return found or f'No match for "{text_of(query)}".'
-    return f'Error: invalid action "{text_of(action)}".'
+        return found or f"No match for '{text_of(query)}'."
+    return f"Error: invalid action '{text_of(action)}'."
 
 
 def make_request(action, value):
