@@ -19,15 +19,16 @@ mod child_server;
 mod common;
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use child_server::{ChildServer, RssWatch};
-use common::{connect, TempDir};
+use common::{connect, TempDir, IO_TIMEOUT};
+use multiconn::protocol::chat::DEFAULT_MAX_LINE;
 use multiconn::protocol::file::{CHUNK, MAX_QUEUED_BYTES, MAX_REQUEST_LINE};
 
 const KIB: u64 = 1024;
@@ -230,6 +231,7 @@ enum FloodEnd {
 /// A client writing `total` bytes of `pattern`, repeated, on a thread. A write that ends
 /// inside the pattern is continued where it stopped, so requests are never cut.
 struct Flood {
+    progress: mpsc::Receiver<()>,
     thread: JoinHandle<(TcpStream, u64, FloodEnd)>,
 }
 
@@ -241,9 +243,10 @@ impl Flood {
         stall: Duration,
         stop: Arc<AtomicBool>,
     ) -> Flood {
+        let (tell, progress) = mpsc::channel();
         let thread = std::thread::spawn(move || {
             stream.set_write_timeout(Some(stall)).unwrap();
-            let mut sent = 0u64;
+            let (mut sent, mut told) = (0u64, false);
             let end = loop {
                 if sent >= total {
                     break FloodEnd::Sent;
@@ -267,10 +270,21 @@ impl Flood {
                     }
                     Err(e) => break FloodEnd::Failed(e.kind()),
                 }
+                if !told && sent >= total / 4 {
+                    told = true;
+                    let _ = tell.send(());
+                }
             };
+            // Dropping the sender also wakes `under_way` if the quarter was never reached.
+            drop(tell);
             (stream, sent, end)
         });
-        Flood { thread }
+        Flood { progress, thread }
+    }
+
+    /// Waits until a quarter of the flood is written, or the flood ended.
+    fn under_way(&self) {
+        let _ = self.progress.recv_timeout(IO_TIMEOUT);
     }
 
     /// Whether the flood has ended.
@@ -546,4 +560,315 @@ fn read_repeated(
         }
         Ok(received)
     })
+}
+
+// ---- chat ----
+
+/// A chat member: a line reader and a writer on one socket.
+struct Member {
+    /// Its address, as the server names it in `[HOST:PORT] ` and notices.
+    name: String,
+    /// Its part in the case and its address ("B (127.0.0.1:4000)"), for messages.
+    label: String,
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Member {
+    fn join(addr: SocketAddr, who: &str) -> Member {
+        Member::from_stream(connect(addr), who)
+    }
+
+    fn from_stream(stream: TcpStream, who: &str) -> Member {
+        stream.set_read_timeout(Some(CANARY_TIMEOUT)).unwrap();
+        let name = stream.local_addr().unwrap().to_string();
+        Member {
+            label: format!("{who} ({name})"),
+            name,
+            writer: stream.try_clone().unwrap(),
+            reader: BufReader::new(stream),
+        }
+    }
+
+    fn send(&mut self, text: &str) -> Result<(), String> {
+        self.writer
+            .write_all(text.as_bytes())
+            .map_err(|e| format!("{} sending: {e}", self.label))
+    }
+
+    /// Reads lines until `want`; join and leave notices are skipped, copies of `flood`
+    /// counted, anything else is an error.
+    fn wait_for(&mut self, want: &str, flood: &[u8]) -> Result<usize, String> {
+        let mut line = Vec::new();
+        let mut flood_lines = 0;
+        loop {
+            line.clear();
+            match self.reader.read_until(b'\n', &mut line) {
+                Ok(0) => return Err(format!("{}: EOF before {want:?}", self.label)),
+                Ok(_) => {}
+                Err(e) => return Err(format!("{}: {e} before {want:?}", self.label)),
+            }
+            if line == want.as_bytes() {
+                return Ok(flood_lines);
+            } else if line == flood {
+                flood_lines += 1;
+            } else if !line.starts_with(b"* ") {
+                return Err(format!(
+                    "{}: unexpected {:?} before {want:?}",
+                    self.label,
+                    String::from_utf8_lossy(&line)
+                ));
+            }
+        }
+    }
+}
+
+/// What a member heard while reading as fast as it could, on a thread.
+struct Heard {
+    label: String,
+    /// Copies of the flood's line, counted up to the number sent.
+    flood_lines: usize,
+    /// When the canary's line arrived.
+    marker_at: Option<Instant>,
+    /// Lines that are neither the flood, the marker nor a notice (the first few).
+    stray: Vec<String>,
+    /// How reading ended early: EOF or an error, if it did.
+    cut: Option<String>,
+}
+
+/// Reads `member`'s lines on a thread until `expected` copies of `flood` and (if given)
+/// `marker` have arrived, or the connection ends; gives the member back (with what its
+/// reader buffered past the last line counted).
+fn listen(
+    mut member: Member,
+    flood: Vec<u8>,
+    expected: usize,
+    marker: Option<Vec<u8>>,
+) -> JoinHandle<(Heard, Member)> {
+    std::thread::spawn(move || {
+        let (mut flood_lines, mut marker_at, mut stray, mut cut) = (0, None, Vec::new(), None);
+        let mut line = Vec::new();
+        while flood_lines < expected || (marker.is_some() && marker_at.is_none()) {
+            line.clear();
+            match member.reader.read_until(b'\n', &mut line) {
+                Ok(0) => {
+                    cut = Some("EOF".to_string());
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    cut = Some(e.to_string());
+                    break;
+                }
+            }
+            if line == flood {
+                flood_lines += 1;
+            } else if marker.as_ref() == Some(&line) {
+                marker_at = Some(Instant::now());
+            } else if !line.starts_with(b"* ") && stray.len() < 5 {
+                stray.push(String::from_utf8_lossy(&line).into_owned());
+            }
+        }
+        let heard = Heard {
+            label: member.label.clone(),
+            flood_lines,
+            marker_at,
+            stray,
+            cut,
+        };
+        (heard, member)
+    })
+}
+
+/// A member whose receive buffer is small, so it cannot hide much of the flood in it.
+fn small_window_member(addr: SocketAddr, who: &str) -> Member {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    Member::from_stream(socket.into(), who)
+}
+
+/// Member A sends `writes` writes of 65,536 empty lines; B, C, D and the canary K read as
+/// fast as they can; with `non_reader`, E also joins and never reads.
+fn chat_flood(case: &'static str, writes: usize, non_reader: bool) {
+    const LINES_PER_WRITE: usize = 64 * 1024;
+    let mut report = Report::new(case);
+    let mut args = vec!["--protocol", "chat", "--max-outbound", MAX_OUTBOUND_FLAG];
+    if non_reader {
+        // A member that reads nothing is cut at the latest when it has read nothing for
+        // this long, whatever else the server does about it, so the case stays short.
+        args.extend(["--write-timeout", "2"]);
+    }
+    let mut server = ChildServer::start(&args);
+    let addr = server.addr;
+    let mut a = Member::join(addr, "A");
+    let mut readers: Vec<Member> = ["B", "C", "D"]
+        .into_iter()
+        .map(|who| Member::join(addr, who))
+        .collect();
+    let mut k = Member::join(addr, "K");
+    let e = non_reader.then(|| small_window_member(addr, "E"));
+    // The server accepts in order: once A has seen the last member join, all are in.
+    let last = e.as_ref().unwrap_or(&k).name.clone();
+    let flood_line = format!("[{}] \n", a.name).into_bytes();
+    a.wait_for(&format!("* {last} joined\n"), &flood_line)
+        .expect("everyone joined");
+    // Warm-up: a line from K reaches B, C and D.
+    k.send("warm-up\n").unwrap();
+    let warm = format!("[{}] warm-up\n", k.name);
+    for member in &mut readers {
+        member.wait_for(&warm, &flood_line).expect("warm-up");
+    }
+    let baseline = server.rss_kib();
+    let members = 5 + u64::from(non_reader);
+    // Per member: the broadcast queued for it, at most the cap (chunks are shared, so
+    // this counts them once per member: an upper bound), plus an unfinished line.
+    let bound = members * (MAX_OUTBOUND + DEFAULT_MAX_LINE as u64 + 1) + SLACK;
+    let watch = watch(&server, baseline, bound);
+
+    let expected = writes * LINES_PER_WRITE;
+    let marker = format!("[{}] during\n", k.name).into_bytes();
+    let listeners: Vec<_> = readers
+        .into_iter()
+        .map(|m| listen(m, flood_line.clone(), expected, Some(marker.clone())))
+        .collect();
+    let k_reader = Member {
+        name: k.name.clone(),
+        label: k.label.clone(),
+        reader: BufReader::new(k.writer.try_clone().unwrap()),
+        writer: k.writer.try_clone().unwrap(),
+    };
+    let k_listener = listen(k_reader, flood_line.clone(), expected, None);
+    let total = (writes * LINES_PER_WRITE) as u64;
+    // Never given up on for a stall: a server may hold A back while the others catch up.
+    let flood = Flood::start(
+        a.writer.try_clone().unwrap(),
+        vec![b'\n'; LINES_PER_WRITE],
+        total,
+        IO_TIMEOUT,
+        watch.over.clone(),
+    );
+    flood.under_way();
+    let during_sent = Instant::now();
+    let during_sent_ok = k.send("during\n");
+    let (_, sent, end) = flood.join();
+    let (heard, mut readers): (Vec<Heard>, Vec<Member>) = listeners
+        .into_iter()
+        .map(|l| l.join().expect("listener thread"))
+        .unzip();
+    let (k_heard, _) = k_listener.join().expect("listener thread");
+
+    report.canary(
+        "during",
+        during_sent_ok.and_then(|()| {
+            heard
+                .iter()
+                .map(|h| {
+                    h.marker_at
+                        .map(|at| at - during_sent)
+                        .ok_or_else(|| format!("{} never heard K's line", h.label))
+                })
+                .try_fold(Duration::ZERO, |max, latency| Ok(latency?.max(max)))
+                .map(|slowest| Latencies { slowest, count: 1 })
+        }),
+    );
+    let after = format!("[{}] after\n", k.name);
+    report.canary(
+        "after",
+        timed(|| {
+            k.send("after\n")?;
+            for member in &mut readers {
+                let extra = member.wait_for(&after, &flood_line)?;
+                if extra > 0 {
+                    return Err(format!(
+                        "{} received {extra} more flood lines than were sent",
+                        member.label
+                    ));
+                }
+            }
+            Ok(())
+        }),
+    );
+    let e_end = e.map(|mut e| {
+        let mut bytes = 0;
+        let mut buf = [0; 64 * 1024];
+        loop {
+            match e.reader.read(&mut buf) {
+                Ok(0) => break Err(format!("a clean EOF after {bytes} bytes")),
+                Ok(n) => bytes += n,
+                Err(err) if err.kind() == io::ErrorKind::ConnectionReset => break Ok(bytes),
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break Err(format!(
+                        "no reset: still connected after {bytes} bytes, then nothing for \
+                         {CANARY_TIMEOUT:?}"
+                    ))
+                }
+                Err(err) => break Err(format!("{err} after {bytes} bytes")),
+            }
+        }
+    });
+    report.memory(baseline, watch.finish(), bound);
+    report.note(describe_flood(sent, total, &end));
+    report.check(end == FloodEnd::Sent, || {
+        format!("A could not send its lines: {end:?}")
+    });
+    for h in heard.iter().chain([&k_heard]) {
+        report.note(format_args!(
+            "{} heard {} of {expected} lines{}",
+            h.label,
+            h.flood_lines,
+            h.cut
+                .as_ref()
+                .map_or(String::new(), |c| format!(", then {c}"))
+        ));
+        report.check(h.flood_lines == expected && h.cut.is_none(), || {
+            format!(
+                "{} was cut ({}) after {} of {expected} lines",
+                h.label,
+                h.cut.as_deref().unwrap_or("?"),
+                h.flood_lines
+            )
+        });
+        report.check(h.stray.is_empty(), || {
+            format!("{} received {:?}", h.label, h.stray)
+        });
+    }
+    if let Some(e_end) = e_end {
+        match e_end {
+            Ok(bytes) => report.note(format_args!("E read {bytes} bytes, then a reset")),
+            Err(how) => report.check(false, || {
+                format!("E, which never read, should have been cut with a reset; it saw {how}")
+            }),
+        }
+    }
+    report.finish(&mut server);
+}
+
+/// One 64 KiB write of empty lines becomes 65,536 lines of `[HOST:PORT] ` for each of
+/// three members (over a MiB each, more than `--max-outbound` at once): members who read
+/// as fast as they can are not cut as slow consumers and each gets every line, and the
+/// canary's line is delivered promptly.
+#[test]
+fn chat_one_write_of_empty_lines() {
+    chat_flood("chat, one write of empty lines", 1, false);
+}
+
+/// Sixteen such writes back to back (a million lines, some 19 MiB per member): still
+/// nobody who reads is cut, each gets every line, and memory stays within the caps.
+#[test]
+fn chat_sixteen_writes_of_empty_lines() {
+    chat_flood("chat, sixteen writes of empty lines", 16, false);
+}
+
+/// The same flood with a member E that never reads: E is cut, with a reset rather than
+/// a graceful close (the spec for a connection the server cuts off), and the members who
+/// read are not cut and get every line.
+#[test]
+fn chat_member_that_never_reads_is_reset_and_only_it() {
+    chat_flood("chat, one member never reading", 16, true);
 }
