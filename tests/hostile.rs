@@ -30,6 +30,7 @@ use child_server::{ChildServer, RssWatch};
 use common::{connect, TempDir, IO_TIMEOUT};
 use multiconn::protocol::chat::DEFAULT_MAX_LINE;
 use multiconn::protocol::file::{CHUNK, MAX_QUEUED_BYTES, MAX_REQUEST_LINE};
+use multiconn::protocol::http::{DEFAULT_MAX_HEADER, MAX_BODY_BYTES, MAX_OUTPUT_PER_READ};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -871,4 +872,122 @@ fn chat_sixteen_writes_of_empty_lines() {
 #[test]
 fn chat_member_that_never_reads_is_reset_and_only_it() {
     chat_flood("chat, one member never reading", 16, true);
+}
+
+// ---- http ----
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+const HEAD: &[u8] = b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// A HEAD request on the canary: the status line and the page's Content-Length.
+fn http_head(stream: &mut TcpStream, content_length: usize) -> Result<(), String> {
+    stream
+        .write_all(HEAD)
+        .map_err(|e| format!("sending: {e}"))?;
+    let mut head = Vec::new();
+    let mut byte = [0];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            Ok(_) => return Err("EOF in the response".into()),
+            Err(e) => return Err(format!("waiting for the response: {e}")),
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    let length = format!("\r\nContent-Length: {content_length}\r\n");
+    if !head.starts_with("HTTP/1.1 200 OK\r\n") || !head.contains(&length) {
+        return Err(format!("unexpected response {head:?}"));
+    }
+    Ok(())
+}
+
+/// Twenty clients each pipeline two GETs for a 16 MiB page and never read: the page is
+/// held once, not copied into every response (today 40 copies, +613 MiB), and a canary's
+/// HEAD is answered while they wait and after they leave.
+#[test]
+fn http_big_page_asked_twice_by_clients_that_never_read() {
+    const CLIENTS: u64 = 20;
+    let mut report = Report::new("http, 16 MiB page, clients never reading");
+    let dir = TempDir::new("hostile-http-body");
+    let body = dir.0.join("body");
+    fs::write(&body, vec![b'x'; MAX_BODY_BYTES]).unwrap();
+    let mut server = ChildServer::start(&[
+        "--protocol",
+        "http",
+        "--body",
+        body.to_str().unwrap(),
+        "--max-outbound",
+        MAX_OUTBOUND_FLAG,
+    ]);
+    let mut canary = canary(server.addr);
+    http_head(&mut canary, MAX_BODY_BYTES).expect("warm-up");
+    let baseline = server.rss_kib();
+    // The page, read once at start (it is in the baseline already; counted once more for
+    // a server that copies it once, e.g. into a reply buffer it keeps), plus per
+    // connection (the clients and the canary) what it is owed, at most the cap, and an
+    // unfinished header section, at most --max-header.
+    let bound =
+        MAX_BODY_BYTES as u64 + (CLIENTS + 1) * (MAX_OUTBOUND + DEFAULT_MAX_HEADER as u64) + SLACK;
+    let watch = watch(&server, baseline, bound);
+
+    let clients: Vec<TcpStream> = (0..CLIENTS)
+        .map(|_| {
+            let mut client = connect(server.addr);
+            client.write_all(&[GET, GET].concat()).unwrap();
+            client
+        })
+        .collect();
+    // Every client's requests were taken up: the start of its answer is waiting, unread.
+    for client in &clients {
+        if let Err(e) = wait_for_data(client) {
+            report.check(false, || format!("a client got no answer: {e}"));
+        }
+    }
+    report.canary("during", timed(|| http_head(&mut canary, MAX_BODY_BYTES)));
+    drop(clients);
+    report.canary("after", timed(|| http_head(&mut canary, MAX_BODY_BYTES)));
+    report.memory(baseline, watch.finish(), bound);
+    report.finish(&mut server);
+}
+
+/// One client pipelines tiny GETs, 64 KiB of them per write, 8 MiB in all, and never
+/// reads the answers (five times larger than the requests): the server stops reading it
+/// near `--max-outbound`, and a canary is answered.
+#[test]
+fn http_tiny_gets_pipelined_never_read() {
+    const TOTAL: u64 = 8 * MIB;
+    let mut report = Report::new("http, tiny GETs pipelined, never read");
+    let mut server =
+        ChildServer::start(&["--protocol", "http", "--max-outbound", MAX_OUTBOUND_FLAG]);
+    let mut canary = canary(server.addr);
+    let page_len = multiconn::protocol::http::DEFAULT_BODY.len();
+    http_head(&mut canary, page_len).expect("warm-up");
+    let baseline = server.rss_kib();
+    // Per connection (the attacker and the canary): what it is owed, at most the cap;
+    // the answers to one read, which the protocol caps at MAX_OUTPUT_PER_READ; an
+    // unfinished header section, at most --max-header.
+    let bound = 2 * (MAX_OUTBOUND + MAX_OUTPUT_PER_READ as u64 + DEFAULT_MAX_HEADER as u64) + SLACK;
+    let watch = watch(&server, baseline, bound);
+
+    let pattern = GET.repeat(READ_SIZE as usize / GET.len());
+    let flood = Flood::start(
+        connect(server.addr),
+        pattern,
+        TOTAL,
+        STALL,
+        watch.over.clone(),
+    );
+    report.canary(
+        "during",
+        timed_while(|| flood.over(), || http_head(&mut canary, page_len)),
+    );
+    let (attacker, sent, end) = flood.join();
+    report.canary("after", timed(|| http_head(&mut canary, page_len)));
+    report.memory(baseline, watch.finish(), bound);
+    report.note(describe_flood(sent, TOTAL, &end));
+    report.check(end != FloodEnd::Sent, || {
+        "the server read 8 MiB of requests from a client that reads no answer".into()
+    });
+    drop(attacker);
+    report.finish(&mut server);
 }
