@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use child_server::{ChildServer, RssWatch};
 use common::{connect, TempDir, IO_TIMEOUT};
+use multiconn::protocol::app::{ByteOrder, MAX_HEADER_LEN, PREFIX_LEN};
 use multiconn::protocol::chat::DEFAULT_MAX_LINE;
 use multiconn::protocol::file::{CHUNK, MAX_QUEUED_BYTES, MAX_REQUEST_LINE};
 use multiconn::protocol::http::{DEFAULT_MAX_HEADER, MAX_BODY_BYTES, MAX_OUTPUT_PER_READ};
@@ -987,6 +988,180 @@ fn http_tiny_gets_pipelined_never_read() {
     report.note(describe_flood(sent, TOTAL, &end));
     report.check(end != FloodEnd::Sent, || {
         "the server read 8 MiB of requests from a client that reads no answer".into()
+    });
+    drop(attacker);
+    report.finish(&mut server);
+}
+
+// ---- app ----
+
+/// A frame as the protocol defines it: the 2-byte big-endian length of the JSON header,
+/// the header, the content.
+fn app_frame(content_type: &str, encoding: &str, content: &[u8]) -> Vec<u8> {
+    let header = format!(
+        "{{\"byteorder\": \"{}\", \"content-type\": \"{content_type}\", \
+         \"content-encoding\": \"{encoding}\", \"content-length\": {}}}",
+        ByteOrder::NATIVE.as_str(),
+        content.len()
+    );
+    let mut frame = (header.len() as u16).to_be_bytes().to_vec();
+    frame.extend_from_slice(header.as_bytes());
+    frame.extend_from_slice(content);
+    frame
+}
+
+fn app_search(query: &str) -> Vec<u8> {
+    let content = format!("{{\"action\": \"search\", \"value\": \"{query}\"}}");
+    app_frame("text/json", "utf-8", content.as_bytes())
+}
+
+fn app_result(answer: &str) -> Vec<u8> {
+    let content = format!("{{\"result\": \"{answer}\"}}");
+    app_frame("text/json", "utf-8", content.as_bytes())
+}
+
+const MORPHEUS: &str = "Follow the white rabbit. \u{1f430}";
+
+fn app_server(max_content_length: u64) -> ChildServer {
+    ChildServer::start(&[
+        "--protocol",
+        "app",
+        "--max-content-length",
+        &max_content_length.to_string(),
+        "--max-outbound",
+        MAX_OUTBOUND_FLAG,
+    ])
+}
+
+/// The canary's exchange: a search and its answer.
+fn app_canary(stream: &mut TcpStream) -> Result<(), String> {
+    exchange(stream, &app_search("morpheus"), &app_result(MORPHEUS))
+}
+
+/// One request of `--max-content-length` (16 MiB) whose JSON holds millions of zeros in
+/// a field nobody asked for: decoding it costs at most about two copies of it (today a
+/// tree of 32-byte values, +272 MiB), the request gets its answer, and a canary's search
+/// sent while it is being sent and parsed is answered.
+#[test]
+fn app_json_of_millions_of_zeros() {
+    // SCALE: a debug server decodes this JSON about 6 times slower (2 MiB in 0.45 s,
+    // against 16 MiB in 0.56 s in release): 16 MiB would keep it some 3.6 s, and the
+    // canary queued behind it would fail for the build, not the server. The bound scales
+    // with the request, which is as large as the cap in both builds.
+    const MAX_CONTENT_LENGTH: u64 = if cfg!(debug_assertions) { 2 } else { 16 } * MIB;
+    let mut report = Report::new("app, JSON of millions of zeros");
+    let mut server = app_server(MAX_CONTENT_LENGTH);
+    let mut canary = canary(server.addr);
+    app_canary(&mut canary).expect("warm-up");
+    let mut attacker = connect(server.addr);
+    app_canary(&mut attacker).expect("warm-up");
+    let baseline = server.rss_kib();
+    // The frame, buffered whole (the protocol answers complete frames only), plus one
+    // copy of its size while it is decoded; per connection (the attacker and the
+    // canary) what it is owed, at most the cap.
+    let frame_max = (PREFIX_LEN + MAX_HEADER_LEN) as u64 + MAX_CONTENT_LENGTH;
+    let bound = 2 * frame_max + 2 * MAX_OUTBOUND + SLACK;
+    let watch = watch(&server, baseline, bound);
+
+    let head = b"{\"action\": \"search\", \"value\": \"morpheus\", \"junk\": [0";
+    let tail = b"]}";
+    let zeros = (MAX_CONTENT_LENGTH as usize - head.len() - tail.len()) / 2;
+    let mut content = head.to_vec();
+    content.extend_from_slice(&b",0".repeat(zeros));
+    content.extend_from_slice(tail);
+    // Spaces up to exactly the cap: JSON allows them, and the cap is what is tested.
+    content.resize(MAX_CONTENT_LENGTH as usize, b' ');
+    let frame = app_frame("text/json", "utf-8", &content);
+    report.note(format_args!(
+        "one request of {} bytes, {} zeros",
+        frame.len(),
+        zeros + 1
+    ));
+    // The attacker sends its request and waits for the answer on a thread, while the
+    // canary's searches go on: during the sending, the reading and the decoding.
+    let big = std::thread::spawn(move || -> Result<(Duration, Duration), String> {
+        let start = Instant::now();
+        attacker
+            .write_all(&frame)
+            .map_err(|e| format!("sending: {e}"))?;
+        let sent = start.elapsed();
+        let want = app_result(MORPHEUS);
+        let mut got = vec![0; want.len()];
+        attacker
+            .read_exact(&mut got)
+            .map_err(|e| format!("no answer: {e}"))?;
+        if got != want {
+            return Err(format!("answer {:?}", String::from_utf8_lossy(&got)));
+        }
+        Ok((sent, start.elapsed()))
+    });
+    report.canary(
+        "during",
+        timed_while(|| big.is_finished(), || app_canary(&mut canary)),
+    );
+    let answered = big.join().expect("attacker thread");
+    report.canary("after", timed(|| app_canary(&mut canary)));
+    report.memory(baseline, watch.finish(), bound);
+    match answered {
+        Ok((sent, answered)) => report.note(format_args!(
+            "the big request was written in {sent:.1?} and answered after {answered:.1?}"
+        )),
+        Err(e) => report.check(false, || format!("the big request: {e}")),
+    }
+    report.finish(&mut server);
+}
+
+/// Binary requests with no content, pipelined 50 MiB without reading a single answer
+/// (each answer is about twice its request): the server stops reading near
+/// `--max-outbound`, and a canary is answered.
+#[test]
+fn app_tiny_binary_requests_never_read() {
+    const TOTAL: u64 = 50 * MIB;
+    let mut report = Report::new("app, tiny binary requests, never read");
+    let mut server = app_server(16 * MIB);
+    let mut canary = canary(server.addr);
+    app_canary(&mut canary).expect("warm-up");
+    // The shortest header the protocol accepts: the four keys, no spaces.
+    let header =
+        br#"{"byteorder":"little","content-type":"b","content-encoding":"b","content-length":0}"#;
+    let mut request = (header.len() as u16).to_be_bytes().to_vec();
+    request.extend_from_slice(header);
+    let answer = app_frame(
+        "binary/custom-server-binary-type",
+        "binary",
+        b"First 10 bytes of request: ",
+    );
+    exchange(&mut canary, &request, &answer).expect("a tiny request is answered");
+    let amplification = answer.len().div_ceil(request.len()) as u64;
+    let baseline = server.rss_kib();
+    // Per connection (the attacker and the canary): what it is owed, at most the cap,
+    // plus the answers to one read, produced before any is written.
+    let bound = 2 * (MAX_OUTBOUND + READ_SIZE * amplification) + SLACK;
+    let watch = watch(&server, baseline, bound);
+
+    let pattern = request.repeat(READ_SIZE as usize / request.len());
+    let flood = Flood::start(
+        connect(server.addr),
+        pattern,
+        TOTAL,
+        STALL,
+        watch.over.clone(),
+    );
+    report.canary(
+        "during",
+        timed_while(|| flood.over(), || app_canary(&mut canary)),
+    );
+    let (attacker, sent, end) = flood.join();
+    report.canary("after", timed(|| app_canary(&mut canary)));
+    report.memory(baseline, watch.finish(), bound);
+    report.note(format_args!(
+        "{} bytes per request, {} per answer",
+        request.len(),
+        answer.len()
+    ));
+    report.note(describe_flood(sent, TOTAL, &end));
+    report.check(end != FloodEnd::Sent, || {
+        "the server read 50 MiB of requests from a client that reads no answer".into()
     });
     drop(attacker);
     report.finish(&mut server);
