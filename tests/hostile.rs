@@ -27,7 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use child_server::{ChildServer, RssWatch};
-use common::{connect, TempDir, IO_TIMEOUT};
+use common::{connect, spawn_bin, TempDir, IO_TIMEOUT};
 use multiconn::protocol::app::{ByteOrder, MAX_HEADER_LEN, PREFIX_LEN};
 use multiconn::protocol::chat::DEFAULT_MAX_LINE;
 use multiconn::protocol::file::{CHUNK, MAX_QUEUED_BYTES, MAX_REQUEST_LINE};
@@ -1165,4 +1165,63 @@ fn app_tiny_binary_requests_never_read() {
     });
     drop(attacker);
     report.finish(&mut server);
+}
+
+// ---- flags ----
+
+/// Starts the server with `flag value` and expects a startup refusal: one `error:` line
+/// naming the flag, first on stderr, and exit code 2 (a usage error), within a deadline
+/// (an error is immediate; a server still running after it is serving, or spinning).
+fn refused_at_startup(flag: &str, value: &str) {
+    const DEADLINE: Duration = Duration::from_secs(5);
+    let mut child = spawn_bin("multiconn-server", &[flag, value, "127.0.0.1", "0"]);
+    // Read on a thread: a server that logs in a loop must not block on a full pipe.
+    let stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines.len() < 20 {
+                lines.push(line);
+            }
+        }
+        lines
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let lines = log.join().unwrap();
+    eprintln!("{flag} {value}: exit {status:?}, stderr {lines:#?}");
+    let status = status.unwrap_or_else(|| {
+        panic!("{flag} {value}: still running after {DEADLINE:?}; it logged {lines:#?}")
+    });
+    let errors: Vec<_> = lines.iter().filter(|l| l.starts_with("error:")).collect();
+    assert!(
+        errors.len() == 1 && lines[0].starts_with("error:") && errors[0].contains(flag),
+        "{flag} {value}: expected one `error:` line naming the flag, first; got {lines:#?}"
+    );
+    assert_eq!(status.code(), Some(2), "{flag} {value}: {lines:#?}");
+}
+
+/// `--max-outbound 0` leaves no room to read anything (today the loop spins at 100% CPU
+/// once a client connects): refused at startup.
+#[test]
+fn max_outbound_zero_is_refused() {
+    refused_at_startup("--max-outbound", "0");
+}
+
+/// `--stats 0` would log a statistics line on every turn of the loop, which then never
+/// sleeps: refused at startup.
+#[test]
+fn stats_zero_is_refused() {
+    refused_at_startup("--stats", "0");
 }
