@@ -159,6 +159,9 @@ pub struct Connection<S> {
     /// Reading stopped until the queue drains to the low-water mark: the protocol paused,
     /// or the queue reached the cap.
     paused: bool,
+    /// Paused by the loop because its broadcasts filled other members' queues: it stays
+    /// paused, whatever its own queue, until the loop releases it.
+    held: bool,
     /// A pause left input the protocol has not consumed (complete frames perhaps): it is
     /// presented again before the socket is read.
     input_waiting: bool,
@@ -210,6 +213,7 @@ impl<S> Connection<S> {
             registered: Interest::READABLE,
             phase,
             paused: false,
+            held: false,
             input_waiting: false,
             peer_closed: false,
             close_reason: CloseReason::PeerClosed,
@@ -247,6 +251,33 @@ impl<S> Connection<S> {
         self.outbound.len()
     }
 
+    /// Stops reading it until [`release`](Self::release): its broadcasts are more than
+    /// the other members can take now.
+    pub fn hold(&mut self) {
+        if matches!(self.phase, Phase::Open) {
+            self.paused = true;
+            self.held = true;
+        }
+    }
+
+    /// Ends a [`hold`](Self::hold); reading resumes once its own queue is low, as after
+    /// any pause (settle it).
+    pub fn release(&mut self) {
+        self.held = false;
+    }
+
+    /// Whether it is open and owes more than `bytes`.
+    pub fn backlog_over(&self, bytes: usize) -> bool {
+        matches!(self.phase, Phase::Open) && self.outbound.len() > bytes
+    }
+
+    /// How long output has been pending without the socket taking any of it.
+    pub fn write_stalled_for(&self, now: Tick) -> Duration {
+        self.deadlines
+            .write_stalled_since
+            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
+    }
+
     /// Whether `at` is the timer this connection has armed (not a stale entry).
     pub fn timer_is(&self, at: Tick) -> bool {
         self.deadlines.timer_at == Some(at)
@@ -282,7 +313,7 @@ impl<S> Connection<S> {
             // Writability says the connect completed (or failed); readability, an error.
             Phase::Connecting => return Wants::Interest(Interest::READABLE | Interest::WRITABLE),
             Phase::Open if self.paused => {
-                if self.outbound.len() <= limits.low_water() {
+                if !self.held && self.outbound.len() <= limits.low_water() {
                     return Wants::Resume;
                 }
                 false
@@ -296,8 +327,9 @@ impl<S> Connection<S> {
             (true, true) => Interest::READABLE | Interest::WRITABLE,
             (true, false) => Interest::READABLE,
             (false, true) => Interest::WRITABLE,
-            // Nothing to wait for, but the loop itself comes back next turn.
-            (false, false) if self.more_to_stream => self.registered,
+            // Nothing to wait for, but the loop itself comes back: next turn, or when it
+            // releases a held member.
+            (false, false) if self.more_to_stream || self.held => self.registered,
             (false, false) => return Wants::Finished,
         })
     }

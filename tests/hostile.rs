@@ -28,10 +28,11 @@ use std::time::{Duration, Instant};
 
 use child_server::{ChildServer, RssWatch};
 use common::{connect, spawn_bin, TempDir, IO_TIMEOUT};
+use multiconn::config::READ_CHUNK;
 use multiconn::protocol::app::{ByteOrder, MAX_HEADER_LEN, PREFIX_LEN};
 use multiconn::protocol::chat::DEFAULT_MAX_LINE;
 use multiconn::protocol::file::{CHUNK, MAX_QUEUED_BYTES, MAX_REQUEST_LINE};
-use multiconn::protocol::http::{DEFAULT_MAX_HEADER, MAX_BODY_BYTES, MAX_OUTPUT_PER_READ};
+use multiconn::protocol::http::{DEFAULT_MAX_HEADER, MAX_BODY_BYTES};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -965,9 +966,9 @@ fn http_tiny_gets_pipelined_never_read() {
     http_head(&mut canary, page_len).expect("warm-up");
     let baseline = server.rss_kib();
     // Per connection (the attacker and the canary): what it is owed, at most the cap;
-    // the answers to one read, which the protocol caps at MAX_OUTPUT_PER_READ; an
-    // unfinished header section, at most --max-header.
-    let bound = 2 * (MAX_OUTBOUND + MAX_OUTPUT_PER_READ as u64 + DEFAULT_MAX_HEADER as u64) + SLACK;
+    // the pipeline kept unread at a pause, one read; an unfinished header section, at
+    // most --max-header.
+    let bound = 2 * (MAX_OUTBOUND + READ_CHUNK as u64 + DEFAULT_MAX_HEADER as u64) + SLACK;
     let watch = watch(&server, baseline, bound);
 
     let pattern = GET.repeat(READ_SIZE as usize / GET.len());

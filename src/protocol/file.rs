@@ -257,9 +257,18 @@ impl FileServer {
                 }
             };
         }
-        if let Some(request) = session.queued.pop_front() {
-            session.queued_bytes -= request.len() + QUEUED_REQUEST_COST;
-            self.start(session, &request, out);
+        if !session.queued.is_empty() {
+            // Requests answered without a transfer (an `ERR`, an empty file) are answered
+            // in a run, up to a chunk's worth of replies, so that many small answers cost
+            // one call, not one each; one that starts a transfer ends the run.
+            let until = out.owed() + CHUNK;
+            while let Some(request) = session.queued.pop_front() {
+                session.queued_bytes -= request.len() + QUEUED_REQUEST_COST;
+                self.start(session, &request, out);
+                if session.current.is_some() || out.owed() >= until || out.is_full() {
+                    break;
+                }
+            }
             return Flow::Continue;
         }
         match session.final_reply.take() {

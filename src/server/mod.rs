@@ -19,7 +19,7 @@ use slab::Slab;
 
 use crate::clock::Tick;
 use crate::config::{ServerConfig, READ_CHUNK};
-use crate::connection::{Connection, Readiness, Settled, Turn};
+use crate::connection::{CloseReason, Connection, Readiness, Settled, Turn};
 use crate::net::{configure_accepted, ListenAddr, Listener, Peer, Stream};
 use crate::protocol::{Produced, Protocol};
 use crate::stats::Stats;
@@ -38,6 +38,13 @@ const EVENTS_CAPACITY: usize = 1024;
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// At most one accept-error log line per this interval.
 const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A member that holds the room (its backlog keeps broadcasting members paused) and whose
+/// socket takes nothing for this long has stopped reading: it is cut, so that one stalled
+/// member cannot stall the room for the whole write timeout.
+const FANOUT_STALL: Duration = Duration::from_secs(1);
+/// While senders are held, how often the loop looks again without an event.
+const FANOUT_CHECK: Duration = Duration::from_millis(100);
 
 /// A loop running on its own thread (`Server::spawn`); joining it yields its counters.
 pub type ServerThread = JoinHandle<io::Result<Stats>>;
@@ -70,6 +77,10 @@ pub struct Server<P: Protocol> {
     delivered: Vec<usize>,
     /// Connections marked closed this batch; removed in one sweep after it.
     closing: Vec<usize>,
+    /// Members whose broadcasts left others' queues over half the cap: not read again
+    /// until every reading member is back under it (a burst is paced by the members that
+    /// read, so none of them is cut by it).
+    held: Vec<ConnRef>,
     accept_paused_until: Option<Tick>,
     last_accept_error_log: Option<Tick>,
     /// SIGINT/SIGTERM/SIGHUP, when this loop takes them (the binary's first worker).
@@ -110,6 +121,7 @@ impl<P: Protocol> Server<P> {
             accept_again: false,
             delivered: Vec::new(),
             closing: Vec::new(),
+            held: Vec::new(),
             accept_paused_until: None,
             last_accept_error_log: None,
             signals: None,
@@ -192,6 +204,9 @@ impl<P: Protocol> Server<P> {
             if !self.delivered.is_empty() {
                 self.flush_delivered(now);
             }
+            if !self.held.is_empty() {
+                self.release_held(now);
+            }
             self.sweep(now);
 
             if let Some(at) = next_stats {
@@ -239,11 +254,12 @@ impl<P: Protocol> Server<P> {
         if !self.again.is_empty() || self.accept_again {
             return Some(Duration::ZERO);
         }
+        let held = (!self.held.is_empty()).then(|| now + FANOUT_CHECK);
         // Folded by hand: the iterator version cost about 60 instructions per turn.
         let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
         let nearest = earliest(
             earliest(timer, self.accept_paused_until),
-            earliest(drain, stats),
+            earliest(earliest(drain, stats), held),
         )?;
         Some(nearest.saturating_duration_since(now))
     }
@@ -405,8 +421,8 @@ impl<P: Protocol> Server<P> {
     /// What follows serving a connection: its broadcasts go out, and it is settled.
     #[inline(always)]
     fn after_serving(&mut self, key: usize, again: bool, now: Tick) {
-        if !self.produced.broadcast.is_empty() {
-            self.deliver_broadcast(Some(key), now);
+        if !self.produced.broadcast.is_empty() && self.deliver_broadcast(Some(key), now) {
+            self.hold(key);
         }
         if again {
             self.serve_next_turn(key);
@@ -420,11 +436,13 @@ impl<P: Protocol> Server<P> {
     }
 
     /// Queues this turn's broadcasts on every other open connection, shared, not copied.
-    fn deliver_broadcast(&mut self, from: Option<usize>, now: Tick) {
+    /// Returns whether some member now owes more than half the cap: the room is congested.
+    fn deliver_broadcast(&mut self, from: Option<usize>, now: Tick) -> bool {
         if self.produced.broadcast.is_empty() {
-            return;
+            return false;
         }
         let max_outbound = self.config.limits.max_outbound;
+        let mut congested = false;
         for (key, conn) in self.conns.iter_mut() {
             if Some(key) == from {
                 continue;
@@ -435,8 +453,54 @@ impl<P: Protocol> Server<P> {
             if conn.is_closed() {
                 self.closing.push(key);
             }
+            congested |= conn.backlog_over(max_outbound / 2);
         }
         self.produced.clear_broadcast();
+        congested
+    }
+
+    /// Stops reading a member whose broadcasts congested the room, until it drains.
+    #[cold]
+    fn hold(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if !conn.is_closed() {
+            conn.hold();
+            self.held.push((key, conn.id()));
+        }
+    }
+
+    /// Releases the held members once no member that reads owes more than half the cap;
+    /// a member that holds the room and has taken nothing for `FANOUT_STALL` is cut.
+    #[cold]
+    fn release_held(&mut self, now: Tick) {
+        let half = self.config.limits.max_outbound / 2;
+        let mut congested = false;
+        for (key, conn) in self.conns.iter_mut() {
+            if !conn.backlog_over(half) {
+                continue;
+            }
+            if conn.write_stalled_for(now) >= FANOUT_STALL {
+                log::warn!(
+                    "disconnecting slow consumer {}: {} bytes pending, none taken for {:?}",
+                    conn.peer(),
+                    conn.outbound_len(),
+                    FANOUT_STALL
+                );
+                conn.cut(CloseReason::SlowConsumer);
+                self.closing.push(key);
+            } else {
+                congested = true;
+            }
+        }
+        if congested {
+            return;
+        }
+        for (key, id) in std::mem::take(&mut self.held) {
+            if let Some(conn) = self.conns.get_mut(key).filter(|c| c.id() == id) {
+                conn.release();
+                self.settle(key, now);
+            }
+        }
     }
 
     #[cold]
@@ -499,7 +563,9 @@ impl<P: Protocol> Server<P> {
                 self.timers.push(Reverse((later, key, id)));
                 continue;
             }
-            self.deliver_broadcast(Some(key), now);
+            if self.deliver_broadcast(Some(key), now) {
+                self.hold(key);
+            }
             self.settle(key, now);
         }
     }
