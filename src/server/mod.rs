@@ -6,8 +6,6 @@
 
 mod control;
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -22,6 +20,7 @@ use crate::config::{ServerConfig, READ_CHUNK};
 use crate::connection::{Connection, Readiness, Settled, Turn};
 use crate::net::{configure_accepted, ListenAddr, Listener, Peer, Stream};
 use crate::protocol::{Produced, Protocol};
+use crate::schedule::{earliest, Schedule};
 use crate::stats::Stats;
 pub use control::ServerHandle;
 use control::{Control, SignalWatch, State};
@@ -42,10 +41,6 @@ const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// A loop running on its own thread (`Server::spawn`); joining it yields its counters.
 pub type ServerThread = JoinHandle<io::Result<Stats>>;
 
-/// A connection's place in the slab and its identity, for work deferred to later in the
-/// turn or to the next one: the key may be reused by then, the id is not.
-type ConnRef = (usize, u64);
-
 /// A server loop: binds in `bind`, serves in `run` until shut down.
 pub struct Server<P: Protocol> {
     poll: Poll,
@@ -57,19 +52,14 @@ pub struct Server<P: Protocol> {
     control: Arc<Control>,
     stats: Stats,
     next_id: u64,
-    timers: BinaryHeap<Reverse<(Tick, usize, u64)>>,
+    /// Timers, connections to serve again next turn, and those to remove in the sweep.
+    schedule: Schedule,
     /// Per-loop scratch, reused every turn so the hot path does not allocate.
     read_buf: Vec<u8>,
     produced: Produced,
-    /// Connections to serve next turn without waiting for an event (edge-triggered epoll
-    /// will not report them again), and its spare, swapped each turn.
-    again: Vec<ConnRef>,
-    again_spare: Vec<ConnRef>,
     accept_again: bool,
     /// Connections that got broadcast output this batch; flushed once at its end.
     delivered: Vec<usize>,
-    /// Connections marked closed this batch; removed in one sweep after it.
-    closing: Vec<usize>,
     accept_paused_until: Option<Tick>,
     last_accept_error_log: Option<Tick>,
     /// SIGINT/SIGTERM/SIGHUP, when this loop takes them (the binary's first worker).
@@ -99,17 +89,14 @@ impl<P: Protocol> Server<P> {
             control: Control::new(waker),
             stats: Stats::default(),
             next_id: 0,
-            timers: BinaryHeap::new(),
+            schedule: Schedule::default(),
             read_buf: vec![0; READ_CHUNK],
             produced: Produced {
                 reply: crate::outbound::Reply::with_capacity(READ_CHUNK),
                 ..Produced::default()
             },
-            again: Vec::new(),
-            again_spare: Vec::new(),
             accept_again: false,
             delivered: Vec::new(),
-            closing: Vec::new(),
             accept_paused_until: None,
             last_accept_error_log: None,
             signals: None,
@@ -177,7 +164,7 @@ impl<P: Protocol> Server<P> {
             if std::mem::take(&mut self.accept_again) || accept_resumes {
                 self.accept(now);
             }
-            if !self.again.is_empty() {
+            if self.schedule.has_again() {
                 self.serve_again(now);
             }
             match self.control.state() {
@@ -206,7 +193,7 @@ impl<P: Protocol> Server<P> {
         }
         for (key, conn) in self.conns.iter_mut() {
             conn.end_at_shutdown();
-            self.closing.push(key);
+            self.schedule.close(key);
         }
         self.sweep(Tick::now());
         self.stats.open = self.conns.len();
@@ -234,11 +221,11 @@ impl<P: Protocol> Server<P> {
         drain: Option<Tick>,
         stats: Option<Tick>,
     ) -> Option<Duration> {
-        if !self.again.is_empty() || self.accept_again {
+        if self.schedule.has_again() || self.accept_again {
             return Some(Duration::ZERO);
         }
         // Folded by hand: the iterator version cost about 60 instructions per turn.
-        let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        let timer = self.schedule.next_timer();
         let nearest = earliest(
             earliest(timer, self.accept_paused_until),
             earliest(drain, stats),
@@ -386,8 +373,7 @@ impl<P: Protocol> Server<P> {
     fn serve_again(&mut self, now: Tick) {
         // Swapped with a spare list that keeps its capacity: serving may queue the same
         // connections for the next turn, and neither list is reallocated.
-        let spare = std::mem::take(&mut self.again_spare);
-        let mut batch = std::mem::replace(&mut self.again, spare);
+        let batch = self.schedule.take_again();
         for &(key, id) in &batch {
             let (conns, mut turn) = self.turn(now);
             let Some(conn) = conns.get_mut(key).filter(|c| c.id() == id) else {
@@ -396,8 +382,7 @@ impl<P: Protocol> Server<P> {
             let again = conn.serve(&mut turn, true, false);
             self.after_serving(key, again, now);
         }
-        batch.clear();
-        self.again_spare = batch;
+        self.schedule.done_again(batch);
     }
 
     /// What follows serving a connection: its broadcasts go out, and it is settled.
@@ -414,7 +399,7 @@ impl<P: Protocol> Server<P> {
 
     fn serve_next_turn(&mut self, key: usize) {
         let id = self.conns[key].id();
-        self.again.push((key, id));
+        self.schedule.serve_next_turn(key, id);
     }
 
     /// Queues this turn's broadcasts on every other open connection, shared, not copied.
@@ -431,7 +416,7 @@ impl<P: Protocol> Server<P> {
                 self.delivered.push(key);
             }
             if conn.is_closed() {
-                self.closing.push(key);
+                self.schedule.close(key);
             }
         }
         self.produced.clear_broadcast();
@@ -461,31 +446,13 @@ impl<P: Protocol> Server<P> {
             now,
         );
         if settled != Settled::default() {
-            self.schedule(key, settled);
-        }
-    }
-
-    #[cold]
-    fn schedule(&mut self, key: usize, settled: Settled) {
-        let id = self.conns[key].id();
-        if settled.finished {
-            self.closing.push(key);
-            return;
-        }
-        if settled.serve_again {
-            self.again.push((key, id));
-        }
-        if let Some(at) = settled.timer {
-            self.timers.push(Reverse((at, key, id)));
+            let id = conn.id();
+            self.schedule.add(key, id, settled);
         }
     }
 
     fn fire_timers(&mut self, now: Tick) {
-        while let Some(Reverse((at, key, id))) = self.timers.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
+        while let Some((at, key, id)) = self.schedule.pop_due(now) {
             let (conns, mut turn) = self.turn(now);
             let Some(conn) = conns
                 .get_mut(key)
@@ -494,7 +461,7 @@ impl<P: Protocol> Server<P> {
                 continue; // a stale entry: the connection is gone or re-armed sooner
             };
             if let Some(later) = conn.on_timer(at, &mut turn) {
-                self.timers.push(Reverse((later, key, id)));
+                self.schedule.arm(later, key, id);
                 continue;
             }
             self.deliver_broadcast(Some(key), now);
@@ -505,7 +472,7 @@ impl<P: Protocol> Server<P> {
     /// Removes every connection marked closed this batch. A removed connection's
     /// `on_close` may broadcast (chat's "left"), which may close slow consumers in turn.
     fn sweep(&mut self, now: Tick) {
-        if !self.closing.is_empty() {
+        if self.schedule.has_closing() {
             self.remove_closed(now);
         }
         self.stats.requests += std::mem::take(&mut self.produced.requests);
@@ -514,8 +481,8 @@ impl<P: Protocol> Server<P> {
     #[cold]
     #[inline(never)]
     fn remove_closed(&mut self, now: Tick) {
-        while !self.closing.is_empty() {
-            for key in std::mem::take(&mut self.closing) {
+        while self.schedule.has_closing() {
+            for key in self.schedule.take_closing() {
                 if !self.conns.get(key).is_some_and(Connection::is_closed) {
                     continue; // already removed (queued twice)
                 }
@@ -532,14 +499,6 @@ impl<P: Protocol> Server<P> {
             }
             self.flush_delivered(now);
         }
-    }
-}
-
-fn earliest(a: Option<Tick>, b: Option<Tick>) -> Option<Tick> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, None) => a,
-        (None, b) => b,
     }
 }
 
