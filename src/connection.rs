@@ -129,6 +129,20 @@ impl Deadlines {
     }
 }
 
+/// The socket error that ended a connection: what was being done (`connect`, `read`,
+/// `write`, `reregister`) and the error, its text without Rust's "(os error N)".
+#[derive(Debug)]
+pub struct Failure {
+    pub op: &'static str,
+    pub error: io::Error,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.op, self.error)
+    }
+}
+
 /// A connection taken apart once closed: what the loop and a client report need of it.
 pub struct Ended<S> {
     pub session: S,
@@ -136,8 +150,9 @@ pub struct Ended<S> {
     pub reason: CloseReason,
     /// Closed with a reset rather than gracefully.
     pub was_cut: bool,
-    /// The socket error that ended it, if one did.
-    pub error: Option<io::Error>,
+    /// The socket error that ended it, if one did (a connect that timed out is one:
+    /// `connect`, `TimedOut`).
+    pub error: Option<Failure>,
 }
 
 /// A connection and everything the loop keeps for it. Idle, it holds no heap memory:
@@ -168,7 +183,7 @@ pub struct Connection<S> {
     /// Closed with a reset rather than gracefully.
     was_cut: bool,
     /// The socket error that ended it, if one did (a client reports it).
-    error: Option<io::Error>,
+    error: Option<Failure>,
     deadlines: Deadlines,
     /// Queued on the loop's list of connections to flush at the end of the batch.
     flush_queued: bool,
@@ -471,14 +486,17 @@ impl<S> Connection<S> {
     /// Ends the connection after a socket error; resets and broken pipes are the peer's
     /// business and only logged at debug.
     #[cold]
-    fn fail(&mut self, e: &io::Error, op: &str) {
+    fn fail(&mut self, e: &io::Error, op: &'static str) {
         if is_peer_error(e) {
             log::debug!("{}: {op}: {e}", self.peer);
         } else {
             log::warn!("{}: {op}: {e}", self.peer);
         }
         if self.phase != Phase::Closed {
-            self.error = Some(io::Error::new(e.kind(), format!("{op}: {}", describe(e))));
+            self.error = Some(Failure {
+                op,
+                error: io::Error::new(e.kind(), describe(e)),
+            });
         }
         self.close(CloseReason::Error);
     }
@@ -649,6 +667,20 @@ impl<S> Connection<S> {
             self.flush(turn.stats, turn.now);
         }
         self.serve(turn, ready.readable, ready.read_closed)
+    }
+
+    /// Starts a connection the loop has just opened: writes (or, while connecting, queues)
+    /// what the protocol's `open` produced, and starts the frame clock if the protocol
+    /// already awaits an answer (a client's first request), so that the frame timeout
+    /// bounds the whole exchange from here, the connect included.
+    pub fn opened<P>(&mut self, turn: &mut Turn<'_, P>)
+    where
+        P: Protocol<Session = S>,
+    {
+        if turn.protocol.mid_frame(&self.session) {
+            self.deadlines.frame_started = Some(turn.now);
+        }
+        self.send_reply(&mut turn.produced.reply, turn.stats, turn.now);
     }
 
     /// Whether a started connect has completed; a failed one closes the connection.
@@ -888,6 +920,11 @@ impl<S> Connection<S> {
             if turn.produced.reply.is_empty() {
                 return false;
             }
+            if self.deadlines.frame_started.is_none() && turn.protocol.mid_frame(&self.session) {
+                // A client's request went out: its answer is due within the frame timeout.
+                // (No server protocol streams while mid-frame; for them this is never true.)
+                self.deadlines.frame_started = Some(turn.now);
+            }
             self.send_reply(&mut turn.produced.reply, turn.stats, turn.now);
             if !self.outbound.is_empty() {
                 // The socket is full: WRITABLE will bring us back.
@@ -917,7 +954,10 @@ impl<S> Connection<S> {
         match kind {
             DeadlineKind::Connect => {
                 log::debug!("{}: connect timed out", self.peer);
-                self.error = Some(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+                self.error = Some(Failure {
+                    op: "connect",
+                    error: io::Error::new(io::ErrorKind::TimedOut, "timed out"),
+                });
                 self.close(CloseReason::Error);
             }
             DeadlineKind::Idle => {
@@ -1027,7 +1067,7 @@ mod tests {
                 peer: theirs,
                 protocol,
                 produced: Produced::default(),
-                read_buf: vec![0; 64 * 1024],
+                read_buf: vec![0; crate::config::READ_CHUNK],
                 limits,
                 timeouts: Timeouts::default(),
                 stats: Stats::default(),
@@ -1273,8 +1313,99 @@ mod tests {
         let ended = conn.into_ended();
         assert_eq!(ended.reason, CloseReason::Error);
         assert_eq!(
-            ended.error.map(|e| e.kind()),
-            Some(io::ErrorKind::ConnectionRefused)
+            ended.error.map(|e| (e.op, e.error.kind())),
+            Some(("connect", io::ErrorKind::ConnectionRefused))
         );
+    }
+
+    /// A client-like protocol: one request per `on_drained` while none is outstanding, an
+    /// answer awaited (`mid_frame`) until a byte comes back; notes its frame timeout.
+    #[derive(Default)]
+    struct Requester {
+        outstanding: bool,
+        timed_out: bool,
+    }
+
+    impl Protocol for Requester {
+        type Session = ();
+        fn open(&mut self, _: &Peer, _: &mut Output<'_>) {}
+        fn on_input(&mut self, _: &mut (), input: &[u8], out: &mut Output<'_>) -> (usize, Flow) {
+            self.outstanding = false;
+            out.count_request();
+            (input.len(), Flow::Continue)
+        }
+        const STREAMS: bool = true;
+        fn on_drained(&mut self, _: &mut (), out: &mut Output<'_>) -> Flow {
+            if !std::mem::replace(&mut self.outstanding, true) {
+                out.send(b"request");
+            }
+            Flow::Continue
+        }
+        fn mid_frame(&self, _: &()) -> bool {
+            self.outstanding
+        }
+        fn on_timeout(&mut self, _: &mut (), _: Timeout, _: &mut Output<'_>) {
+            self.timed_out = true;
+        }
+    }
+
+    /// A request a streaming protocol sends starts the frame clock (so an answer that
+    /// never comes is a frame timeout, told to the protocol), and an answer stops it;
+    /// being served with nothing to read (`serve(turn, false, false)`) is how a loop
+    /// lets such a protocol send when it is due.
+    #[test]
+    fn a_request_sent_starts_the_frame_clock() {
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let mut stream = Stream::Unix(mio::net::UnixStream::from_std(ours));
+        let poll = Poll::new().unwrap();
+        poll.registry()
+            .register(&mut stream, Token(0), Interest::READABLE)
+            .unwrap();
+        let now = Tick::now();
+        let mut conn = Connection::new(stream, Peer::Unix, 1, (), now);
+        let (mut protocol, mut produced, mut stats) =
+            (Requester::default(), Produced::default(), Stats::default());
+        let limits = Limits::default();
+        let timeouts = Timeouts {
+            idle: None,
+            frame: Some(Duration::from_secs(1)),
+            ..Timeouts::default()
+        };
+        let mut read_buf = vec![0; 1024];
+        let mut turn = Turn {
+            protocol: &mut protocol,
+            produced: &mut produced,
+            read_buf: &mut read_buf,
+            limits: &limits,
+            timeouts: &timeouts,
+            stats: &mut stats,
+            now,
+        };
+        assert!(!conn.serve(&mut turn, false, false));
+        let mut got = [0u8; 7];
+        theirs.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"request");
+        let settle = |conn: &mut Connection<()>, stats: &mut Stats| {
+            conn.settle(poll.registry(), Token(0), &limits, &timeouts, stats, now)
+        };
+        let at = settle(&mut conn, turn.stats).timer;
+        assert_eq!(at, Some(now + Duration::from_secs(1)), "the answer is due");
+
+        // Answered: the clock stops (the next request starts it again).
+        theirs.write_all(b"answer").unwrap();
+        conn.serve(&mut turn, true, false);
+        assert!(
+            conn.deadlines.frame_started.is_some(),
+            "the next request is out"
+        );
+        theirs.read_exact(&mut got).unwrap();
+
+        // Never answered: the frame timeout fires, and the protocol hears of it.
+        let later = now + Duration::from_secs(5);
+        turn.now = later;
+        assert_eq!(conn.on_timer(at.unwrap(), &mut turn), None);
+        assert!(turn.protocol.timed_out);
+        assert_eq!(conn.close_reason, CloseReason::FrameTimeout);
     }
 }
