@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod connect;
+pub mod driver;
 pub mod duration;
 pub mod file;
 pub mod load;
