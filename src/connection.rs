@@ -393,7 +393,8 @@ impl<S> Connection<S> {
             }
             wants = self.wants(limits.low_water());
         }
-        if self.deadlines.only_idle_armed() {
+        // A lingering connection has its own deadline, sooner than the idle one.
+        if self.deadlines.only_idle_armed() && !matches!(self.phase, Phase::Lingering { .. }) {
             return settled;
         }
         if let Some((at, _)) = self.deadline(timeouts) {
@@ -484,10 +485,11 @@ impl<S> Connection<S> {
     }
 
     /// Ends the connection after a socket error; resets and broken pipes are the peer's
-    /// business and only logged at debug.
+    /// business and only logged at debug, and so is a failed connect: the client that made
+    /// it reports it in its own words.
     #[cold]
     fn fail(&mut self, e: &io::Error, op: &'static str) {
-        if is_peer_error(e) {
+        if is_peer_error(e) || op == "connect" {
             log::debug!("{}: {op}: {e}", self.peer);
         } else {
             log::warn!("{}: {op}: {e}", self.peer);
@@ -1139,6 +1141,18 @@ mod tests {
             rig.conn.wants(rig.limits.low_water()),
             Wants::Interest(rig.conn.registered)
         );
+    }
+
+    /// A connection that closes while only its idle timer is armed lingers no longer than
+    /// the linger timeout: the timer is re-armed for it (the idle deadline may be minutes away).
+    #[test]
+    fn lingering_arms_its_own_timer() {
+        let mut rig = Rig::new(TestEcho::default(), Limits::default());
+        assert!(rig.settle().timer.is_some(), "the idle timer is armed");
+        rig.conn.finish(CloseReason::Protocol);
+        let settled = rig.settle();
+        assert!(matches!(rig.conn.phase(), Phase::Lingering { .. }));
+        assert_eq!(settled.timer, Some(rig.now + rig.timeouts.linger));
     }
 
     /// A protocol that pauses keeps what it did not consume; the loop is asked to serve
