@@ -17,8 +17,9 @@
 //!   connections to serve again next turn, and the sweep list. Server and client loops share it.
 //! - [`server`]: the loop that schedules connections: the `mio::Poll`, the listener, the
 //!   `Slab`, timers, deferred lists and the sweep. Accept → read → protocol → write → interest.
-//! - [`client`]: the tutorial's multi-connection client, the app client, the file
-//!   downloader and the load generator.
+//! - [`client`]: the client loop (the same connection core and schedule, connecting
+//!   instead of accepting) and, as client protocols on it, the tutorial's multi-connection
+//!   client, the app client, the file downloader and the load generator.
 //! - [`launch`]: protocol choice, worker loops and signals, as `multiconn-server` runs them.
 //! - [`cli`]: what the binaries share (logging setup, error exit).
 
