@@ -1040,11 +1040,11 @@ mod tests {
 
     /// A connection on one end of a socket pair, registered with a poll, and the loop's
     /// pieces it borrows.
-    struct Rig {
+    struct Rig<P = TestEcho> {
         poll: Poll,
         conn: Connection<()>,
         peer: std::os::unix::net::UnixStream,
-        protocol: TestEcho,
+        protocol: P,
         produced: Produced,
         read_buf: Vec<u8>,
         limits: Limits,
@@ -1053,8 +1053,8 @@ mod tests {
         now: Tick,
     }
 
-    impl Rig {
-        fn new(protocol: TestEcho, limits: Limits) -> Rig {
+    impl<P: Protocol<Session = ()>> Rig<P> {
+        fn new(protocol: P, limits: Limits) -> Rig<P> {
             let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
             ours.set_nonblocking(true).unwrap();
             let mut stream = Stream::Unix(mio::net::UnixStream::from_std(ours));
@@ -1077,8 +1077,11 @@ mod tests {
             }
         }
 
-        /// Serves the connection as after a readable event, then settles it.
-        fn serve(&mut self) -> Settled {
+        /// Calls `f` with the connection and what it borrows from the loop for a turn.
+        fn with_turn<T>(
+            &mut self,
+            f: impl FnOnce(&mut Connection<()>, &mut Turn<'_, P>) -> T,
+        ) -> T {
             let mut turn = Turn {
                 protocol: &mut self.protocol,
                 produced: &mut self.produced,
@@ -1088,7 +1091,12 @@ mod tests {
                 stats: &mut self.stats,
                 now: self.now,
             };
-            let again = self.conn.serve(&mut turn, true, false);
+            f(&mut self.conn, &mut turn)
+        }
+
+        /// Serves the connection as after a readable event, then settles it.
+        fn serve(&mut self) -> Settled {
+            let again = self.with_turn(|conn, turn| conn.serve(turn, true, false));
             let mut settled = self.settle();
             settled.serve_again |= again;
             settled
@@ -1369,57 +1377,39 @@ mod tests {
     /// lets such a protocol send when it is due.
     #[test]
     fn a_request_sent_starts_the_frame_clock() {
-        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-        ours.set_nonblocking(true).unwrap();
-        let mut stream = Stream::Unix(mio::net::UnixStream::from_std(ours));
-        let poll = Poll::new().unwrap();
-        poll.registry()
-            .register(&mut stream, Token(0), Interest::READABLE)
-            .unwrap();
-        let now = Tick::now();
-        let mut conn = Connection::new(stream, Peer::Unix, 1, (), now);
-        let (mut protocol, mut produced, mut stats) =
-            (Requester::default(), Produced::default(), Stats::default());
-        let limits = Limits::default();
-        let timeouts = Timeouts {
+        let mut rig = Rig::new(Requester::default(), Limits::default());
+        rig.timeouts = Timeouts {
             idle: None,
             frame: Some(Duration::from_secs(1)),
             ..Timeouts::default()
         };
-        let mut read_buf = vec![0; 1024];
-        let mut turn = Turn {
-            protocol: &mut protocol,
-            produced: &mut produced,
-            read_buf: &mut read_buf,
-            limits: &limits,
-            timeouts: &timeouts,
-            stats: &mut stats,
-            now,
-        };
-        assert!(!conn.serve(&mut turn, false, false));
+        assert!(!rig.with_turn(|conn, turn| conn.serve(turn, false, false)));
         let mut got = [0u8; 7];
-        theirs.read_exact(&mut got).unwrap();
+        rig.peer.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"request");
-        let settle = |conn: &mut Connection<()>, stats: &mut Stats| {
-            conn.settle(poll.registry(), Token(0), &limits, &timeouts, stats, now)
-        };
-        let at = settle(&mut conn, turn.stats).timer;
-        assert_eq!(at, Some(now + Duration::from_secs(1)), "the answer is due");
+        let at = rig.settle().timer;
+        assert_eq!(
+            at,
+            Some(rig.now + Duration::from_secs(1)),
+            "the answer is due"
+        );
 
         // Answered: the clock stops (the next request starts it again).
-        theirs.write_all(b"answer").unwrap();
-        conn.serve(&mut turn, true, false);
+        rig.peer.write_all(b"answer").unwrap();
+        rig.serve();
         assert!(
-            conn.deadlines.frame_started.is_some(),
+            rig.conn.deadlines.frame_started.is_some(),
             "the next request is out"
         );
-        theirs.read_exact(&mut got).unwrap();
+        rig.peer.read_exact(&mut got).unwrap();
 
         // Never answered: the frame timeout fires, and the protocol hears of it.
-        let later = now + Duration::from_secs(5);
-        turn.now = later;
-        assert_eq!(conn.on_timer(at.unwrap(), &mut turn), None);
-        assert!(turn.protocol.timed_out);
-        assert_eq!(conn.close_reason, CloseReason::FrameTimeout);
+        rig.now = rig.now + Duration::from_secs(5);
+        assert_eq!(
+            rig.with_turn(|conn, turn| conn.on_timer(at.unwrap(), turn)),
+            None
+        );
+        assert!(rig.protocol.timed_out);
+        assert_eq!(rig.conn.close_reason, CloseReason::FrameTimeout);
     }
 }

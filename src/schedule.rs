@@ -7,7 +7,10 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use crate::clock::Tick;
-use crate::connection::Settled;
+use slab::Slab;
+
+use crate::connection::{Connection, Ended, Settled};
+use crate::stats::Stats;
 
 /// A connection's place in the slab and its identity, for work deferred to later in the
 /// turn or to the next one: the key may be reused by then, the id is not.
@@ -86,6 +89,24 @@ impl Schedule {
         Some(entry)
     }
 
+    /// Takes the next timer that is due at `now` and still meant: its connection is
+    /// there and armed it. Stale entries (gone, or re-armed sooner since) are dropped.
+    pub fn pop_live<S>(
+        &mut self,
+        conns: &Slab<Connection<S>>,
+        now: Tick,
+    ) -> Option<(Tick, usize, u64)> {
+        while let Some((at, key, id)) = self.pop_due(now) {
+            if conns
+                .get(key)
+                .is_some_and(|c| c.id() == id && c.timer_is(at))
+            {
+                return Some((at, key, id));
+            }
+        }
+        None
+    }
+
     /// Marks connection `key` for the sweep.
     pub fn close(&mut self, key: usize) {
         self.closing.push(key);
@@ -99,6 +120,22 @@ impl Schedule {
     pub fn take_closing(&mut self) -> Vec<usize> {
         std::mem::take(&mut self.closing)
     }
+}
+
+/// Takes connection `key`, marked for the sweep, out of `conns` if it is closed (it may
+/// have been marked twice, and removed already), counting how it ended.
+pub fn remove_ended<S>(
+    conns: &mut Slab<Connection<S>>,
+    key: usize,
+    stats: &mut Stats,
+) -> Option<Ended<S>> {
+    if !conns.get(key).is_some_and(Connection::is_closed) {
+        return None;
+    }
+    let ended = conns.remove(key).into_ended();
+    stats.closed[ended.reason as usize] += 1;
+    stats.resets += u64::from(ended.was_cut);
+    Some(ended)
 }
 
 /// The earlier of two optional instants.

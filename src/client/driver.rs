@@ -19,7 +19,7 @@ use crate::connection::{CloseReason, Connection, Ended, Failure, Readiness, Sett
 use crate::net::{describe, Peer, Stream};
 use crate::outbound::Reply;
 use crate::protocol::{Produced, Protocol};
-use crate::schedule::{ConnRef, Schedule};
+use crate::schedule::{remove_ended, ConnRef, Schedule};
 use crate::stats::Stats;
 
 /// Events taken from one `epoll_wait`.
@@ -325,15 +325,9 @@ impl<P: Client> Driver<P> {
     }
 
     fn fire_timers(&mut self) {
-        while let Some((at, key, id)) = self.schedule.pop_due(self.now) {
+        while let Some((at, key, id)) = self.schedule.pop_live(&self.conns, self.now) {
             let (conns, mut turn) = self.parts();
-            let Some(conn) = conns
-                .get_mut(key)
-                .filter(|c| c.id() == id && c.timer_is(at))
-            else {
-                continue; // a stale entry: the connection is gone or re-armed sooner
-            };
-            if let Some(later) = conn.on_timer(at, &mut turn) {
+            if let Some(later) = conns[key].on_timer(at, &mut turn) {
                 self.schedule.arm(later, key, id);
                 continue;
             }
@@ -345,13 +339,9 @@ impl<P: Client> Driver<P> {
     fn sweep(&mut self) {
         while self.schedule.has_closing() {
             for key in self.schedule.take_closing() {
-                if !self.conns.get(key).is_some_and(Connection::is_closed) {
-                    continue; // already removed (queued twice)
+                if let Some(ended) = remove_ended(&mut self.conns, key, &mut self.stats) {
+                    self.protocol.on_ended(ended);
                 }
-                let ended = self.conns.remove(key).into_ended();
-                self.stats.closed[ended.reason as usize] += 1;
-                self.stats.resets += u64::from(ended.was_cut);
-                self.protocol.on_ended(ended);
             }
         }
         self.stats.requests += std::mem::take(&mut self.produced.requests);

@@ -20,7 +20,7 @@ use crate::config::{ServerConfig, READ_CHUNK};
 use crate::connection::{Connection, Readiness, Settled, Turn};
 use crate::net::{configure_accepted, ListenAddr, Listener, Peer, Stream};
 use crate::protocol::{Produced, Protocol};
-use crate::schedule::{earliest, Schedule};
+use crate::schedule::{earliest, remove_ended, Schedule};
 use crate::stats::Stats;
 pub use control::ServerHandle;
 use control::{Control, SignalWatch, State};
@@ -452,15 +452,9 @@ impl<P: Protocol> Server<P> {
     }
 
     fn fire_timers(&mut self, now: Tick) {
-        while let Some((at, key, id)) = self.schedule.pop_due(now) {
+        while let Some((at, key, id)) = self.schedule.pop_live(&self.conns, now) {
             let (conns, mut turn) = self.turn(now);
-            let Some(conn) = conns
-                .get_mut(key)
-                .filter(|c| c.id() == id && c.timer_is(at))
-            else {
-                continue; // a stale entry: the connection is gone or re-armed sooner
-            };
-            if let Some(later) = conn.on_timer(at, &mut turn) {
+            if let Some(later) = conns[key].on_timer(at, &mut turn) {
                 self.schedule.arm(later, key, id);
                 continue;
             }
@@ -483,12 +477,9 @@ impl<P: Protocol> Server<P> {
     fn remove_closed(&mut self, now: Tick) {
         while self.schedule.has_closing() {
             for key in self.schedule.take_closing() {
-                if !self.conns.get(key).is_some_and(Connection::is_closed) {
+                let Some(ended) = remove_ended(&mut self.conns, key, &mut self.stats) else {
                     continue; // already removed (queued twice)
-                }
-                let ended = self.conns.remove(key).into_ended();
-                self.stats.closed[ended.reason as usize] += 1;
-                self.stats.resets += u64::from(ended.was_cut);
+                };
                 let peer = ended.peer;
                 log::info!("Closing connection to {peer}");
                 log::debug!("{peer}: closed ({})", ended.reason.name());

@@ -437,14 +437,7 @@ mod tests {
                 stream.extend_from_slice(b"\r\n");
             }
             stream.extend_from_slice(b"0\r\n\r\nNEXT");
-            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.index(stream.len() + 1)).collect();
-            cuts.sort_unstable();
-            let mut pieces = Vec::new();
-            let mut start = 0;
-            for cut in cuts.into_iter().chain([stream.len()]) {
-                pieces.push(&stream[start..cut]);
-                start = cut;
-            }
+            let pieces = crate::protocol::testing::pieces(&stream, &cuts);
             prop_assert_eq!(skip_pieces(&pieces), Ok(b"NEXT".to_vec()));
         }
 

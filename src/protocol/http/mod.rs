@@ -1255,14 +1255,7 @@ mod tests {
         ) {
             let input: Vec<u8> = requests.iter().flat_map(|r| r.bytes()).collect();
             let expected: String = requests.iter().map(|r| r.expected()).collect();
-            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.index(input.len() + 1)).collect();
-            cuts.sort_unstable();
-            let mut pieces = Vec::new();
-            let mut start = 0;
-            for cut in cuts.into_iter().chain([input.len()]) {
-                pieces.push(&input[start..cut]);
-                start = cut;
-            }
+            let pieces = crate::protocol::testing::pieces(&input, &cuts);
             let run = feed(&mut responder(), pieces);
             prop_assert_eq!(text(&run), expected);
             prop_assert!(!run.closed);
