@@ -8,12 +8,23 @@ use std::io::Write;
 /// `RUST_LOG` decides as env_logger users expect, and the default is info. Info lines
 /// print bare, like the tutorial's transcripts; other levels carry their level.
 pub fn init_logging(verbose: u8, quiet: bool) {
+    init_logging_with(verbose, quiet, "info");
+}
+
+/// Like [`init_logging`] for the clients: by default the connection core's notes on a
+/// connection that timed out are left to `-v`, since the client reports how each of its
+/// connections ended in its own words.
+pub fn init_client_logging(verbose: u8, quiet: bool) {
+    init_logging_with(verbose, quiet, "info,multiconn::connection=warn");
+}
+
+fn init_logging_with(verbose: u8, quiet: bool, default: &str) {
     let mut builder = env_logger::Builder::new();
     match (quiet, verbose) {
         (true, _) => builder.parse_filters("error"),
         (false, 0) => match std::env::var("RUST_LOG") {
             Ok(spec) if !spec.is_empty() => builder.parse_filters(&spec),
-            _ => builder.parse_filters("info"),
+            _ => builder.parse_filters(default),
         },
         (false, 1) => builder.parse_filters("debug"),
         (false, _) => builder.parse_filters("trace"),

@@ -129,6 +129,20 @@ impl Deadlines {
     }
 }
 
+/// The socket error that ended a connection: what was being done (`connect`, `read`,
+/// `write`, `reregister`) and the error, its text without Rust's "(os error N)".
+#[derive(Debug)]
+pub struct Failure {
+    pub op: &'static str,
+    pub error: io::Error,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.op, self.error)
+    }
+}
+
 /// A connection taken apart once closed: what the loop and a client report need of it.
 pub struct Ended<S> {
     pub session: S,
@@ -136,8 +150,9 @@ pub struct Ended<S> {
     pub reason: CloseReason,
     /// Closed with a reset rather than gracefully.
     pub was_cut: bool,
-    /// The socket error that ended it, if one did.
-    pub error: Option<io::Error>,
+    /// The socket error that ended it, if one did (a connect that timed out is one:
+    /// `connect`, `TimedOut`).
+    pub error: Option<Failure>,
 }
 
 /// A connection and everything the loop keeps for it. Idle, it holds no heap memory:
@@ -171,7 +186,7 @@ pub struct Connection<S> {
     /// Closed with a reset rather than gracefully.
     was_cut: bool,
     /// The socket error that ended it, if one did (a client reports it).
-    error: Option<io::Error>,
+    error: Option<Failure>,
     deadlines: Deadlines,
     /// Queued on the loop's list of connections to flush at the end of the batch.
     flush_queued: bool,
@@ -410,7 +425,8 @@ impl<S> Connection<S> {
             }
             wants = self.wants(limits);
         }
-        if self.deadlines.only_idle_armed() {
+        // A lingering connection has its own deadline, sooner than the idle one.
+        if self.deadlines.only_idle_armed() && !matches!(self.phase, Phase::Lingering { .. }) {
             return settled;
         }
         if let Some((at, _)) = self.deadline(timeouts) {
@@ -501,16 +517,20 @@ impl<S> Connection<S> {
     }
 
     /// Ends the connection after a socket error; resets and broken pipes are the peer's
-    /// business and only logged at debug.
+    /// business and only logged at debug, and so is a failed connect: the client that made
+    /// it reports it in its own words.
     #[cold]
-    fn fail(&mut self, e: &io::Error, op: &str) {
-        if is_peer_error(e) {
+    fn fail(&mut self, e: &io::Error, op: &'static str) {
+        if is_peer_error(e) || op == "connect" {
             log::debug!("{}: {op}: {e}", self.peer);
         } else {
             log::warn!("{}: {op}: {e}", self.peer);
         }
         if !matches!(self.phase, Phase::Closed) {
-            self.error = Some(io::Error::new(e.kind(), format!("{op}: {}", describe(e))));
+            self.error = Some(Failure {
+                op,
+                error: io::Error::new(e.kind(), describe(e)),
+            });
         }
         self.close(CloseReason::Error);
     }
@@ -686,6 +706,20 @@ impl<S> Connection<S> {
             self.flush(turn.stats, turn.now);
         }
         self.serve(turn, ready.readable, ready.read_closed)
+    }
+
+    /// Starts a connection the loop has just opened: writes (or, while connecting, queues)
+    /// what the protocol's `open` produced, and starts the frame clock if the protocol
+    /// already awaits an answer (a client's first request), so that the frame timeout
+    /// bounds the whole exchange from here, the connect included.
+    pub fn opened<P>(&mut self, turn: &mut Turn<'_, P>)
+    where
+        P: Protocol<Session = S>,
+    {
+        if turn.protocol.mid_frame(&self.session) {
+            self.deadlines.frame_started = Some(turn.now);
+        }
+        self.send_reply(&mut turn.produced.reply, turn.stats, turn.now);
     }
 
     /// Whether a started connect has completed; a failed one closes the connection.
@@ -927,6 +961,11 @@ impl<S> Connection<S> {
             if turn.produced.reply.is_empty() {
                 return false;
             }
+            if self.deadlines.frame_started.is_none() && turn.protocol.mid_frame(&self.session) {
+                // A client's request went out: its answer is due within the frame timeout.
+                // (No server protocol streams while mid-frame; for them this is never true.)
+                self.deadlines.frame_started = Some(turn.now);
+            }
             self.send_reply(&mut turn.produced.reply, turn.stats, turn.now);
             if !self.outbound.is_empty() {
                 // The socket is full: WRITABLE will bring us back.
@@ -956,7 +995,10 @@ impl<S> Connection<S> {
         match kind {
             DeadlineKind::Connect => {
                 log::debug!("{}: connect timed out", self.peer);
-                self.error = Some(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+                self.error = Some(Failure {
+                    op: "connect",
+                    error: io::Error::new(io::ErrorKind::TimedOut, "timed out"),
+                });
                 self.close(CloseReason::Error);
             }
             DeadlineKind::Idle => {
@@ -1037,11 +1079,11 @@ mod tests {
 
     /// A connection on one end of a socket pair, registered with a poll, and the loop's
     /// pieces it borrows.
-    struct Rig {
+    struct Rig<P = TestEcho> {
         poll: Poll,
         conn: Connection<()>,
         peer: std::os::unix::net::UnixStream,
-        protocol: TestEcho,
+        protocol: P,
         produced: Produced,
         read_buf: Vec<u8>,
         limits: Limits,
@@ -1050,8 +1092,8 @@ mod tests {
         now: Tick,
     }
 
-    impl Rig {
-        fn new(protocol: TestEcho, limits: Limits) -> Rig {
+    impl<P: Protocol<Session = ()>> Rig<P> {
+        fn new(protocol: P, limits: Limits) -> Rig<P> {
             let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
             ours.set_nonblocking(true).unwrap();
             let mut stream = Stream::Unix(mio::net::UnixStream::from_std(ours));
@@ -1066,7 +1108,7 @@ mod tests {
                 peer: theirs,
                 protocol,
                 produced: Produced::default(),
-                read_buf: vec![0; 64 * 1024],
+                read_buf: vec![0; crate::config::READ_CHUNK],
                 limits,
                 timeouts: Timeouts::default(),
                 stats: Stats::default(),
@@ -1074,8 +1116,11 @@ mod tests {
             }
         }
 
-        /// Serves the connection as after a readable event, then settles it.
-        fn serve(&mut self) -> Settled {
+        /// Calls `f` with the connection and what it borrows from the loop for a turn.
+        fn with_turn<T>(
+            &mut self,
+            f: impl FnOnce(&mut Connection<()>, &mut Turn<'_, P>) -> T,
+        ) -> T {
             let mut turn = Turn {
                 protocol: &mut self.protocol,
                 produced: &mut self.produced,
@@ -1085,7 +1130,12 @@ mod tests {
                 stats: &mut self.stats,
                 now: self.now,
             };
-            let again = self.conn.serve(&mut turn, true, false);
+            f(&mut self.conn, &mut turn)
+        }
+
+        /// Serves the connection as after a readable event, then settles it.
+        fn serve(&mut self) -> Settled {
+            let again = self.with_turn(|conn, turn| conn.serve(turn, true, false));
             let mut settled = self.settle();
             settled.serve_again |= again;
             settled
@@ -1142,6 +1192,18 @@ mod tests {
             rig.conn.wants(&rig.limits),
             Wants::Interest(rig.conn.registered)
         );
+    }
+
+    /// A connection that closes while only its idle timer is armed lingers no longer than
+    /// the linger timeout: the timer is re-armed for it (the idle deadline may be minutes away).
+    #[test]
+    fn lingering_arms_its_own_timer() {
+        let mut rig = Rig::new(TestEcho::default(), Limits::default());
+        assert!(rig.settle().timer.is_some(), "the idle timer is armed");
+        rig.conn.finish(CloseReason::Protocol);
+        let settled = rig.settle();
+        assert!(matches!(rig.conn.phase(), Phase::Lingering { .. }));
+        assert_eq!(settled.timer, Some(rig.now + rig.timeouts.linger));
     }
 
     /// A protocol that pauses keeps what it did not consume; the loop is asked to serve
@@ -1316,8 +1378,81 @@ mod tests {
         let ended = conn.into_ended();
         assert_eq!(ended.reason, CloseReason::Error);
         assert_eq!(
-            ended.error.map(|e| e.kind()),
-            Some(io::ErrorKind::ConnectionRefused)
+            ended.error.map(|e| (e.op, e.error.kind())),
+            Some(("connect", io::ErrorKind::ConnectionRefused))
         );
+    }
+
+    /// A client-like protocol: one request per `on_drained` while none is outstanding, an
+    /// answer awaited (`mid_frame`) until a byte comes back; notes its frame timeout.
+    #[derive(Default)]
+    struct Requester {
+        outstanding: bool,
+        timed_out: bool,
+    }
+
+    impl Protocol for Requester {
+        type Session = ();
+        fn open(&mut self, _: &Peer, _: &mut Output<'_>) {}
+        fn on_input(&mut self, _: &mut (), input: &[u8], out: &mut Output<'_>) -> (usize, Flow) {
+            self.outstanding = false;
+            out.count_request();
+            (input.len(), Flow::Continue)
+        }
+        const STREAMS: bool = true;
+        fn on_drained(&mut self, _: &mut (), out: &mut Output<'_>) -> Flow {
+            if !std::mem::replace(&mut self.outstanding, true) {
+                out.send(b"request");
+            }
+            Flow::Continue
+        }
+        fn mid_frame(&self, _: &()) -> bool {
+            self.outstanding
+        }
+        fn on_timeout(&mut self, _: &mut (), _: Timeout, _: &mut Output<'_>) {
+            self.timed_out = true;
+        }
+    }
+
+    /// A request a streaming protocol sends starts the frame clock (so an answer that
+    /// never comes is a frame timeout, told to the protocol), and an answer stops it;
+    /// being served with nothing to read (`serve(turn, false, false)`) is how a loop
+    /// lets such a protocol send when it is due.
+    #[test]
+    fn a_request_sent_starts_the_frame_clock() {
+        let mut rig = Rig::new(Requester::default(), Limits::default());
+        rig.timeouts = Timeouts {
+            idle: None,
+            frame: Some(Duration::from_secs(1)),
+            ..Timeouts::default()
+        };
+        assert!(!rig.with_turn(|conn, turn| conn.serve(turn, false, false)));
+        let mut got = [0u8; 7];
+        rig.peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"request");
+        let at = rig.settle().timer;
+        assert_eq!(
+            at,
+            Some(rig.now + Duration::from_secs(1)),
+            "the answer is due"
+        );
+
+        // Answered: the clock stops (the next request starts it again).
+        rig.peer.write_all(b"answer").unwrap();
+        rig.serve();
+        assert!(
+            rig.conn.deadlines.frame_started.is_some(),
+            "the next request is out"
+        );
+        rig.peer.read_exact(&mut got).unwrap();
+
+        // Never answered: the frame timeout fires, and the protocol hears of it.
+        rig.now = rig.now + Duration::from_secs(5);
+        assert_eq!(
+            rig.with_turn(|conn, turn| conn.on_timer(at.unwrap(), turn)),
+            None
+        );
+        assert!(rig.protocol.timed_out);
+        assert_eq!(rig.conn.close_reason, CloseReason::FrameTimeout);
     }
 }

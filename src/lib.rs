@@ -13,10 +13,13 @@
 //!   They say what they need (more input, pause, close) as return values.
 //! - [`connection`]: one connection's life: socket, buffers, phase, deadlines, and the one
 //!   function that decides its interest.
+//! - [`schedule`]: what a loop defers for its connections: the timer queue, the
+//!   connections to serve again next turn, and the sweep list. Server and client loops share it.
 //! - [`server`]: the loop that schedules connections: the `mio::Poll`, the listener, the
 //!   `Slab`, timers, deferred lists and the sweep. Accept → read → protocol → write → interest.
-//! - [`client`]: the tutorial's multi-connection client, the app client, the file
-//!   downloader and the load generator.
+//! - [`client`]: the client loop (the same connection core and schedule, connecting
+//!   instead of accepting) and, as client protocols on it, the tutorial's multi-connection
+//!   client, the app client, the file downloader and the load generator.
 //! - [`launch`]: protocol choice, worker loops and signals, as `multiconn-server` runs them.
 //! - [`cli`]: what the binaries share (logging setup, error exit).
 
@@ -29,6 +32,7 @@ pub mod launch;
 pub mod net;
 pub mod outbound;
 pub mod protocol;
+pub mod schedule;
 pub mod server;
 pub mod stats;
 

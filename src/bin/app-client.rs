@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use multiconn::cli::{die, init_logging};
+use multiconn::cli::{die, init_client_logging};
 use multiconn::client::{run_app_client, AppClientConfig};
 use multiconn::net::resolve;
 
@@ -38,7 +38,7 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 
 fn main() {
     let args = Args::parse();
-    init_logging(args.verbose, false);
+    init_client_logging(args.verbose, false);
     let addr = resolve(&args.host, args.port)
         .unwrap_or_else(|e| die(format!("cannot resolve {}: {e}", args.host), 1));
     let mut config = AppClientConfig::new(addr, &args.action, &args.value);

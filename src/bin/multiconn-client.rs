@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use multiconn::cli::{die, init_logging};
+use multiconn::cli::{die, init_client_logging};
 use multiconn::client::file::{download, run_file_load, FileLoadConfig};
 use multiconn::client::{
     parse_duration, run_load, run_scenario, LoadConfig, LoadControl, LoadError, LoadProtocol,
@@ -113,7 +113,7 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    init_logging(args.verbose, args.quiet);
+    init_client_logging(args.verbose, args.quiet);
     let addr = resolve(&args.host, args.port)
         .unwrap_or_else(|e| die(format!("cannot resolve {}: {e}", args.host), 1));
     let load_mode = args.duration.is_some() || args.requests.is_some();

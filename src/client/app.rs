@@ -1,23 +1,24 @@
 //! The tutorial's `app-client.py`: one connection, one request (a JSON search or opaque
-//! bytes), one response, printed the way the tutorial prints it. Blocking `std::net` with
-//! one deadline over the whole exchange: a one-shot client needs no event loop.
+//! bytes), one response, printed the way the tutorial prints it. The same client loop and
+//! connection core as every other client, with one deadline over the whole exchange: the
+//! connect and frame timeouts, both counted from the start.
 
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde_json::Value;
 
+use super::driver::{client_timeouts, Client, Driver};
+use crate::connection::{Ended, Failure};
 use crate::launch::describe;
+use crate::net::Peer;
 use crate::protocol::app::{
     encode, encode_json_fields, header_text, Content, Decoder, EncodeError, Frame, BINARY_ENCODING,
-    CLIENT_BINARY_TYPE, DEFAULT_MAX_CONTENT_LENGTH,
+    CLIENT_BINARY_TYPE, DEFAULT_MAX_CONTENT_LENGTH, MAX_HEADER_LEN, PREFIX_LEN,
 };
-use crate::protocol::ByteStr;
-
-/// Bytes asked of the socket per read.
-const READ_CHUNK: usize = 64 * 1024;
+use crate::protocol::{ByteStr, Flow, Output, Protocol, Timeout};
 
 /// One request to make, as plain values (the binary builds it from its arguments).
 #[derive(Debug, Clone)]
@@ -137,118 +138,135 @@ pub fn interpret(frame: &Frame<'_>) -> Result<AppResponse, AppClientError> {
 /// configured timeout. With debug logging (`-v`) it shows the headers and the bytes.
 pub fn run_app_client(config: &AppClientConfig) -> Result<AppResponse, AppClientError> {
     let request = encode_request(&config.action, &config.value).map_err(AppClientError::Request)?;
-    let deadline = Deadline::new(config.timeout);
-
-    log::debug!("Starting connection to {}", config.addr);
-    let connect_time = deadline.left("connecting")?;
-    let mut stream = TcpStream::connect_timeout(&config.addr, connect_time).map_err(|e| {
-        if is_timeout(&e) {
-            deadline.expired("connecting")
-        } else {
-            AppClientError::Connect(config.addr, e)
-        }
-    })?;
-    // One small request: send it at once rather than wait for Nagle.
-    let _ = stream.set_nodelay(true);
-
-    if log::log_enabled!(log::Level::Debug) {
-        log::debug!("Request header: {}", header_text(&request).unwrap_or("?"));
-        log::debug!("Sending {} to {}", ByteStr(&request), config.addr);
-    }
-    let doing = "sending the request";
-    stream
-        .set_write_timeout(Some(deadline.left(doing)?))
-        .map_err(|e| AppClientError::Io(doing, e))?;
-    stream.write_all(&request).map_err(|e| {
-        if is_timeout(&e) {
-            deadline.expired(doing)
-        } else {
-            AppClientError::Io(doing, e)
-        }
-    })?;
-
-    let response = read_response(&mut stream, &deadline, config.max_content_length)?;
-    log::debug!("Closing connection to {}", config.addr);
-    let _ = stream.shutdown(Shutdown::Both);
-    Ok(response)
+    let exchange = OneRequest {
+        config,
+        request,
+        decoder: Decoder::new(config.max_content_length),
+        held: 0,
+        outcome: None,
+    };
+    // Both counted from the start (the frame clock starts with the request): the whole
+    // exchange, connect included, ends within the one timeout.
+    let timeouts = client_timeouts(config.timeout, Some(config.timeout));
+    let io_error = |e| AppClientError::Io("running the event loop", e);
+    let mut driver = Driver::new(exchange, timeouts).map_err(io_error)?;
+    driver.connect(config.addr).map_err(io_error)?;
+    driver.run().map_err(io_error)?;
+    driver.into_protocol().outcome.unwrap_or_else(|| {
+        Err(AppClientError::Malformed(
+            "the connection ended without an outcome".into(),
+        ))
+    })
 }
 
-/// Reads until one whole frame has arrived, then interprets it.
-fn read_response(
-    stream: &mut TcpStream,
-    deadline: &Deadline,
-    max_content_length: usize,
-) -> Result<AppResponse, AppClientError> {
-    let doing = "waiting for the response";
-    let mut decoder = Decoder::new(max_content_length);
-    let mut received = Vec::new();
-    let mut chunk = vec![0; READ_CHUNK];
-    loop {
-        match decoder.decode(&received) {
+/// The exchange as a client protocol of one connection.
+struct OneRequest<'a> {
+    config: &'a AppClientConfig,
+    request: Vec<u8>,
+    decoder: Decoder,
+    /// Bytes of the response that arrived before the last call (held by the connection
+    /// until the whole frame is in), so each read is logged once.
+    held: usize,
+    outcome: Option<Result<AppResponse, AppClientError>>,
+}
+
+impl Protocol for OneRequest<'_> {
+    type Session = ();
+
+    fn open(&mut self, _: &Peer, out: &mut Output<'_>) {
+        let addr = self.config.addr;
+        log::debug!("Starting connection to {addr}");
+        if log::log_enabled!(log::Level::Debug) {
+            log::debug!(
+                "Request header: {}",
+                header_text(&self.request).unwrap_or("?")
+            );
+            log::debug!("Sending {} to {addr}", ByteStr(&self.request));
+        }
+        out.send(&self.request);
+    }
+
+    fn on_input(&mut self, _: &mut (), input: &[u8], _: &mut Output<'_>) -> (usize, Flow) {
+        if log::log_enabled!(log::Level::Debug) {
+            log::debug!(
+                "Received {}",
+                ByteStr(input.get(self.held..).unwrap_or_default())
+            );
+        }
+        // The decoder has checked the declared length against the limit, so what the
+        // connection holds meanwhile is bounded.
+        let outcome = match self.decoder.decode(input) {
             Ok(Some((frame, _))) => {
                 if log::log_enabled!(log::Level::Debug) {
-                    log::debug!("Response header: {}", header_text(&received).unwrap_or("?"));
+                    log::debug!("Response header: {}", header_text(input).unwrap_or("?"));
                 }
-                return interpret(&frame);
+                interpret(&frame)
             }
-            Ok(None) => {}
-            Err(e) => return Err(AppClientError::Malformed(e.to_string())),
-        }
-        stream
-            .set_read_timeout(Some(deadline.left(doing)?))
-            .map_err(|e| AppClientError::Io(doing, e))?;
-        let n = match stream.read(&mut chunk) {
-            Ok(0) => return Err(AppClientError::EarlyClose(received.len())),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if is_timeout(&e) => return Err(deadline.expired(doing)),
-            Err(e) => return Err(AppClientError::Io("reading the response", e)),
+            Ok(None) => {
+                self.held = input.len();
+                return (0, Flow::Continue);
+            }
+            Err(e) => Err(AppClientError::Malformed(e.to_string())),
         };
-        let bytes = chunk.get(..n).unwrap_or_default();
-        if log::log_enabled!(log::Level::Debug) {
-            log::debug!("Received {}", ByteStr(bytes));
+        if outcome.is_ok() {
+            log::debug!("Closing connection to {}", self.config.addr);
         }
-        // The decoder has checked the declared length against the limit, so this is bounded.
-        received.extend_from_slice(bytes);
-    }
-}
-
-/// The end of the whole exchange.
-struct Deadline {
-    at: Instant,
-    total: Duration,
-}
-
-impl Deadline {
-    fn new(total: Duration) -> Self {
-        Deadline {
-            at: Instant::now() + total,
-            total,
-        }
+        self.outcome = Some(outcome);
+        (input.len(), Flow::Close)
     }
 
-    /// Time left for the next step; an error once none is (a zero socket timeout would
-    /// mean "block forever").
-    fn left(&self, doing: &'static str) -> Result<Duration, AppClientError> {
-        let left = self.at.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            Err(self.expired(doing))
+    fn mid_frame(&self, _: &()) -> bool {
+        self.outcome.is_none()
+    }
+
+    fn on_eof(&mut self, _: &mut (), leftover: &[u8], _: &mut Output<'_>) {
+        self.outcome
+            .get_or_insert(Err(AppClientError::EarlyClose(leftover.len())));
+    }
+
+    fn on_timeout(&mut self, _: &mut (), _: Timeout, out: &mut Output<'_>) {
+        // What is still owed is the unsent part of the request.
+        let doing = if out.owed() > 0 {
+            "sending the request"
         } else {
-            Ok(left)
-        }
+            "waiting for the response"
+        };
+        self.outcome
+            .get_or_insert(Err(AppClientError::Timeout(self.config.timeout, doing)));
     }
 
-    fn expired(&self, doing: &'static str) -> AppClientError {
-        AppClientError::Timeout(self.total, doing)
+    fn max_pending_input(&self) -> usize {
+        PREFIX_LEN + MAX_HEADER_LEN + self.config.max_content_length
     }
 }
 
-/// A blocking socket's timeout shows as WouldBlock (EAGAIN) or TimedOut.
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
+impl Client for OneRequest<'_> {
+    fn on_ended(&mut self, ended: Ended<()>) {
+        if self.outcome.is_some() {
+            return;
+        }
+        let config = self.config;
+        self.outcome = Some(Err(match ended.error {
+            Some(Failure {
+                op: "connect",
+                error,
+            }) if error.kind() == io::ErrorKind::TimedOut => {
+                AppClientError::Timeout(config.timeout, "connecting")
+            }
+            Some(Failure {
+                op: "connect",
+                error,
+            }) => AppClientError::Connect(config.addr, error),
+            Some(Failure { op: "read", error }) => {
+                AppClientError::Io("reading the response", error)
+            }
+            Some(Failure { op: "write", error }) => {
+                AppClientError::Io("sending the request", error)
+            }
+            Some(Failure { op, error }) => AppClientError::Io(op, error),
+            None => AppClientError::Malformed(format!("closed ({})", ended.reason.name())),
+        }));
+    }
 }
 
 #[cfg(test)]

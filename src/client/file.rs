@@ -1,26 +1,24 @@
-//! The file-transfer client: `run_file_load` has NUM_CONNS connections on a mio loop each
-//! download one path (a load test of `--protocol file`); `download` fetches it once into a
-//! writer (`-o OUT`). Both check the byte count against the server's `OK <size>` header.
+//! The file-transfer client: `run_file_load` has NUM_CONNS connections on the client loop
+//! each download one path (a load test of `--protocol file`); `download` fetches it once
+//! into a writer (`-o OUT`). Both are one client protocol, which checks the byte count
+//! against the server's `OK <size>` header and hands the bytes to a sink.
 
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream as StdTcpStream};
+use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
-use slab::Slab;
-
-use super::connect;
+use super::driver::{client_timeouts, Client, Driver};
+use crate::config::Timeouts;
+use crate::connection::{Ended, Failure};
 use crate::launch::describe;
-use crate::protocol::ByteStr;
+use crate::net::Peer;
+use crate::protocol::line::{next_line, Line};
+use crate::protocol::{ByteStr, Flow, Output, Protocol};
 
 /// The longest reply header accepted, in bytes. The server's are short (`OK <size>`,
 /// `ERR <reason>`); anything longer without a line end is not this protocol.
 const MAX_HEADER: usize = 1024;
-
-/// Bytes read from a socket at once.
-const READ_CHUNK: usize = 64 * 1024;
 
 /// Why one download failed.
 #[derive(Debug)]
@@ -88,41 +86,45 @@ pub fn parse_header(line: &[u8]) -> Result<u64, DownloadError> {
 }
 
 /// Where a connection is in its download.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
-    /// Waiting for the header line; holds what arrived of it.
-    Header(Vec<u8>),
+    /// Waiting for the header line (what arrived of it is held by the connection).
+    Header,
     /// Receiving the file: `remaining` of `size` bytes still to come.
     Body { size: u64, remaining: u64 },
 }
 
-/// Consumes `data` received by a connection. Returns `Some(size)` once the whole file is
-/// in; bytes past the announced size are an error (the server sends nothing unasked).
+/// Consumes `data` received by a connection, the file's bytes going to `sink`. Returns
+/// the bytes used (an unfinished header line is left to be shown again with more) and,
+/// once the whole file is in, its size; bytes past the announced size are an error (the
+/// server sends nothing unasked).
 fn receive(
     stage: &mut Stage,
     mut data: &[u8],
     sink: &mut dyn Write,
-) -> Result<Option<u64>, DownloadError> {
-    if let Stage::Header(header) = stage {
-        let Some(end) = data.iter().position(|&b| b == b'\n') else {
-            if header.len() + data.len() > MAX_HEADER {
+) -> Result<(usize, Option<u64>), DownloadError> {
+    let mut used = 0;
+    if *stage == Stage::Header {
+        match next_line(data, MAX_HEADER) {
+            Line::Complete(line, len) => {
+                let size = parse_header(line)?;
+                *stage = Stage::Body {
+                    size,
+                    remaining: size,
+                };
+                used = len;
+                data = &data[len..];
+            }
+            Line::Incomplete => return Ok((0, None)),
+            Line::TooLong(_) => {
                 return Err(DownloadError::BadReply(format!(
                     "no header line in {MAX_HEADER} bytes"
-                )));
+                )))
             }
-            header.extend_from_slice(data);
-            return Ok(None);
-        };
-        header.extend_from_slice(&data[..end]);
-        let size = parse_header(header)?;
-        *stage = Stage::Body {
-            size,
-            remaining: size,
-        };
-        data = &data[end + 1..];
+        }
     }
     let Stage::Body { size, remaining } = stage else {
-        return Ok(None);
+        return Ok((used, None));
     };
     if data.len() as u64 > *remaining {
         return Err(DownloadError::BadReply(format!(
@@ -131,7 +133,7 @@ fn receive(
     }
     sink.write_all(data)?;
     *remaining -= data.len() as u64;
-    Ok((*remaining == 0).then_some(*size))
+    Ok((used + data.len(), (*remaining == 0).then_some(*size)))
 }
 
 /// One finished download.
@@ -149,8 +151,8 @@ impl Download {
     }
 }
 
-/// Downloads `path` over one blocking connection, writing the file's bytes to `sink`.
-/// Every socket operation gives up after `io_timeout`.
+/// Downloads `path` over one connection, writing the file's bytes to `sink`. Connecting
+/// gives up after `io_timeout`, and so does the transfer when nothing moves for as long.
 pub fn download(
     addr: SocketAddr,
     path: &[u8],
@@ -159,33 +161,34 @@ pub fn download(
 ) -> Result<Download, DownloadError> {
     let request = request_line(path)?;
     let started = Instant::now();
-    let mut stream = StdTcpStream::connect_timeout(&addr, io_timeout)?;
-    stream.set_read_timeout(Some(io_timeout))?;
-    stream.set_write_timeout(Some(io_timeout))?;
-    stream.write_all(&request)?;
-    let mut stage = Stage::Header(Vec::new());
-    let mut buf = vec![0; READ_CHUNK];
-    loop {
-        let n = match stream.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
-        };
-        if n == 0 {
-            return Err(closed_early(&stage));
-        }
-        if let Some(size) = receive(&mut stage, &buf[..n], sink)? {
-            return Ok(Download {
-                size,
-                elapsed: started.elapsed(),
-            });
-        }
+    let mut driver = Driver::new(
+        Downloads::new(request, sink, io_timeout),
+        timeouts(io_timeout),
+    )?;
+    driver.connect(addr)?;
+    driver.run()?;
+    let (_, result) = driver
+        .into_protocol()
+        .results
+        .pop()
+        .ok_or_else(|| DownloadError::BadReply("the connection was never made".into()))?;
+    result.map(|size| Download {
+        size,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// A download's connection gives up after `timeout` connecting, or without progress.
+fn timeouts(timeout: Duration) -> Timeouts {
+    Timeouts {
+        idle: Some(timeout),
+        ..client_timeouts(timeout, None)
     }
 }
 
 fn closed_early(stage: &Stage) -> DownloadError {
     match stage {
-        Stage::Header(_) => DownloadError::BadReply("closed before the header".to_string()),
+        Stage::Header => DownloadError::BadReply("closed before the header".to_string()),
         Stage::Body { size, remaining } => DownloadError::Short {
             expected: *size,
             received: size - remaining,
@@ -200,8 +203,8 @@ pub struct FileLoadConfig {
     pub connections: usize,
     /// Relative to the server's root, as bytes (paths need not be UTF-8).
     pub path: Vec<u8>,
-    /// The run fails when no connection makes progress for this long (a large file may
-    /// take much longer in all).
+    /// A connection fails when it makes no progress for this long (a large file may take
+    /// much longer in all), or cannot connect within it.
     pub timeout: Duration,
 }
 
@@ -251,182 +254,156 @@ impl fmt::Display for FileLoadReport {
     }
 }
 
-struct LoadConn {
-    number: usize,
-    stream: TcpStream,
-    connected: bool,
-    /// Bytes of the request line already written.
-    written: usize,
-    stage: Stage,
+/// Downloads as a client protocol: every connection sends the one request line and
+/// receives one file into the sink.
+struct Downloads<'a> {
+    request: Vec<u8>,
+    sink: &'a mut dyn Write,
+    timeout: Duration,
+    opened: usize,
+    /// File bytes received over all connections, complete or not.
+    bytes: u64,
+    /// (connection number, its size or why it failed), in the order they ended.
+    results: Vec<(usize, Result<u64, DownloadError>)>,
 }
 
-/// Runs `config.connections` downloads of `config.path` at once on one mio loop, counting
+/// One connection's download.
+struct Transfer {
+    number: usize,
+    stage: Stage,
+    /// Known once complete, or once the protocol saw it fail.
+    result: Option<Result<u64, DownloadError>>,
+}
+
+impl<'a> Downloads<'a> {
+    fn new(request: Vec<u8>, sink: &'a mut dyn Write, timeout: Duration) -> Self {
+        Downloads {
+            request,
+            sink,
+            timeout,
+            opened: 0,
+            bytes: 0,
+            results: Vec::new(),
+        }
+    }
+}
+
+impl Protocol for Downloads<'_> {
+    type Session = Transfer;
+
+    fn open(&mut self, _: &Peer, out: &mut Output<'_>) -> Transfer {
+        self.opened += 1;
+        out.send(&self.request);
+        Transfer {
+            number: self.opened,
+            stage: Stage::Header,
+            result: None,
+        }
+    }
+
+    fn on_input(
+        &mut self,
+        transfer: &mut Transfer,
+        input: &[u8],
+        _: &mut Output<'_>,
+    ) -> (usize, Flow) {
+        let before = match transfer.stage {
+            Stage::Header => None,
+            Stage::Body { remaining, .. } => Some(remaining),
+        };
+        let received = receive(&mut transfer.stage, input, &mut *self.sink);
+        if let Stage::Body { size, remaining } = transfer.stage {
+            self.bytes += before.unwrap_or(size) - remaining;
+        }
+        match received {
+            Ok((used, None)) => (used, Flow::Continue),
+            Ok((used, Some(size))) => {
+                transfer.result = Some(Ok(size));
+                (used, Flow::Close)
+            }
+            Err(e) => {
+                transfer.result = Some(Err(e));
+                (input.len(), Flow::Close)
+            }
+        }
+    }
+
+    fn on_eof(&mut self, transfer: &mut Transfer, _: &[u8], _: &mut Output<'_>) {
+        if transfer.result.is_none() {
+            transfer.result = Some(Err(closed_early(&transfer.stage)));
+        }
+    }
+
+    fn max_pending_input(&self) -> usize {
+        // Only an unfinished header line is kept; `receive` refuses a longer one itself.
+        MAX_HEADER + 1
+    }
+}
+
+impl Client for Downloads<'_> {
+    fn on_ended(&mut self, ended: Ended<Transfer>) {
+        let transfer = ended.session;
+        let result = transfer.result.unwrap_or_else(|| {
+            Err(match ended.error {
+                Some(Failure { error, .. }) => DownloadError::Io(error),
+                None => {
+                    let got = match transfer.stage {
+                        Stage::Header => "no header yet".to_string(),
+                        Stage::Body { size, remaining } => {
+                            format!("{} of {size} bytes", size - remaining)
+                        }
+                    };
+                    DownloadError::Io(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no progress for {:?}, with {got}", self.timeout),
+                    ))
+                }
+            })
+        });
+        self.results.push((transfer.number, result));
+    }
+}
+
+/// Runs `config.connections` downloads of `config.path` at once on one loop, counting
 /// and checking the bytes (they are not kept). Fails only if the poll itself fails; each
 /// connection's failure is in the report.
 pub fn run_file_load(config: &FileLoadConfig) -> io::Result<FileLoadReport> {
-    let mut report = FileLoadReport {
-        connections: config.connections,
-        ..FileLoadReport::default()
-    };
     let request = match request_line(&config.path) {
         Ok(r) => r,
         Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidInput, e.to_string())),
     };
     let started = Instant::now();
-    let mut poll = Poll::new()?;
-    let mut events = Events::with_capacity(256);
-    let mut conns = Slab::with_capacity(config.connections);
-    for number in 1..=config.connections {
-        let entry = conns.vacant_entry();
-        let token = Token(entry.key());
-        let Some(stream) = connect::start_noting_failure(
-            poll.registry(),
-            config.addr,
-            token,
-            number,
-            &mut report.failures,
-        )?
-        else {
-            continue;
-        };
-        entry.insert(LoadConn {
-            number,
-            stream,
-            connected: false,
-            written: 0,
-            stage: Stage::Header(Vec::new()),
-        });
+    let mut sink = io::sink();
+    let mut driver = Driver::new(
+        Downloads::new(request, &mut sink, config.timeout),
+        timeouts(config.timeout),
+    )?;
+    for _ in 0..config.connections {
+        driver.connect(config.addr)?;
     }
-    let mut deadline = started + config.timeout;
-    let mut buf = vec![0u8; READ_CHUNK];
-    while !conns.is_empty() {
-        let now = Instant::now();
-        if now >= deadline {
-            for (_, conn) in conns.iter() {
-                let conn: &LoadConn = conn;
-                let got = match conn.stage {
-                    Stage::Header(_) => "no header yet".to_string(),
-                    Stage::Body { size, remaining } => {
-                        format!("{} of {size} bytes", size - remaining)
-                    }
-                };
-                report.failures.push((
-                    conn.number,
-                    format!("no progress for {:?}, with {got}", config.timeout),
-                ));
+    driver.run()?;
+    let downloads = driver.into_protocol();
+    let mut report = FileLoadReport {
+        connections: config.connections,
+        bytes: downloads.bytes,
+        elapsed: started.elapsed(),
+        ..FileLoadReport::default()
+    };
+    for (number, result) in downloads.results {
+        match result {
+            Ok(size) if report.size.is_some_and(|s| s != size) => report.failures.push((
+                number,
+                format!("got {size} bytes where others got {:?}", report.size),
+            )),
+            Ok(size) => {
+                report.size = Some(size);
+                report.completed += 1;
             }
-            break;
-        }
-        match poll.poll(&mut events, Some(deadline - now)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-        if !events.is_empty() {
-            deadline = Instant::now() + config.timeout;
-        }
-        for event in events.iter() {
-            let key = event.token().0;
-            let Some(conn) = conns.get_mut(key) else {
-                continue;
-            };
-            let mut counted = Counted(0);
-            let outcome = serve_load_conn(
-                conn,
-                event,
-                &request,
-                &mut buf,
-                &mut counted,
-                poll.registry(),
-            );
-            report.bytes += counted.0;
-            match outcome {
-                Ok(None) => {}
-                Ok(Some(size)) => {
-                    if report.size.is_some_and(|s| s != size) {
-                        report.failures.push((
-                            conn.number,
-                            format!("got {size} bytes where others got {:?}", report.size),
-                        ));
-                    } else {
-                        report.size = Some(size);
-                        report.completed += 1;
-                    }
-                    conns.remove(key);
-                }
-                Err(e) => {
-                    report.failures.push((conn.number, e.to_string()));
-                    conns.remove(key);
-                }
-            }
+            Err(e) => report.failures.push((number, e.to_string())),
         }
     }
-    report.elapsed = started.elapsed();
     report.failures.sort_by_key(|(number, _)| *number);
     Ok(report)
-}
-
-/// A sink that only counts, for load tests.
-struct Counted(u64);
-
-impl Write for Counted {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0 += buf.len() as u64;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Handles one event of a load connection: `Some(size)` once its download is complete.
-fn serve_load_conn(
-    conn: &mut LoadConn,
-    event: &mio::event::Event,
-    request: &[u8],
-    buf: &mut [u8],
-    sink: &mut Counted,
-    registry: &mio::Registry,
-) -> Result<Option<u64>, DownloadError> {
-    if !conn.connected {
-        conn.connected = connect::finished(&conn.stream)?;
-        if !conn.connected {
-            return Ok(None);
-        }
-    }
-    if conn.written < request.len() {
-        loop {
-            match conn.stream.write(&request[conn.written..]) {
-                Ok(n) => {
-                    conn.written += n;
-                    if conn.written == request.len() {
-                        // Everything sent: only reading is left.
-                        registry.reregister(&mut conn.stream, event.token(), Interest::READABLE)?;
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    if event.is_readable() || event.is_read_closed() || event.is_error() {
-        loop {
-            match conn.stream.read(buf) {
-                Ok(0) => return Err(closed_early(&conn.stage)),
-                Ok(n) => {
-                    if let Some(size) = receive(&mut conn.stage, &buf[..n], sink)? {
-                        return Ok(Some(size));
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    Ok(None)
 }
 
 #[cfg(test)]
@@ -459,26 +436,29 @@ mod tests {
         }
     }
 
-    /// A reply split at every point is received the same, and its end is detected.
+    /// A reply split at every point is received the same (what is not used is shown
+    /// again with the rest, as the connection does), and its end is detected.
     #[test]
     fn receive_at_every_split() {
-        let reply = b"OK 5\nhello";
+        let reply = b"OK 5\r\nhello";
         for split in 0..=reply.len() {
-            let mut stage = Stage::Header(Vec::new());
+            let mut stage = Stage::Header;
             let mut sink = Vec::new();
-            let first = receive(&mut stage, &reply[..split], &mut sink).unwrap();
-            let second = receive(&mut stage, &reply[split..], &mut sink).unwrap();
+            let (used, first) = receive(&mut stage, &reply[..split], &mut sink).unwrap();
+            let rest = &reply[used..];
+            let (used_rest, second) = receive(&mut stage, rest, &mut sink).unwrap();
+            assert_eq!(used_rest, rest.len(), "split at {split}");
             assert_eq!(first.or(second), Some(5), "split at {split}");
             assert_eq!(sink, b"hello");
         }
-        let mut stage = Stage::Header(Vec::new());
+        let mut stage = Stage::Header;
         assert!(matches!(
             receive(&mut stage, b"OK 2\nabc", &mut Vec::new()),
             Err(DownloadError::BadReply(_))
         ));
-        let mut stage = Stage::Header(Vec::new());
+        let mut stage = Stage::Header;
         assert!(matches!(
-            receive(&mut stage, &[b'O'; MAX_HEADER + 1], &mut Vec::new()),
+            receive(&mut stage, &[b'O'; MAX_HEADER + 2], &mut Vec::new()),
             Err(DownloadError::BadReply(_))
         ));
     }

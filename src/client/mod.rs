@@ -1,11 +1,13 @@
-//! Clients: the tutorial's multi-connection scenario ([`scenario`]), the app protocol's
-//! one-shot client ([`app`]), and the load generator (`multiconn-client` with
-//! `--duration` or `--requests`): its loops ([`load`]), what it sends and checks per
-//! protocol ([`workload`]), its report ([`report`]), and the duration syntax of its flags
-//! ([`duration`]).
+//! Clients, all on one client loop ([`driver`]: the server's connection core and
+//! schedule, connecting instead of accepting), each a client protocol over bytes: the
+//! tutorial's multi-connection scenario ([`scenario`]), the app protocol's one-shot client
+//! ([`app`]), the file downloader ([`file`]), and the load generator (`multiconn-client`
+//! with `--duration` or `--requests`): its loops ([`load`]), what it sends and checks per
+//! protocol ([`workload`]), its report ([`report`]), its schedule timer ([`timer`]) and the
+//! duration syntax of its flags ([`duration`]).
 
 pub mod app;
-pub mod connect;
+pub mod driver;
 pub mod duration;
 pub mod file;
 pub mod load;

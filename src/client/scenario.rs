@@ -1,18 +1,16 @@
-//! The tutorial's `multiconn-client.py` on a mio loop: NUM_CONNS non-blocking connections,
-//! each sends its messages, reads until every byte it sent has come back (verifying them),
-//! and closes. WRITABLE is registered only while a connection has something to send.
+//! The tutorial's `multiconn-client.py` on the client loop: NUM_CONNS non-blocking
+//! connections, each sends its messages, reads until every byte it sent has come back
+//! (verifying them), and closes. The checks are a client protocol; the connection core
+//! does the I/O, asking for WRITABLE only while a connection has something to send.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
-use slab::Slab;
-
-use super::connect;
-use crate::launch::describe;
-use crate::protocol::ByteStr;
+use super::driver::{client_timeouts, Client, Driver};
+use crate::connection::{Ended, Failure};
+use crate::net::Peer;
+use crate::protocol::{ByteStr, Flow, Output, Protocol, Timeout};
 
 /// What the scenario does.
 #[derive(Debug, Clone)]
@@ -48,17 +46,167 @@ pub struct ScenarioReport {
     pub failures: Vec<(usize, String)>,
 }
 
+/// The scenario as a client protocol: every connection sends the messages in order once
+/// connected and checks the echo as it arrives; the transcript is written as it happens.
+struct Scenario<'a> {
+    config: &'a ScenarioConfig,
+    /// Every message in order: what each connection's echo must be.
+    expected: Vec<u8>,
+    transcript: &'a mut dyn Write,
+    /// A transcript line that could not be written ends the run with that error.
+    transcript_error: Option<io::Error>,
+    report: ScenarioReport,
+    opened: usize,
+}
+
+/// One connection's progress.
 struct Conn {
     number: usize,
-    stream: TcpStream,
-    connected: bool,
     next_message: usize,
-    /// Bytes of the current message already written.
-    written: usize,
-    /// Everything sent so far, to verify the echo against.
-    sent: Vec<u8>,
+    /// Bytes of the echo received (and verified) so far.
     received: usize,
-    expected: usize,
+    /// Everything came back: reported as completed.
+    done: bool,
+    /// Why it failed, when the protocol knows better than the socket.
+    failure: Option<String>,
+}
+
+impl Scenario<'_> {
+    /// Writes a line the run depends on (the others are best effort, as in the tutorial).
+    fn line(&mut self, line: std::fmt::Arguments<'_>) {
+        if let Err(e) = writeln!(self.transcript, "{line}") {
+            self.transcript_error.get_or_insert(e);
+        }
+    }
+
+    fn timed_out(&self, conn: &Conn) -> String {
+        format!(
+            "timed out after {:?} with {} of {} bytes echoed",
+            self.config.timeout,
+            conn.received,
+            self.expected.len()
+        )
+    }
+}
+
+impl Protocol for Scenario<'_> {
+    type Session = Conn;
+
+    fn open(&mut self, _: &Peer, _: &mut Output<'_>) -> Conn {
+        self.opened += 1;
+        let number = self.opened;
+        self.line(format_args!(
+            "Starting connection {number} to {}",
+            self.config.addr
+        ));
+        Conn {
+            number,
+            next_message: 0,
+            received: 0,
+            done: false,
+            failure: None,
+        }
+    }
+
+    fn on_input(&mut self, conn: &mut Conn, input: &[u8], _: &mut Output<'_>) -> (usize, Flow) {
+        let _ = writeln!(
+            self.transcript,
+            "Received {} from connection {}",
+            ByteStr(input),
+            conn.number
+        );
+        let (from, to) = (conn.received, conn.received + input.len());
+        if self.expected.get(from..to) != Some(input) {
+            conn.failure = Some(format!(
+                "echo mismatch: bytes {from}..{to} differ from what was sent"
+            ));
+            return (input.len(), Flow::Close);
+        }
+        conn.received = to;
+        if conn.received < self.expected.len() {
+            return (input.len(), Flow::Continue);
+        }
+        self.line(format_args!("Closing connection {}", conn.number));
+        self.report.completed += 1;
+        conn.done = true;
+        (input.len(), Flow::Close)
+    }
+
+    const STREAMS: bool = true;
+
+    /// Connected, or the last message was taken: the next message goes out.
+    fn on_drained(&mut self, conn: &mut Conn, out: &mut Output<'_>) -> Flow {
+        let Some(message) = self.config.messages.get(conn.next_message) else {
+            return Flow::Continue;
+        };
+        if conn.done || conn.failure.is_some() {
+            return Flow::Continue;
+        }
+        let _ = writeln!(
+            self.transcript,
+            "Sending {} to connection {}",
+            ByteStr(message),
+            conn.number
+        );
+        out.send(message);
+        conn.next_message += 1;
+        Flow::Continue
+    }
+
+    /// Until the whole echo is back: the frame timeout is the run's timeout.
+    fn mid_frame(&self, conn: &Conn) -> bool {
+        conn.received < self.expected.len()
+    }
+
+    fn on_eof(&mut self, conn: &mut Conn, _: &[u8], _: &mut Output<'_>) {
+        conn.failure.get_or_insert_with(|| {
+            format!(
+                "server closed the connection after {} of {} bytes",
+                conn.received,
+                self.expected.len()
+            )
+        });
+    }
+
+    fn on_timeout(&mut self, conn: &mut Conn, _: Timeout, _: &mut Output<'_>) {
+        let why = self.timed_out(conn);
+        conn.failure.get_or_insert(why);
+    }
+}
+
+impl Client for Scenario<'_> {
+    fn on_ended(&mut self, ended: Ended<Conn>) {
+        let conn = ended.session;
+        if conn.done {
+            return;
+        }
+        let reason = match (conn.failure.clone(), ended.error) {
+            (Some(failure), _) => failure,
+            (
+                None,
+                Some(Failure {
+                    op: "connect",
+                    error,
+                }),
+            ) => {
+                if error.kind() == io::ErrorKind::TimedOut {
+                    self.timed_out(&conn)
+                } else {
+                    format!("cannot connect to {}: {error}", self.config.addr)
+                }
+            }
+            (None, Some(Failure { op, error })) => {
+                let op = match op {
+                    "write" => "send",
+                    "read" => "receive",
+                    other => other,
+                };
+                format!("{op} failed: {error}")
+            }
+            (None, None) => format!("closed ({})", ended.reason.name()),
+        };
+        self.report.failures.push((conn.number, reason));
+    }
 }
 
 /// Runs the scenario, printing the tutorial's transcript lines to `transcript`.
@@ -66,172 +214,26 @@ pub fn run_scenario(
     config: &ScenarioConfig,
     transcript: &mut dyn Write,
 ) -> io::Result<ScenarioReport> {
-    let mut poll = Poll::new()?;
-    let mut events = Events::with_capacity(256);
-    let mut conns = Slab::with_capacity(config.connections);
-    let mut report = ScenarioReport::default();
-    let expected: usize = config.messages.iter().map(Vec::len).sum();
-    for number in 1..=config.connections {
-        writeln!(
-            transcript,
-            "Starting connection {number} to {}",
-            config.addr
-        )?;
-        let entry = conns.vacant_entry();
-        let token = Token(entry.key());
-        let Some(stream) = connect::start_noting_failure(
-            poll.registry(),
-            config.addr,
-            token,
-            number,
-            &mut report.failures,
-        )?
-        else {
-            continue;
-        };
-        entry.insert(Conn {
-            number,
-            stream,
-            connected: false,
-            next_message: 0,
-            written: 0,
-            sent: Vec::with_capacity(expected),
-            received: 0,
-            expected,
-        });
+    let scenario = Scenario {
+        config,
+        expected: config.messages.concat(),
+        transcript,
+        transcript_error: None,
+        report: ScenarioReport::default(),
+        opened: 0,
+    };
+    // Connect and echo both bounded from the start: the whole run ends within the timeout.
+    let timeouts = client_timeouts(config.timeout, Some(config.timeout));
+    let mut driver = Driver::new(scenario, timeouts)?;
+    for _ in 0..config.connections {
+        driver.connect(config.addr)?;
     }
-    let deadline = Instant::now() + config.timeout;
-    let mut buf = vec![0u8; 64 * 1024];
-    while !conns.is_empty() {
-        let now = Instant::now();
-        if now >= deadline {
-            for (_, conn) in conns.iter() {
-                let conn: &Conn = conn;
-                report.failures.push((
-                    conn.number,
-                    format!(
-                        "timed out after {:?} with {} of {} bytes echoed",
-                        config.timeout, conn.received, conn.expected
-                    ),
-                ));
-            }
-            break;
-        }
-        match poll.poll(&mut events, Some(deadline - now)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-        for event in events.iter() {
-            let key = event.token().0;
-            let Some(conn) = conns.get_mut(key) else {
-                continue;
-            };
-            let outcome = service(conn, event, &mut buf, config, transcript, poll.registry());
-            match outcome {
-                Ok(false) => {}
-                Ok(true) => {
-                    writeln!(transcript, "Closing connection {}", conn.number)?;
-                    report.completed += 1;
-                    conns.remove(key);
-                }
-                Err(reason) => {
-                    report.failures.push((conn.number, reason));
-                    conns.remove(key);
-                }
-            }
-        }
+    driver.run()?;
+    let scenario = driver.into_protocol();
+    if let Some(e) = scenario.transcript_error {
+        return Err(e);
     }
+    let mut report = scenario.report;
     report.failures.sort();
     Ok(report)
-}
-
-/// Handles one event; `Ok(true)` when the connection is done, `Err` with the reason it failed.
-fn service(
-    conn: &mut Conn,
-    event: &mio::event::Event,
-    buf: &mut [u8],
-    config: &ScenarioConfig,
-    transcript: &mut dyn Write,
-    registry: &mio::Registry,
-) -> Result<bool, String> {
-    if !conn.connected {
-        match connect::finished(&conn.stream) {
-            Ok(true) => conn.connected = true,
-            Ok(false) => return Ok(false),
-            Err(e) => {
-                return Err(format!(
-                    "cannot connect to {}: {}",
-                    config.addr,
-                    describe(&e)
-                ))
-            }
-        }
-    }
-    if event.is_writable() && conn.next_message < config.messages.len() {
-        while let Some(message) = config.messages.get(conn.next_message) {
-            if conn.written == 0 {
-                let _ = writeln!(
-                    transcript,
-                    "Sending {} to connection {}",
-                    ByteStr(message),
-                    conn.number
-                );
-            }
-            match conn.stream.write(&message[conn.written..]) {
-                Ok(n) => {
-                    conn.sent
-                        .extend_from_slice(&message[conn.written..conn.written + n]);
-                    conn.written += n;
-                    if conn.written == message.len() {
-                        conn.next_message += 1;
-                        conn.written = 0;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("send failed: {}", describe(&e))),
-            }
-        }
-        if conn.next_message == config.messages.len() {
-            // Everything sent: only reading is left.
-            registry
-                .reregister(&mut conn.stream, event.token(), Interest::READABLE)
-                .map_err(|e| format!("reregister failed: {e}"))?;
-        }
-    }
-    if event.is_readable() || event.is_read_closed() || event.is_error() {
-        loop {
-            match conn.stream.read(buf) {
-                Ok(0) => {
-                    return Err(format!(
-                        "server closed the connection after {} of {} bytes",
-                        conn.received, conn.expected
-                    ))
-                }
-                Ok(n) => {
-                    let got = &buf[..n];
-                    let _ = writeln!(
-                        transcript,
-                        "Received {} from connection {}",
-                        ByteStr(got),
-                        conn.number
-                    );
-                    let want = conn.sent.get(conn.received..conn.received + n);
-                    if want != Some(got) {
-                        return Err(format!(
-                            "echo mismatch: bytes {}..{} differ from what was sent",
-                            conn.received,
-                            conn.received + n
-                        ));
-                    }
-                    conn.received += n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("receive failed: {}", describe(&e))),
-            }
-        }
-    }
-    Ok(conn.received == conn.expected)
 }

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::line::{next_line, Line};
 use super::{ByteStr, Flow, Output, Protocol};
 use crate::net::Peer;
 
@@ -125,20 +126,15 @@ impl Protocol for Chat {
             if out.broadcast_len() + self.batch.len() >= MAX_FANOUT_PER_TURN {
                 break Flow::Pause;
             }
-            let rest = &input[used..];
-            let Some(end) = rest.iter().position(|&b| b == b'\n') else {
-                // Text plus a `\r` still waiting for its `\n` may reach `max_line + 1`;
-                // anything longer cannot become a valid line, so refuse it now.
-                if rest.len() > self.max_line + 1 {
-                    break self.refuse(session, rest.len(), out);
+            let line = match next_line(&input[used..], self.max_line) {
+                Line::Complete(line, len) => {
+                    used += len;
+                    line
                 }
-                break Flow::Continue;
+                Line::Incomplete => break Flow::Continue,
+                // Refused as soon as it cannot become a valid line, whole or not.
+                Line::TooLong(len) => break self.refuse(session, len, out),
             };
-            let line = rest[..end].strip_suffix(b"\r").unwrap_or(&rest[..end]);
-            used += end + 1;
-            if line.len() > self.max_line {
-                break self.refuse(session, line.len(), out);
-            }
             if line == QUIT {
                 log::debug!("{}: quit", session.peer);
                 break Flow::Close;

@@ -26,6 +26,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
+use super::line::{next_line, Line};
 #[cfg(test)]
 use super::Produced;
 use super::{ByteStr, Flow, Output, Protocol};
@@ -404,33 +405,29 @@ impl Protocol for FileServer {
         }
         let mut used = 0;
         let mut queue_full = false;
-        while let Some(end) = input[used..].iter().position(|&b| b == b'\n') {
-            let line = &input[used..used + end];
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.len() > MAX_REQUEST_LINE {
-                used += end + 1;
-                session.refuse(
-                    TOO_LONG,
-                    format_args!("request line of {} bytes", line.len()),
-                );
-                break;
+        loop {
+            match next_line(&input[used..], MAX_REQUEST_LINE) {
+                Line::Complete(line, len) => {
+                    let cost = line.len() + QUEUED_REQUEST_COST;
+                    if session.queued_bytes + cost > MAX_QUEUED_BYTES {
+                        // Left unread until the queue has room: backpressure, not an error.
+                        queue_full = true;
+                        break;
+                    }
+                    used += len;
+                    session.queued_bytes += cost;
+                    session.queued.push_back(line.into());
+                }
+                Line::Incomplete => break,
+                // Refused as soon as it cannot become a valid line, whole or not.
+                Line::TooLong(len) => {
+                    session.refuse(
+                        TOO_LONG,
+                        format_args!("request line of {len} bytes or more"),
+                    );
+                    break;
+                }
             }
-            let cost = line.len() + QUEUED_REQUEST_COST;
-            if session.queued_bytes + cost > MAX_QUEUED_BYTES {
-                // Left unread until the queue has room: backpressure, not an error.
-                queue_full = true;
-                break;
-            }
-            used += end + 1;
-            session.queued_bytes += cost;
-            session.queued.push_back(line.into());
-        }
-        // A path plus a `\r` waiting for its `\n` may reach MAX_REQUEST_LINE + 1 bytes.
-        if !session.refused && !queue_full && input.len() - used > MAX_REQUEST_LINE + 1 {
-            session.refuse(
-                TOO_LONG,
-                format_args!("request line over {MAX_REQUEST_LINE} bytes"),
-            );
         }
         if session.refused {
             used = input.len();

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod echo;
 pub mod file;
 pub mod http;
+pub mod line;
 
 use std::fmt;
 use std::sync::Arc;
@@ -229,5 +230,25 @@ mod tests {
             ByteStr(b"a\"b\\\n\x00\xff").to_string(),
             "b\"a\\\"b\\\\\\n\\x00\\xff\""
         );
+    }
+}
+
+/// Helpers for the protocols' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use proptest::sample::Index;
+
+    /// `data` cut at the given points (placed anywhere in it, in any order) into pieces,
+    /// as a peer's bytes may arrive.
+    pub fn pieces<'a>(data: &'a [u8], cuts: &[Index]) -> Vec<&'a [u8]> {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(data.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut pieces = Vec::with_capacity(cuts.len() + 1);
+        let mut start = 0;
+        for cut in cuts.into_iter().chain([data.len()]) {
+            pieces.push(&data[start..cut]);
+            start = cut;
+        }
+        pieces
     }
 }

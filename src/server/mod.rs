@@ -6,8 +6,6 @@
 
 mod control;
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -19,9 +17,10 @@ use slab::Slab;
 
 use crate::clock::Tick;
 use crate::config::{ServerConfig, READ_CHUNK};
-use crate::connection::{CloseReason, Connection, Readiness, Settled, Turn};
+use crate::connection::{CloseReason, Connection, Readiness, Turn};
 use crate::net::{configure_accepted, ListenAddr, Listener, Peer, Stream};
 use crate::protocol::{Produced, Protocol};
+use crate::schedule::{earliest, remove_ended, ConnRef, Schedule};
 use crate::stats::Stats;
 pub use control::ServerHandle;
 use control::{Control, SignalWatch, State};
@@ -49,10 +48,6 @@ const FANOUT_CHECK: Duration = Duration::from_millis(100);
 /// A loop running on its own thread (`Server::spawn`); joining it yields its counters.
 pub type ServerThread = JoinHandle<io::Result<Stats>>;
 
-/// A connection's place in the slab and its identity, for work deferred to later in the
-/// turn or to the next one: the key may be reused by then, the id is not.
-type ConnRef = (usize, u64);
-
 /// A server loop: binds in `bind`, serves in `run` until shut down.
 pub struct Server<P: Protocol> {
     poll: Poll,
@@ -64,19 +59,14 @@ pub struct Server<P: Protocol> {
     control: Arc<Control>,
     stats: Stats,
     next_id: u64,
-    timers: BinaryHeap<Reverse<(Tick, usize, u64)>>,
+    /// Timers, connections to serve again next turn, and those to remove in the sweep.
+    schedule: Schedule,
     /// Per-loop scratch, reused every turn so the hot path does not allocate.
     read_buf: Vec<u8>,
     produced: Produced,
-    /// Connections to serve next turn without waiting for an event (edge-triggered epoll
-    /// will not report them again), and its spare, swapped each turn.
-    again: Vec<ConnRef>,
-    again_spare: Vec<ConnRef>,
     accept_again: bool,
     /// Connections that got broadcast output this batch; flushed once at its end.
     delivered: Vec<usize>,
-    /// Connections marked closed this batch; removed in one sweep after it.
-    closing: Vec<usize>,
     /// Members whose broadcasts left others' queues over half the cap: not read again
     /// until every reading member is back under it (a burst is paced by the members that
     /// read, so none of them is cut by it).
@@ -110,17 +100,14 @@ impl<P: Protocol> Server<P> {
             control: Control::new(waker),
             stats: Stats::default(),
             next_id: 0,
-            timers: BinaryHeap::new(),
+            schedule: Schedule::default(),
             read_buf: vec![0; READ_CHUNK],
             produced: Produced {
                 reply: crate::outbound::Reply::with_capacity(READ_CHUNK),
                 ..Produced::default()
             },
-            again: Vec::new(),
-            again_spare: Vec::new(),
             accept_again: false,
             delivered: Vec::new(),
-            closing: Vec::new(),
             held: Vec::new(),
             accept_paused_until: None,
             last_accept_error_log: None,
@@ -189,7 +176,7 @@ impl<P: Protocol> Server<P> {
             if std::mem::take(&mut self.accept_again) || accept_resumes {
                 self.accept(now);
             }
-            if !self.again.is_empty() {
+            if self.schedule.has_again() {
                 self.serve_again(now);
             }
             match self.control.state() {
@@ -223,7 +210,7 @@ impl<P: Protocol> Server<P> {
         }
         for (key, conn) in self.conns.iter_mut() {
             conn.end_at_shutdown();
-            self.closing.push(key);
+            self.schedule.close(key);
         }
         self.sweep(Tick::now());
         self.stats.open = self.conns.len();
@@ -251,12 +238,12 @@ impl<P: Protocol> Server<P> {
         drain: Option<Tick>,
         stats: Option<Tick>,
     ) -> Option<Duration> {
-        if !self.again.is_empty() || self.accept_again {
+        if self.schedule.has_again() || self.accept_again {
             return Some(Duration::ZERO);
         }
         let held = (!self.held.is_empty()).then(|| now + FANOUT_CHECK);
         // Folded by hand: the iterator version cost about 60 instructions per turn.
-        let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        let timer = self.schedule.next_timer();
         let nearest = earliest(
             earliest(timer, self.accept_paused_until),
             earliest(earliest(drain, stats), held),
@@ -404,8 +391,7 @@ impl<P: Protocol> Server<P> {
     fn serve_again(&mut self, now: Tick) {
         // Swapped with a spare list that keeps its capacity: serving may queue the same
         // connections for the next turn, and neither list is reallocated.
-        let spare = std::mem::take(&mut self.again_spare);
-        let mut batch = std::mem::replace(&mut self.again, spare);
+        let batch = self.schedule.take_again();
         for &(key, id) in &batch {
             let (conns, mut turn) = self.turn(now);
             let Some(conn) = conns.get_mut(key).filter(|c| c.id() == id) else {
@@ -414,8 +400,7 @@ impl<P: Protocol> Server<P> {
             let again = conn.serve(&mut turn, true, false);
             self.after_serving(key, again, now);
         }
-        batch.clear();
-        self.again_spare = batch;
+        self.schedule.done_again(batch);
     }
 
     /// What follows serving a connection: its broadcasts go out, and it is settled.
@@ -432,7 +417,7 @@ impl<P: Protocol> Server<P> {
 
     fn serve_next_turn(&mut self, key: usize) {
         let id = self.conns[key].id();
-        self.again.push((key, id));
+        self.schedule.serve_next_turn(key, id);
     }
 
     /// Queues this turn's broadcasts on every other open connection, shared, not copied.
@@ -451,7 +436,7 @@ impl<P: Protocol> Server<P> {
                 self.delivered.push(key);
             }
             if conn.is_closed() {
-                self.closing.push(key);
+                self.schedule.close(key);
             }
             congested |= conn.backlog_over(max_outbound / 2);
         }
@@ -487,7 +472,7 @@ impl<P: Protocol> Server<P> {
                     FANOUT_STALL
                 );
                 conn.cut(CloseReason::SlowConsumer);
-                self.closing.push(key);
+                self.schedule.close(key);
             } else {
                 congested = true;
             }
@@ -527,40 +512,16 @@ impl<P: Protocol> Server<P> {
             &mut self.stats,
             now,
         ) {
-            self.schedule(key, settled);
-        }
-    }
-
-    #[cold]
-    fn schedule(&mut self, key: usize, settled: Settled) {
-        let id = self.conns[key].id();
-        if settled.finished {
-            self.closing.push(key);
-            return;
-        }
-        if settled.serve_again {
-            self.again.push((key, id));
-        }
-        if let Some(at) = settled.timer {
-            self.timers.push(Reverse((at, key, id)));
+            let id = conn.id();
+            self.schedule.add(key, id, settled);
         }
     }
 
     fn fire_timers(&mut self, now: Tick) {
-        while let Some(Reverse((at, key, id))) = self.timers.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
+        while let Some((at, key, id)) = self.schedule.pop_live(&self.conns, now) {
             let (conns, mut turn) = self.turn(now);
-            let Some(conn) = conns
-                .get_mut(key)
-                .filter(|c| c.id() == id && c.timer_is(at))
-            else {
-                continue; // a stale entry: the connection is gone or re-armed sooner
-            };
-            if let Some(later) = conn.on_timer(at, &mut turn) {
-                self.timers.push(Reverse((later, key, id)));
+            if let Some(later) = conns[key].on_timer(at, &mut turn) {
+                self.schedule.arm(later, key, id);
                 continue;
             }
             if self.deliver_broadcast(Some(key), now) {
@@ -573,7 +534,7 @@ impl<P: Protocol> Server<P> {
     /// Removes every connection marked closed this batch. A removed connection's
     /// `on_close` may broadcast (chat's "left"), which may close slow consumers in turn.
     fn sweep(&mut self, now: Tick) {
-        if !self.closing.is_empty() {
+        if self.schedule.has_closing() {
             self.remove_closed(now);
         }
         self.stats.requests += std::mem::take(&mut self.produced.requests);
@@ -582,14 +543,11 @@ impl<P: Protocol> Server<P> {
     #[cold]
     #[inline(never)]
     fn remove_closed(&mut self, now: Tick) {
-        while !self.closing.is_empty() {
-            for key in std::mem::take(&mut self.closing) {
-                if !self.conns.get(key).is_some_and(Connection::is_closed) {
+        while self.schedule.has_closing() {
+            for key in self.schedule.take_closing() {
+                let Some(ended) = remove_ended(&mut self.conns, key, &mut self.stats) else {
                     continue; // already removed (queued twice)
-                }
-                let ended = self.conns.remove(key).into_ended();
-                self.stats.closed[ended.reason as usize] += 1;
-                self.stats.resets += u64::from(ended.was_cut);
+                };
                 let peer = ended.peer;
                 log::info!("Closing connection to {peer}");
                 log::debug!("{peer}: closed ({})", ended.reason.name());
@@ -600,14 +558,6 @@ impl<P: Protocol> Server<P> {
             }
             self.flush_delivered(now);
         }
-    }
-}
-
-fn earliest(a: Option<Tick>, b: Option<Tick>) -> Option<Tick> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, None) => a,
-        (None, b) => b,
     }
 }
 

@@ -4,13 +4,13 @@
 //! stream; a malformed or unframed response ends the connection.
 
 use super::{Exchange, Progress, ResponseError};
+use crate::protocol::http::body::{Body, Framing, FramingError};
+use crate::protocol::http::MAX_HEADERS;
 
 /// Largest response head (status line and headers) held while it arrives: real servers
 /// send well under 8 KiB; more is a broken or hostile server.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Headers parsed per response; more is refused as malformed.
-const MAX_HEADERS: usize = 64;
-/// Longest chunk-size or trailer line (with extensions) held while it arrives.
+/// Longest chunk-size line or trailer section held while it arrives.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 
 /// Where the response being read is.
@@ -18,27 +18,8 @@ const MAX_CHUNK_LINE: usize = 4 * 1024;
 enum Stage {
     /// Status line and headers.
     Head,
-    /// `remaining` body bytes to skip.
-    Body {
-        remaining: u64,
-        accepted: bool,
-    },
-    /// Chunked body: the next chunk-size line.
-    ChunkSize {
-        accepted: bool,
-    },
-    /// Chunked body: `remaining` bytes of chunk data, then its CRLF.
-    ChunkData {
-        remaining: u64,
-        accepted: bool,
-    },
-    ChunkEnd {
-        accepted: bool,
-    },
-    /// After the last chunk: trailer lines until an empty one.
-    Trailers {
-        accepted: bool,
-    },
+    /// The body, skipped by the decoder the responder uses for request bodies.
+    Body { body: Body, accepted: bool },
 }
 
 /// One connection's requests and the framing state of the response being read.
@@ -79,71 +60,33 @@ impl HttpExchange {
             return Ok(Progress::NeedMore { used });
         }
         let accepted = code < 400;
-        let mut content_length: Option<u64> = None;
-        let mut chunked = false;
+        let mut framing = Framing::default();
         for header in response.headers.iter() {
-            if header.name.eq_ignore_ascii_case("content-length") {
-                let value = std::str::from_utf8(header.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .ok_or_else(|| {
-                        ResponseError("HTTP response with an invalid Content-Length".into())
-                    })?;
-                if content_length.is_some_and(|previous| previous != value) {
-                    return Err(ResponseError(
-                        "HTTP response with conflicting Content-Length headers".into(),
-                    ));
-                }
-                content_length = Some(value);
-            } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-                // Chunked must be the last coding; anything else cannot be framed here.
-                let value = String::from_utf8_lossy(header.value);
-                let last = value.rsplit(',').next().unwrap_or("").trim();
-                if !last.eq_ignore_ascii_case("chunked") {
-                    return Err(ResponseError(format!(
-                        "HTTP response with Transfer-Encoding {value:?}, which has no length"
-                    )));
-                }
-                chunked = true;
-            }
+            framing
+                .add(header.name.as_bytes(), header.value)
+                .map_err(framing_error)?;
         }
-        self.stage = if code == 204 || code == 304 {
-            Stage::Head
-        } else if chunked {
-            Stage::ChunkSize { accepted }
-        } else if let Some(remaining) = content_length {
-            Stage::Body {
-                remaining,
-                accepted,
-            }
+        let body = if code == 204 || code == 304 {
+            Body::Done
         } else {
-            return Err(ResponseError(
-                "HTTP response without Content-Length or chunked encoding (its end is the close, \
-                 which keep-alive load cannot use)"
-                    .into(),
-            ));
+            framing.body().map_err(framing_error)?.ok_or_else(|| {
+                ResponseError(
+                    "HTTP response without Content-Length or chunked encoding (its end is the \
+                     close, which keep-alive load cannot use)"
+                        .into(),
+                )
+            })?
         };
-        match self.stage {
-            Stage::Head => Ok(Progress::Done { used, accepted }),
-            Stage::Body { remaining: 0, .. } => {
-                self.stage = Stage::Head;
-                Ok(Progress::Done { used, accepted })
-            }
-            _ => Ok(Progress::NeedMore { used }),
+        if body == Body::Done {
+            return Ok(Progress::Done { used, accepted });
         }
+        self.stage = Stage::Body { body, accepted };
+        Ok(Progress::NeedMore { used })
     }
 }
 
-/// Takes up to `remaining` bytes of `input`: how many, and whether that was the last of them.
-fn skip(remaining: &mut u64, input: &[u8]) -> (usize, bool) {
-    let used = (*remaining).min(input.len() as u64);
-    *remaining -= used;
-    (used as usize, *remaining == 0)
-}
-
-/// The length of the first line of `input` including its CRLF, if it is all there.
-fn line_len(input: &[u8]) -> Option<usize> {
-    input.windows(2).position(|w| w == b"\r\n").map(|at| at + 2)
+fn framing_error(e: FramingError) -> ResponseError {
+    ResponseError(format!("HTTP response: {e}"))
 }
 
 impl Exchange for HttpExchange {
@@ -169,83 +112,17 @@ impl Exchange for HttpExchange {
                         })
                     }
                 },
-                Stage::Body {
-                    mut remaining,
-                    accepted,
-                } => {
-                    let (n, finished) = skip(&mut remaining, rest);
-                    used += n;
-                    if finished {
+                Stage::Body { mut body, accepted } => {
+                    used += body
+                        .skip(rest, MAX_CHUNK_LINE)
+                        .map_err(|e| ResponseError(format!("malformed HTTP response body: {e}")))?;
+                    if body == Body::Done {
                         self.stage = Stage::Head;
                         return Ok(Progress::Done { used, accepted });
                     }
-                    self.stage = Stage::Body {
-                        remaining,
-                        accepted,
-                    };
+                    self.stage = Stage::Body { body, accepted };
                     return Ok(Progress::NeedMore { used });
                 }
-                Stage::ChunkSize { accepted } => match httparse::parse_chunk_size(rest) {
-                    Ok(httparse::Status::Complete((n, 0))) => {
-                        used += n;
-                        self.stage = Stage::Trailers { accepted };
-                    }
-                    Ok(httparse::Status::Complete((n, size))) => {
-                        used += n;
-                        self.stage = Stage::ChunkData {
-                            remaining: size,
-                            accepted,
-                        };
-                    }
-                    Ok(httparse::Status::Partial) if rest.len() <= MAX_CHUNK_LINE => {
-                        return Ok(Progress::NeedMore { used });
-                    }
-                    Ok(httparse::Status::Partial) | Err(_) => {
-                        return Err(ResponseError(
-                            "malformed chunk size in HTTP response".into(),
-                        ));
-                    }
-                },
-                Stage::ChunkData {
-                    mut remaining,
-                    accepted,
-                } => {
-                    let (n, finished) = skip(&mut remaining, rest);
-                    used += n;
-                    self.stage = if finished {
-                        Stage::ChunkEnd { accepted }
-                    } else {
-                        Stage::ChunkData {
-                            remaining,
-                            accepted,
-                        }
-                    };
-                    if !finished {
-                        return Ok(Progress::NeedMore { used });
-                    }
-                }
-                Stage::ChunkEnd { accepted } => {
-                    if rest.len() < 2 {
-                        return Ok(Progress::NeedMore { used });
-                    }
-                    if &rest[..2] != b"\r\n" {
-                        return Err(ResponseError("HTTP chunk not followed by CRLF".into()));
-                    }
-                    used += 2;
-                    self.stage = Stage::ChunkSize { accepted };
-                }
-                Stage::Trailers { accepted } => match line_len(rest) {
-                    Some(2) => {
-                        self.stage = Stage::Head;
-                        return Ok(Progress::Done {
-                            used: used + 2,
-                            accepted,
-                        });
-                    }
-                    Some(n) if n <= MAX_CHUNK_LINE => used += n,
-                    None if rest.len() <= MAX_CHUNK_LINE => return Ok(Progress::NeedMore { used }),
-                    _ => return Err(ResponseError("HTTP trailer line too long".into())),
-                },
             }
             if used == input.len() {
                 return Ok(Progress::NeedMore { used });
@@ -358,6 +235,11 @@ mod tests {
         for bad in [
             &b"HTTP/1.1 200 OK\r\n\r\nbody until close"[..],
             b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            // The responder's rules: 1*DIGIT lengths, 1*HEXDIG chunk sizes.
+            b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",

@@ -9,8 +9,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use httparse::Status;
 
+pub mod body;
+
 use super::{Flow, Output, Protocol, Timeout};
 use crate::net::{describe, Peer};
+use body::{list_elements, trim_ows, Body, Framing, FramingError};
 
 /// The page served when no `--body` is given: the seed's.
 pub const DEFAULT_BODY: &[u8] = b"<h1>Hello,World!</h1>";
@@ -188,29 +191,6 @@ pub struct HttpSession {
     body: Body,
 }
 
-/// The part of a request's body still to be read and discarded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Body {
-    /// None: the next bytes start a request.
-    Done,
-    /// `Content-Length` framing: this many bytes remain.
-    Length(u64),
-    Chunked(ChunkStage),
-}
-
-/// Where a chunked body is (RFC 9112 §7.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ChunkStage {
-    /// Expecting a chunk-size line.
-    Size,
-    /// Inside a chunk's data: this many bytes remain.
-    Data(u64),
-    /// Expecting the CRLF that ends a chunk's data.
-    DataEnd,
-    /// After the last chunk: the trailer section up to its blank line.
-    Trailers,
-}
-
 /// What one request asks for, once its header section has been checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RequestHead {
@@ -299,105 +279,6 @@ impl Http {
         Http::respond(canned, &date, ConnectionHeader::Close, true, out);
         out.count_request();
     }
-
-    /// Discards body bytes of the current request from the front of `input`. Returns the
-    /// bytes used; on return `session.body` is `Done` or more input is needed.
-    /// `Err`: the chunked framing is broken; the response was already sent, so the
-    /// connection can only be closed.
-    fn skip_body(&self, body: &mut Body, input: &[u8]) -> Result<usize, BadRequest> {
-        let mut used = 0;
-        loop {
-            let rest = input.get(used..).unwrap_or_default();
-            match *body {
-                Body::Done => return Ok(used),
-                Body::Length(remaining) | Body::Chunked(ChunkStage::Data(remaining)) => {
-                    let take = remaining.min(rest.len() as u64);
-                    used += take as usize;
-                    let left = remaining - take;
-                    *body = match (*body, left) {
-                        (Body::Length(_), 0) => Body::Done,
-                        (Body::Length(_), _) => Body::Length(left),
-                        (_, 0) => Body::Chunked(ChunkStage::DataEnd),
-                        (_, _) => Body::Chunked(ChunkStage::Data(left)),
-                    };
-                    if left > 0 {
-                        return Ok(used);
-                    }
-                }
-                Body::Chunked(ChunkStage::Size) => match httparse::parse_chunk_size(rest) {
-                    // httparse reads an empty size line as 0; the grammar wants a digit.
-                    Ok(Status::Complete((n, size)))
-                        if rest.first().is_some_and(u8::is_ascii_hexdigit) =>
-                    {
-                        used += n;
-                        *body = Body::Chunked(if size == 0 {
-                            ChunkStage::Trailers
-                        } else {
-                            ChunkStage::Data(size)
-                        });
-                    }
-                    Ok(Status::Complete(_)) | Err(_) => return Err("invalid chunk size line"),
-                    Ok(Status::Partial) if rest.len() > self.max_header => {
-                        return Err("chunk size line over the header limit")
-                    }
-                    Ok(Status::Partial) => return Ok(used),
-                },
-                Body::Chunked(ChunkStage::DataEnd) => match rest {
-                    [b'\r', b'\n', ..] => {
-                        used += 2;
-                        *body = Body::Chunked(ChunkStage::Size);
-                    }
-                    [] | [b'\r'] => return Ok(used),
-                    _ => return Err("chunk data not followed by CRLF"),
-                },
-                Body::Chunked(ChunkStage::Trailers) => {
-                    let mut trailers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    match httparse::parse_headers(rest, &mut trailers) {
-                        Ok(Status::Complete((n, _))) if n <= self.max_header => {
-                            used += n;
-                            *body = Body::Done;
-                        }
-                        Ok(Status::Partial) if rest.len() <= self.max_header => return Ok(used),
-                        Ok(_) => return Err("trailer section over the header limit"),
-                        Err(_) => return Err("malformed trailer section"),
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The comma-separated elements of a header value, trimmed of optional whitespace,
-/// empty ones skipped (RFC 9110 §5.6.1).
-fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(trim_ows)
-        .filter(|e| !e.is_empty())
-}
-
-fn trim_ows(mut bytes: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = bytes {
-        bytes = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = bytes {
-        bytes = rest;
-    }
-    bytes
-}
-
-/// `1*DIGIT` as a u64; anything else (sign, space, overflow, empty) is `None`.
-fn parse_decimal(bytes: &[u8]) -> Option<u64> {
-    if bytes.is_empty() {
-        return None;
-    }
-    bytes.iter().try_fold(0u64, |n, &b| {
-        if b.is_ascii_digit() {
-            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-        } else {
-            None
-        }
-    })
 }
 
 /// Checks a complete header section and decides the response and the connection's fate.
@@ -411,9 +292,7 @@ fn examine(request: &httparse::Request<'_, '_>) -> Result<RequestHead, BadReques
     let mut close = false;
     let mut keep_alive_token = false;
     let mut hosts = 0;
-    let mut content_length: Option<u64> = None;
-    let mut last_transfer_coding: Option<&[u8]> = None;
-    let mut transfer_encoding_seen = false;
+    let mut framing = Framing::default();
     let mut expects_continue = false;
     for header in request.headers.iter() {
         let name = header.name.as_bytes();
@@ -422,22 +301,11 @@ fn examine(request: &httparse::Request<'_, '_>) -> Result<RequestHead, BadReques
                 close |= token.eq_ignore_ascii_case(b"close");
                 keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
             }
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            // Repeated fields or a list are accepted only when every value agrees
-            // (RFC 9110 §8.6); anything else is how request smuggling starts.
-            // An empty value is one empty element, which is no number.
-            for element in header.value.split(|&b| b == b',').map(trim_ows) {
-                let n = parse_decimal(element).ok_or("invalid Content-Length")?;
-                if content_length.is_some_and(|seen| seen != n) {
-                    return Err("conflicting Content-Length values");
-                }
-                content_length = Some(n);
-            }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            transfer_encoding_seen = true;
-            if let Some(last) = list_elements(header.value).last() {
-                last_transfer_coding = Some(last);
-            }
+        } else if framing
+            .add(name, header.value)
+            .map_err(FramingError::as_str)?
+        {
+            // Content-Length or Transfer-Encoding: checked together below.
         } else if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
         } else if name.eq_ignore_ascii_case(b"expect") {
@@ -448,27 +316,16 @@ fn examine(request: &httparse::Request<'_, '_>) -> Result<RequestHead, BadReques
     if hosts > 1 || (minor_version == 1 && hosts == 0) {
         return Err("missing or repeated Host");
     }
-    let body = if transfer_encoding_seen {
-        // RFC 9112 §6.1-6.3: with both framings, or in HTTP/1.0, or without chunked as the
-        // final coding, the body's length cannot be trusted: 400 and close.
-        if content_length.is_some() {
-            return Err("both Transfer-Encoding and Content-Length");
-        }
-        if minor_version == 0 {
-            return Err("Transfer-Encoding in an HTTP/1.0 request");
-        }
-        match last_transfer_coding {
-            Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => {
-                Body::Chunked(ChunkStage::Size)
-            }
-            _ => return Err("chunked is not the final transfer coding"),
-        }
-    } else {
-        match content_length {
-            None | Some(0) => Body::Done,
-            Some(n) => Body::Length(n),
-        }
-    };
+    // RFC 9112 §6.1: Transfer-Encoding cannot frame an HTTP/1.0 request's body.
+    if framing.has_transfer_encoding() && minor_version == 0 {
+        return Err("Transfer-Encoding in an HTTP/1.0 request");
+    }
+    // RFC 9112 §6.1-6.3: with both framings, or without chunked as the final coding, the
+    // body's length cannot be trusted: 400 and close. No framing field: no body.
+    let body = framing
+        .body()
+        .map_err(FramingError::as_str)?
+        .unwrap_or(Body::Done);
     let keep_alive = !close && (minor_version == 1 || keep_alive_token);
     Ok(RequestHead {
         method,
@@ -497,7 +354,8 @@ impl Protocol for Http {
     ) -> (usize, Flow) {
         let mut used = 0;
         loop {
-            match self.skip_body(&mut session.body, input.get(used..).unwrap_or_default()) {
+            let rest = input.get(used..).unwrap_or_default();
+            match session.body.skip(rest, self.max_header) {
                 Ok(n) => used += n,
                 Err(why) => {
                     log::debug!("{}: closing: {why}", session.peer);
@@ -1397,14 +1255,7 @@ mod tests {
         ) {
             let input: Vec<u8> = requests.iter().flat_map(|r| r.bytes()).collect();
             let expected: String = requests.iter().map(|r| r.expected()).collect();
-            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.index(input.len() + 1)).collect();
-            cuts.sort_unstable();
-            let mut pieces = Vec::new();
-            let mut start = 0;
-            for cut in cuts.into_iter().chain([input.len()]) {
-                pieces.push(&input[start..cut]);
-                start = cut;
-            }
+            let pieces = crate::protocol::testing::pieces(&input, &cuts);
             let run = feed(&mut responder(), pieces);
             prop_assert_eq!(text(&run), expected);
             prop_assert!(!run.closed);

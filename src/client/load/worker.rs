@@ -1,0 +1,258 @@
+//! One thread of a load run: a client loop with its share of the connections. It connects
+//! them, waits at the start line for the other loops, then turns the loop until the run
+//! ends, handing due schedule slots to their connections and publishing progress.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::{Token, Waker};
+
+use super::progress::{publish, PROGRESS_INTERVAL};
+use super::rate::{share, Rate};
+use super::requests::{Requests, Window};
+use super::{LoopResult, Shared, StopAt};
+use crate::client::driver::{client_timeouts, Driver, FIRST_CALLER_TOKEN};
+use crate::client::report::Interval;
+use crate::client::timer::SlotTimer;
+use crate::connection::Phase;
+use crate::schedule::ConnRef;
+
+/// Longest sleep of a loop with nothing to do: how often it looks at the clock at least.
+const MAX_TICK: Duration = Duration::from_millis(100);
+/// The tokens of each loop's waker and schedule timer: the caller's range of the driver.
+const WAKER: Token = Token(FIRST_CALLER_TOKEN);
+const SLOT_TIMER: Token = Token(FIRST_CALLER_TOKEN + 1);
+
+/// One thread's loop and its connections.
+struct Worker<'a> {
+    shared: &'a Shared<'a>,
+    /// This loop's number, 0-based.
+    thread: usize,
+    driver: Driver<Requests<'a>>,
+    /// The connections by their index in the schedule (`None`: it never connected).
+    by_index: Vec<Option<ConnRef>>,
+    /// With a rate: the next schedule slot, and which connections are due this turn.
+    slot: u64,
+    due: Vec<usize>,
+    is_due: Vec<bool>,
+    /// The driver's byte counters when measuring began.
+    bytes_at_start: Option<(u64, u64)>,
+}
+
+/// Runs loop `index` of `threads` from connecting to the end of the run.
+pub(super) fn run(shared: &Shared<'_>, index: usize, threads: usize) -> io::Result<LoopResult> {
+    let config = shared.config;
+    let (first, count) = share(config.connections, threads, index);
+    let setup = Worker::connect_all(shared, index, threads, first, count);
+    // Every loop reaches the barrier, even after an error, or the others would wait forever.
+    let connected = setup.as_ref().map_or(0, Worker::established);
+    shared.connected.fetch_add(connected, Ordering::SeqCst);
+    if shared.barrier.wait().is_leader() {
+        let _ = shared.start.set(Instant::now());
+    }
+    shared.barrier.wait();
+    let mut worker = setup?;
+    worker.driver.protocol_mut().tally.connected = connected;
+    let Some(&start) = shared.start.get() else {
+        return Err(io::Error::other("the run's start time was not set"));
+    };
+    if shared.connected.load(Ordering::SeqCst) == 0 || shared.control.is_stopped() {
+        return Ok(worker.finish(None));
+    }
+    let measure_start = start + config.warmup;
+    worker.driver.protocol_mut().window = Some(Window {
+        start,
+        measure_start,
+        deadline: match config.stop {
+            StopAt::Duration(d) => Some(measure_start + d),
+            StopAt::Requests(_) => None,
+        },
+    });
+    worker.serve()
+}
+
+impl<'a> Worker<'a> {
+    /// Opens this loop's connections and waits until each is established, failed, or
+    /// out of time (the connect timeout).
+    fn connect_all(
+        shared: &'a Shared<'a>,
+        thread: usize,
+        threads: usize,
+        first: usize,
+        count: usize,
+    ) -> io::Result<Self> {
+        let config = shared.config;
+        let budget = match config.stop {
+            StopAt::Requests(n) => Some(share(n as usize, threads, thread).1 as u64),
+            StopAt::Duration(_) => None,
+        };
+        let mut requests = Requests::new(config, first, budget);
+        requests.interval = shared.progress.as_ref().map(|_| Interval::default());
+        // This loop's part of the rate, in proportion to its connections.
+        requests.rate = config.rate.map(|r| Rate {
+            per_second: r * count as f64 / config.connections as f64,
+            per_round: count as u64,
+        });
+        let timeouts = client_timeouts(config.connect_timeout, Some(config.timeout));
+        let mut driver = Driver::new(requests, timeouts)?;
+        shared
+            .control
+            .add_waker(Arc::new(Waker::new(driver.registry(), WAKER)?));
+        let mut by_index = Vec::with_capacity(count);
+        for _ in 0..count {
+            by_index.push(driver.connect(config.addr)?);
+        }
+        let connecting = |driver: &Driver<Requests<'_>>| {
+            driver.connections().any(|c| c.phase() == Phase::Connecting)
+        };
+        while connecting(&driver) && !shared.control.is_stopped() {
+            driver.turn(None)?;
+        }
+        Ok(Worker {
+            shared,
+            thread,
+            driver,
+            by_index,
+            slot: 0,
+            due: Vec::with_capacity(count),
+            is_due: vec![false; count],
+            bytes_at_start: None,
+        })
+    }
+
+    /// Connections that completed their connect and are still open.
+    fn established(&self) -> u64 {
+        self.driver
+            .connections()
+            .filter(|c| c.phase() == Phase::Open)
+            .count() as u64
+    }
+
+    /// The measured run: issue, read, check, record, until the end.
+    fn serve(mut self) -> io::Result<LoopResult> {
+        let Some(window) = self.driver.protocol().window else {
+            return Ok(self.finish(None));
+        };
+        let mut slot_timer = match self.driver.protocol().rate {
+            Some(_) => SlotTimer::new(self.driver.registry(), SLOT_TIMER)?,
+            None => None,
+        };
+        self.note_measure_start(window, Instant::now());
+        // The first requests: every connection sends what its pipeline (or the
+        // schedule) allows.
+        for conn in self.by_index.clone().into_iter().flatten() {
+            self.driver.poke(conn);
+        }
+        let progress = self.driver.protocol().interval.is_some();
+        let mut next_publish = window.start + PROGRESS_INTERVAL;
+        loop {
+            let now = Instant::now();
+            self.note_measure_start(window, now);
+            if self.shared.control.is_stopped() {
+                return Ok(self.finish(Some(now)));
+            }
+            if let Some(deadline) = window.deadline {
+                if now >= deadline {
+                    return Ok(self.finish(Some(deadline)));
+                }
+            }
+            let requests = self.driver.protocol();
+            if self.driver.is_empty()
+                || (requests.budget == Some(0)
+                    && requests.outstanding == 0
+                    && now >= window.measure_start)
+            {
+                return Ok(self.finish(Some(now)));
+            }
+            let rate = requests.rate;
+            let budget_left = requests.budget.is_some();
+            if let Some(rate) = rate {
+                self.dispatch_due(rate, window, now);
+            }
+            if progress && now >= next_publish {
+                self.publish();
+                next_publish += PROGRESS_INTERVAL;
+            }
+            let mut wake_at = now + MAX_TICK;
+            if let Some(deadline) = window.deadline {
+                wake_at = wake_at.min(deadline);
+            }
+            if let Some(at) = rate.and_then(|r| r.slot_time(window.start, self.slot)) {
+                match &mut slot_timer {
+                    Some(timer) => timer.arm(at, now)?,
+                    None => wake_at = wake_at.min(at),
+                }
+            }
+            if progress {
+                wake_at = wake_at.min(next_publish);
+            }
+            if budget_left && now < window.measure_start {
+                wake_at = wake_at.min(window.measure_start);
+            }
+            self.driver
+                .turn(Some(wake_at.saturating_duration_since(now)))?;
+        }
+    }
+
+    /// Takes the byte counters as measuring starts: bytes are reported from there on.
+    fn note_measure_start(&mut self, window: Window, now: Instant) {
+        if self.bytes_at_start.is_none() && now >= window.measure_start {
+            let stats = self.driver.stats();
+            self.bytes_at_start = Some((stats.bytes_in, stats.bytes_out));
+        }
+    }
+
+    /// With a rate: hands every schedule slot whose time has come to its connection.
+    fn dispatch_due(&mut self, rate: Rate, window: Window, now: Instant) {
+        if rate.per_round == 0 {
+            return;
+        }
+        while let Some(at) = rate.slot_time(window.start, self.slot) {
+            if at > now || window.deadline.is_some_and(|d| at >= d) {
+                break;
+            }
+            let index = (self.slot % rate.per_round) as usize;
+            self.slot += 1;
+            if self.by_index[index].is_some() && !self.is_due[index] {
+                self.is_due[index] = true;
+                self.due.push(index);
+            }
+        }
+        // Reused every turn: the schedule must not allocate per request.
+        for i in 0..self.due.len() {
+            let index = self.due[i];
+            self.is_due[index] = false;
+            if let Some(conn) = self.by_index[index] {
+                self.driver.poke(conn);
+            }
+        }
+        self.due.clear();
+    }
+
+    /// Hands this second's progress figures to the printer.
+    fn publish(&mut self) {
+        let (shared, thread) = (self.shared, self.thread);
+        if let Some(interval) = &mut self.driver.protocol_mut().interval {
+            publish(shared, thread, interval);
+        }
+    }
+
+    fn finish(mut self, ended: Option<Instant>) -> LoopResult {
+        self.publish();
+        let stats = self.driver.stats();
+        let (bytes_in, bytes_out) = (stats.bytes_in, stats.bytes_out);
+        let mut requests = self.driver.into_protocol();
+        if let Some((bytes_in_before, bytes_out_before)) = self.bytes_at_start {
+            requests.tally.bytes_in = bytes_in - bytes_in_before;
+            requests.tally.bytes_out = bytes_out - bytes_out_before;
+        }
+        requests.tally.in_flight = requests.outstanding;
+        LoopResult {
+            tally: requests.tally,
+            ended,
+            last_answer: requests.last_answer,
+        }
+    }
+}
