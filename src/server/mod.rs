@@ -2,9 +2,11 @@
 //! in a `Slab` whose key is the connection's `Token`), a deadline queue for timeouts, the
 //! deferred lists, and the sweep. It only schedules: what a connection does with an event
 //! is the connection's business ([`crate::connection`]). Data flows one way:
-//! accept → read → protocol → write → interest.
+//! accept → read → protocol → write → interest. A [`Relay`] may extend it with sources of
+//! its own (other loops, a broker), to and from which broadcasts travel.
 
 mod control;
+mod relay;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
@@ -21,10 +23,11 @@ use crate::clock::Tick;
 use crate::config::{ServerConfig, READ_CHUNK};
 use crate::connection::{CloseReason, Connection, Readiness, Settled, Turn};
 use crate::net::{configure_accepted, ListenAddr, Listener, Peer, Stream};
-use crate::protocol::{Produced, Protocol};
+use crate::protocol::{Broadcasts, Produced, Protocol, Receive};
 use crate::stats::Stats;
 pub use control::ServerHandle;
 use control::{Control, SignalWatch, State};
+pub use relay::{relay_token, Relay, RelayIo, RELAY_TOKENS};
 
 /// The listener's and the waker's tokens sit at the top of the range, so a connection's
 /// token is simply its slab key.
@@ -85,6 +88,17 @@ pub struct Server<P: Protocol> {
     last_accept_error_log: Option<Tick>,
     /// SIGINT/SIGTERM/SIGHUP, when this loop takes them (the binary's first worker).
     signals: Option<SignalWatch>,
+    /// Where broadcasts also go and come from (other loops, other servers), if anywhere.
+    relay: Option<Box<dyn Relay>>,
+    /// What the relay brought for this loop's members this turn.
+    arrivals: Broadcasts,
+    /// When the relay next needs a turn without an event.
+    relay_deadline: Option<Tick>,
+    /// The relay's arrivals are held: they left members over half the cap.
+    arrivals_held: bool,
+    /// A run's chunks framed for the members that take them framed (WebSocket): made
+    /// once per run, shared by all of them.
+    framed: Vec<Arc<[u8]>>,
 }
 
 impl<P: Protocol> Server<P> {
@@ -125,7 +139,22 @@ impl<P: Protocol> Server<P> {
             accept_paused_until: None,
             last_accept_error_log: None,
             signals: None,
+            relay: None,
+            arrivals: Broadcasts::default(),
+            relay_deadline: None,
+            arrivals_held: false,
+            framed: Vec::new(),
         })
+    }
+
+    /// The loop's registry, for sources made before it runs (another loop's waker).
+    pub fn registry(&self) -> &Registry {
+        self.poll.registry()
+    }
+
+    /// Passes this loop's broadcasts to `relay` too, and delivers what it brings.
+    pub fn set_relay(&mut self, relay: Box<dyn Relay>) {
+        self.relay = Some(relay);
     }
 
     /// The address actually bound.
@@ -201,10 +230,13 @@ impl<P: Protocol> Server<P> {
                 _ => {}
             }
             self.fire_timers(now);
+            if self.relay.is_some() {
+                self.relay_turn(now);
+            }
             if !self.delivered.is_empty() {
                 self.flush_delivered(now);
             }
-            if !self.held.is_empty() {
+            if !self.held.is_empty() || self.arrivals_held {
                 self.release_held(now);
             }
             self.sweep(now);
@@ -226,6 +258,17 @@ impl<P: Protocol> Server<P> {
             self.closing.push(key);
         }
         self.sweep(Tick::now());
+        if let Some(relay) = &mut self.relay {
+            // The departures the sweep announced go out first, as far as they can.
+            let mut io = RelayIo {
+                registry: self.poll.registry(),
+                read_buf: &mut self.read_buf,
+                now: Tick::now(),
+                arrivals: &mut self.arrivals,
+            };
+            relay.turn(&mut io);
+            relay.shutdown(self.poll.registry());
+        }
         self.stats.open = self.conns.len();
         Ok(self.stats)
     }
@@ -254,11 +297,14 @@ impl<P: Protocol> Server<P> {
         if !self.again.is_empty() || self.accept_again {
             return Some(Duration::ZERO);
         }
-        let held = (!self.held.is_empty()).then(|| now + FANOUT_CHECK);
+        let held = (!self.held.is_empty() || self.arrivals_held).then(|| now + FANOUT_CHECK);
         // Folded by hand: the iterator version cost about 60 instructions per turn.
         let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
         let nearest = earliest(
-            earliest(timer, self.accept_paused_until),
+            earliest(
+                earliest(timer, self.accept_paused_until),
+                self.relay_deadline,
+            ),
             earliest(earliest(drain, stats), held),
         )?;
         Some(nearest.saturating_duration_since(now))
@@ -394,7 +440,8 @@ impl<P: Protocol> Server<P> {
     fn on_event(&mut self, key: usize, ready: Readiness, now: Tick) {
         let (conns, mut turn) = self.turn(now);
         let Some(conn) = conns.get_mut(key) else {
-            return;
+            // No connection has this key: the relay's, or a stale event.
+            return self.relay_event(key, ready, now);
         };
         let again = conn.on_event(&mut turn, ready);
         self.after_serving(key, again, now);
@@ -435,28 +482,103 @@ impl<P: Protocol> Server<P> {
         self.again.push((key, id));
     }
 
-    /// Queues this turn's broadcasts on every other open connection, shared, not copied.
-    /// Returns whether some member now owes more than half the cap: the room is congested.
+    /// Queues this turn's broadcasts on the other members of their groups, shared, not
+    /// copied, and passes them to the relay. Returns whether a member (or a destination
+    /// of the relay) now owes more than half the cap: the room is congested.
     fn deliver_broadcast(&mut self, from: Option<usize>, now: Tick) -> bool {
         if self.produced.broadcast.is_empty() {
             return false;
         }
+        // Taken out for the walk and put back, so its buffers are kept.
+        let mut broadcasts = std::mem::take(&mut self.produced.broadcast);
+        let mut congested = self.deliver(&broadcasts, from, now);
+        if let Some(relay) = &mut self.relay {
+            relay.forward(&broadcasts);
+            congested |= relay.congested();
+        }
+        broadcasts.clear();
+        self.produced.broadcast = broadcasts;
+        congested
+    }
+
+    /// Queues `broadcasts` on every open connection but `from` that the protocol says
+    /// takes them, run by run. Returns whether one of them now owes more than half the cap.
+    fn deliver(&mut self, broadcasts: &Broadcasts, from: Option<usize>, now: Tick) -> bool {
         let max_outbound = self.config.limits.max_outbound;
         let mut congested = false;
-        for (key, conn) in self.conns.iter_mut() {
-            if Some(key) == from {
-                continue;
+        for (group, chunks) in broadcasts.runs() {
+            self.framed.clear();
+            for (key, conn) in self.conns.iter_mut() {
+                if Some(key) == from {
+                    continue;
+                }
+                let chunks = match self.protocol.receives(conn.session(), group) {
+                    Receive::No => continue,
+                    Receive::Bytes => chunks,
+                    Receive::Framed => {
+                        if self.framed.is_empty() {
+                            let protocol = &self.protocol;
+                            self.framed.extend(chunks.iter().map(|c| protocol.frame(c)));
+                        }
+                        &self.framed[..]
+                    }
+                };
+                if conn.deliver(chunks, max_outbound, &mut self.stats, now) {
+                    self.delivered.push(key);
+                }
+                if conn.is_closed() {
+                    self.closing.push(key);
+                }
+                congested |= conn.backlog_over(max_outbound / 2);
             }
-            if conn.deliver(&self.produced.broadcast, max_outbound, &mut self.stats, now) {
-                self.delivered.push(key);
-            }
-            if conn.is_closed() {
-                self.closing.push(key);
-            }
-            congested |= conn.backlog_over(max_outbound / 2);
         }
-        self.produced.clear_broadcast();
+        self.framed.clear();
         congested
+    }
+
+    /// An event for one of the relay's sources.
+    #[cold]
+    fn relay_event(&mut self, key: usize, ready: Readiness, now: Tick) {
+        let Some(relay) = self.relay.as_mut().filter(|_| RELAY_TOKENS.contains(&key)) else {
+            return;
+        };
+        let mut io = RelayIo {
+            registry: self.poll.registry(),
+            read_buf: &mut self.read_buf,
+            now,
+            arrivals: &mut self.arrivals,
+        };
+        relay.on_event(&mut io, Token(key), ready);
+    }
+
+    /// The relay's turn: it sends what was forwarded and brings what arrived, which goes
+    /// to every member of its group here. Arrivals that congest the room are held, as a
+    /// local sender would be.
+    #[cold]
+    fn relay_turn(&mut self, now: Tick) {
+        let Some(relay) = self.relay.as_mut() else {
+            return;
+        };
+        let mut io = RelayIo {
+            registry: self.poll.registry(),
+            read_buf: &mut self.read_buf,
+            now,
+            arrivals: &mut self.arrivals,
+        };
+        self.relay_deadline = relay.turn(&mut io);
+        if self.arrivals.is_empty() {
+            return;
+        }
+        let mut arrivals = std::mem::take(&mut self.arrivals);
+        let congested = self.deliver(&arrivals, None, now);
+        arrivals.clear();
+        self.arrivals = arrivals;
+        if congested && !self.arrivals_held {
+            self.arrivals_held = true;
+            if let Some(relay) = &mut self.relay {
+                relay.hold_arrivals(true);
+            }
+        }
     }
 
     /// Stops reading a member whose broadcasts congested the room, until it drains.
@@ -469,8 +591,9 @@ impl<P: Protocol> Server<P> {
         }
     }
 
-    /// Releases the held members once no member that reads owes more than half the cap;
-    /// a member that holds the room and has taken nothing for `FANOUT_STALL` is cut.
+    /// Releases the held members (and the relay's arrivals) once no member that reads owes
+    /// more than half the cap, nor a destination of the relay; a member or destination that
+    /// holds the room and has taken nothing for `FANOUT_STALL` is cut.
     #[cold]
     fn release_held(&mut self, now: Tick) {
         let half = self.config.limits.max_outbound / 2;
@@ -494,6 +617,16 @@ impl<P: Protocol> Server<P> {
         }
         if congested {
             return;
+        }
+        if let Some(relay) = &mut self.relay {
+            if std::mem::take(&mut self.arrivals_held) {
+                relay.hold_arrivals(false);
+            }
+            relay.cut_stalled(now, FANOUT_STALL);
+            if relay.congested() {
+                // Another loop or the broker is behind: this loop's senders wait for it.
+                return;
+            }
         }
         for (key, id) in std::mem::take(&mut self.held) {
             if let Some(conn) = self.conns.get_mut(key).filter(|c| c.id() == id) {
