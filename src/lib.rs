@@ -15,6 +15,9 @@
 //!   function that decides its interest.
 //! - [`server`]: the loop that schedules connections: the `mio::Poll`, the listener, the
 //!   `Slab`, timers, deferred lists and the sweep. Accept → read → protocol → write → interest.
+//!   A `Relay` extends it with sources of its own.
+//! - [`relay`]: broadcasts beyond one loop: to the other worker loops (a channel and a
+//!   waker each) and to other servers through Redis pub/sub.
 //! - [`client`]: the tutorial's multi-connection client, the app client, the file
 //!   downloader and the load generator.
 //! - [`launch`]: protocol choice, worker loops and signals, as `multiconn-server` runs them.
@@ -29,6 +32,7 @@ pub mod launch;
 pub mod net;
 pub mod outbound;
 pub mod protocol;
+pub mod relay;
 pub mod server;
 pub mod stats;
 

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod echo;
 pub mod file;
 pub mod http;
+pub mod resp;
 
 use std::fmt;
 use std::sync::Arc;
