@@ -155,6 +155,8 @@ impl<P: Protocol> Server<P> {
     /// Passes this loop's broadcasts to `relay` too, and delivers what it brings.
     pub fn set_relay(&mut self, relay: Box<dyn Relay>) {
         self.relay = Some(relay);
+        // Its first turn (connecting, say) comes at once, not with the first event.
+        self.relay_deadline = Some(Tick::now());
     }
 
     /// The address actually bound.
