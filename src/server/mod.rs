@@ -56,6 +56,11 @@ pub type ServerThread = JoinHandle<io::Result<Stats>>;
 /// turn or to the next one: the key may be reused by then, the id is not.
 type ConnRef = (usize, u64);
 
+/// Stands for the relay in the timer queue (its next turn without an event) and on the
+/// held list (its arrivals are held), so the loop's checks of both cover it: no slab key
+/// reaches it.
+const RELAY_REF: ConnRef = (usize::MAX, 0);
+
 /// A server loop: binds in `bind`, serves in `run` until shut down.
 pub struct Server<P: Protocol> {
     poll: Poll,
@@ -92,9 +97,10 @@ pub struct Server<P: Protocol> {
     relay: Option<Box<dyn Relay>>,
     /// What the relay brought for this loop's members this turn.
     arrivals: Broadcasts,
-    /// When the relay next needs a turn without an event.
+    /// When the relay next needs a turn without an event: its entry in the timer queue.
     relay_deadline: Option<Tick>,
-    /// The relay's arrivals are held: they left members over half the cap.
+    /// The relay's arrivals are held (they left members over half the cap); `RELAY_REF`
+    /// is on the held list meanwhile.
     arrivals_held: bool,
     /// A run's chunks framed for the members that take them framed (WebSocket): made
     /// once per run, shared by all of them.
@@ -156,7 +162,7 @@ impl<P: Protocol> Server<P> {
     pub fn set_relay(&mut self, relay: Box<dyn Relay>) {
         self.relay = Some(relay);
         // Its first turn (connecting, say) comes at once, not with the first event.
-        self.relay_deadline = Some(Tick::now());
+        self.arm_relay(Tick::now());
     }
 
     /// The address actually bound.
@@ -238,7 +244,7 @@ impl<P: Protocol> Server<P> {
             if !self.delivered.is_empty() {
                 self.flush_delivered(now);
             }
-            if !self.held.is_empty() || self.arrivals_held {
+            if !self.held.is_empty() {
                 self.release_held(now);
             }
             self.sweep(now);
@@ -299,14 +305,11 @@ impl<P: Protocol> Server<P> {
         if !self.again.is_empty() || self.accept_again {
             return Some(Duration::ZERO);
         }
-        let held = (!self.held.is_empty() || self.arrivals_held).then(|| now + FANOUT_CHECK);
+        let held = (!self.held.is_empty()).then(|| now + FANOUT_CHECK);
         // Folded by hand: the iterator version cost about 60 instructions per turn.
         let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
         let nearest = earliest(
-            earliest(
-                earliest(timer, self.accept_paused_until),
-                self.relay_deadline,
-            ),
+            earliest(timer, self.accept_paused_until),
             earliest(earliest(drain, stats), held),
         )?;
         Some(nearest.saturating_duration_since(now))
@@ -567,7 +570,9 @@ impl<P: Protocol> Server<P> {
             now,
             arrivals: &mut self.arrivals,
         };
-        self.relay_deadline = relay.turn(&mut io);
+        if let Some(at) = relay.turn(&mut io) {
+            self.arm_relay(at);
+        }
         if self.arrivals.is_empty() {
             return;
         }
@@ -577,9 +582,26 @@ impl<P: Protocol> Server<P> {
         self.arrivals = arrivals;
         if congested && !self.arrivals_held {
             self.arrivals_held = true;
+            self.held.push(RELAY_REF);
             if let Some(relay) = &mut self.relay {
                 relay.hold_arrivals(true);
             }
+        }
+    }
+
+    /// Puts the relay's next turn in the timer queue, lazily as for a connection: only a
+    /// sooner deadline than the one queued is pushed (a later one finds the loop awake
+    /// anyway, since every turn is the relay's).
+    #[cold]
+    fn arm_relay(&mut self, at: Tick) {
+        let now = Tick::now();
+        if self
+            .relay_deadline
+            .is_none_or(|queued| at < queued || queued < now)
+        {
+            self.relay_deadline = Some(at);
+            let (key, id) = RELAY_REF;
+            self.timers.push(Reverse((at, key, id)));
         }
     }
 
@@ -623,6 +645,7 @@ impl<P: Protocol> Server<P> {
         if let Some(relay) = &mut self.relay {
             if std::mem::take(&mut self.arrivals_held) {
                 relay.hold_arrivals(false);
+                self.held.retain(|&held| held != RELAY_REF);
             }
             relay.cut_stalled(now, FANOUT_STALL);
             if relay.congested() {
@@ -687,6 +710,11 @@ impl<P: Protocol> Server<P> {
                 break;
             }
             self.timers.pop();
+            if (key, id) == RELAY_REF {
+                // The relay's turn follows in this one.
+                self.relay_deadline = None;
+                continue;
+            }
             let (conns, mut turn) = self.turn(now);
             let Some(conn) = conns
                 .get_mut(key)
