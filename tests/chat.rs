@@ -15,16 +15,22 @@ use common::{spawn_bin, TestServer, IO_TIMEOUT};
 use multiconn::connection::CloseReason;
 use multiconn::protocol::chat::{Chat, TOO_LONG};
 
+/// Three members a, b, c, joined in that order, once each has seen the later ones join.
+fn three_members(addr: std::net::SocketAddr) -> (Member, Member, Member) {
+    let mut a = Member::join(addr);
+    let mut b = Member::join(addr);
+    a.expect(&format!("* {} joined\n", b.name));
+    let c = Member::join(addr);
+    a.expect(&format!("* {} joined\n", c.name));
+    b.expect(&format!("* {} joined\n", c.name));
+    (a, b, c)
+}
+
 /// Three members: each line reaches exactly the two others, in order, byte for byte.
 #[test]
 fn each_line_reaches_exactly_the_others_in_order() {
     let server = TestServer::start(Chat::default(), |_| {});
-    let mut a = Member::join(server.addr);
-    let mut b = Member::join(server.addr);
-    a.expect(&format!("* {} joined\n", b.name));
-    let mut c = Member::join(server.addr);
-    a.expect(&format!("* {} joined\n", c.name));
-    b.expect(&format!("* {} joined\n", c.name));
+    let (mut a, mut b, mut c) = three_members(server.addr);
 
     a.send("hello from a\n");
     b.expect(&format!("[{}] hello from a\n", a.name));
@@ -46,12 +52,7 @@ fn each_line_reaches_exactly_the_others_in_order() {
 #[test]
 fn join_and_leave_notices() {
     let server = TestServer::start(Chat::default(), |_| {});
-    let mut a = Member::join(server.addr);
-    let mut b = Member::join(server.addr);
-    a.expect(&format!("* {} joined\n", b.name));
-    let mut c = Member::join(server.addr);
-    a.expect(&format!("* {} joined\n", c.name));
-    b.expect(&format!("* {} joined\n", c.name));
+    let (mut a, b, mut c) = three_members(server.addr);
     let b_name = b.name.clone();
     drop(b);
     a.expect(&format!("* {b_name} left\n"));
@@ -122,29 +123,7 @@ fn two_hundred_members_fifty_lines_each() {
         let name = members[other].name.clone();
         members[0].expect(&format!("* {name} joined\n"));
     }
-    let threads: Vec<_> = members
-        .into_iter()
-        .map(|mut member| {
-            std::thread::spawn(move || {
-                let lines: String = (0..LINES)
-                    .map(|n| format!("m{n} from {}\n", member.name))
-                    .collect();
-                member.send(&lines);
-                let mut order = PerSenderOrder::new();
-                for _ in 0..(MEMBERS - 1) * LINES {
-                    let line = member.message();
-                    order.check(&member.name, &line, "m");
-                }
-                // Return the member: closing before everyone is done would make them
-                // read departures, which is fine, but keeps the test about delivery.
-                (member, order.next)
-            })
-        })
-        .collect();
-    let results: Vec<_> = threads
-        .into_iter()
-        .map(|t| t.join().expect("member thread"))
-        .collect();
+    let results = chat_member::everyone_talks(members, LINES, "m");
     for (member, counts) in &results {
         assert_eq!(
             counts.len(),
@@ -322,12 +301,7 @@ fn server_binary_max_line_flag() {
 #[test]
 fn rooms_keep_their_lines_apart() {
     let server = TestServer::start(Chat::default(), |_| {});
-    let mut a = Member::join(server.addr);
-    let mut b = Member::join(server.addr);
-    a.expect(&format!("* {} joined\n", b.name));
-    let mut c = Member::join(server.addr);
-    a.expect(&format!("* {} joined\n", c.name));
-    b.expect(&format!("* {} joined\n", c.name));
+    let (mut a, mut b, mut c) = three_members(server.addr);
 
     a.send("/join dev\n");
     a.expect("* you are in dev\n");
@@ -414,25 +388,7 @@ fn a_room_spans_the_workers() {
         per_worker.iter().filter(|&&n| n > 0).count() >= 2,
         "members on one loop only: {per_worker:?}"
     );
-    let threads: Vec<_> = members
-        .into_iter()
-        .map(|mut member| {
-            std::thread::spawn(move || {
-                let lines: String = (0..LINES)
-                    .map(|n| format!("w{n} from {}\n", member.name))
-                    .collect();
-                member.send(&lines);
-                let mut order = PerSenderOrder::new();
-                for _ in 0..(MEMBERS - 1) * LINES {
-                    let line = member.message();
-                    order.check(&member.name, &line, "w");
-                }
-                (member, order.next)
-            })
-        })
-        .collect();
-    for thread in threads {
-        let (member, counts) = thread.join().expect("member thread");
+    for (member, counts) in chat_member::everyone_talks(members, LINES, "w") {
         assert_eq!(counts.len(), MEMBERS - 1, "{}", member.name);
         assert!(counts.values().all(|&n| n == LINES), "{counts:?}");
     }

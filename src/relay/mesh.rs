@@ -249,13 +249,19 @@ mod tests {
         Arc::from(text.as_bytes())
     }
 
+    /// The mesh of `loops` polls, each loop's backlog capped at `cap`.
+    fn meshes(loops: usize, cap: usize) -> (Vec<Poll>, Vec<Mesh>) {
+        let polls: Vec<Poll> = (0..loops).map(|_| Poll::new().unwrap()).collect();
+        let registries: Vec<&Registry> = polls.iter().map(Poll::registry).collect();
+        let mesh = build(&registries, Token(7), cap).unwrap();
+        (polls, mesh)
+    }
+
     /// A loop's broadcasts reach every other loop, in order, as the same shared chunks,
     /// with one wake per turn; the backlog counts them until they are taken.
     #[test]
     fn broadcasts_cross_loops_with_one_wake() {
-        let polls: Vec<Poll> = (0..3).map(|_| Poll::new().unwrap()).collect();
-        let registries: Vec<&Registry> = polls.iter().map(Poll::registry).collect();
-        let mut mesh = build(&registries, Token(7), 1000).unwrap();
+        let (polls, mut mesh) = meshes(3, 1000);
         let lobby = Group::new("lobby");
         let mut turn = Broadcasts::default();
         let first = chunk("one\n");
@@ -292,9 +298,7 @@ mod tests {
     /// wakes its senders once it has caught up; past four caps it is sent nothing.
     #[test]
     fn a_loop_behind_holds_its_senders() {
-        let polls: Vec<Poll> = (0..2).map(|_| Poll::new().unwrap()).collect();
-        let registries: Vec<&Registry> = polls.iter().map(Poll::registry).collect();
-        let mut mesh = build(&registries, Token(7), 100).unwrap();
+        let (_polls, mut mesh) = meshes(2, 100);
         let lobby = Group::new("lobby");
         let mut turn = Broadcasts::default();
         turn.push(&lobby, Arc::from(vec![b'x'; 60]));

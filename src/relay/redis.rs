@@ -132,46 +132,39 @@ impl Redis {
         self.links.iter().any(|l| l.token == token)
     }
 
-    fn turn_for<'a>(
-        resp: &'a mut Resp,
-        produced: &'a mut Produced,
-        io: &'a mut RelayIo<'_>,
-        limits: &'a Limits,
-        timeouts: &'a Timeouts,
-        stats: &'a mut Stats,
-    ) -> Turn<'a, Resp> {
-        Turn {
-            protocol: resp,
-            produced,
+    /// Runs `work` on link `i`'s connection with the turn it borrows, if it is up.
+    fn drive<T>(
+        &mut self,
+        i: usize,
+        io: &mut RelayIo<'_>,
+        work: impl FnOnce(&mut Connection<RespLink>, &mut Turn<'_, Resp>) -> T,
+    ) -> Option<T> {
+        let conn = self.links[i].conn.as_mut()?;
+        let mut turn = Turn {
+            protocol: &mut self.resp,
+            produced: &mut self.produced,
             read_buf: io.read_buf,
-            limits,
-            timeouts,
-            stats,
+            limits: &self.limits,
+            timeouts: &self.timeouts,
+            stats: &mut self.stats,
             now: io.now,
-        }
+        };
+        Some(work(conn, &mut turn))
     }
 
     /// Serves link `i` (after an event, or again), then takes what it brought.
     fn serve(&mut self, i: usize, io: &mut RelayIo<'_>, ready: Option<Readiness>) {
         let now = io.now;
-        let (again, subscribed) = {
-            let Some(conn) = self.links[i].conn.as_mut() else {
-                return;
-            };
+        let served = self.drive(i, io, |conn, turn| {
             let was_subscribed = conn.session().subscribed;
-            let mut turn = Self::turn_for(
-                &mut self.resp,
-                &mut self.produced,
-                io,
-                &self.limits,
-                &self.timeouts,
-                &mut self.stats,
-            );
             let again = match ready {
-                Some(ready) => conn.on_event(&mut turn, ready),
-                None => conn.serve(&mut turn, true, false),
+                Some(ready) => conn.on_event(turn, ready),
+                None => conn.serve(turn, true, false),
             };
             (again, !was_subscribed && conn.session().subscribed)
+        });
+        let Some((again, subscribed)) = served else {
+            return;
         };
         self.links[i].serve_again = again;
         if subscribed {
@@ -348,18 +341,7 @@ impl Redis {
     }
 
     fn fire_timer(&mut self, i: usize, at: Tick, io: &mut RelayIo<'_>) {
-        let Some(conn) = self.links[i].conn.as_mut() else {
-            return;
-        };
-        let mut turn = Self::turn_for(
-            &mut self.resp,
-            &mut self.produced,
-            io,
-            &self.limits,
-            &self.timeouts,
-            &mut self.stats,
-        );
-        if let Some(later) = conn.on_timer(at, &mut turn) {
+        if let Some(Some(later)) = self.drive(i, io, |conn, turn| conn.on_timer(at, turn)) {
             self.links[i].timer = Some(later);
         }
         self.produced.reply.clear();

@@ -266,16 +266,10 @@ impl<P: Protocol> Server<P> {
             self.closing.push(key);
         }
         self.sweep(Tick::now());
-        if let Some(relay) = &mut self.relay {
+        if let Some((relay, mut io)) = self.relay_parts(Tick::now()) {
             // The departures the sweep announced go out first, as far as they can.
-            let mut io = RelayIo {
-                registry: self.poll.registry(),
-                read_buf: &mut self.read_buf,
-                now: Tick::now(),
-                arrivals: &mut self.arrivals,
-            };
             relay.turn(&mut io);
-            relay.shutdown(self.poll.registry());
+            relay.shutdown(io.registry);
         }
         self.stats.open = self.conns.len();
         Ok(self.stats)
@@ -544,16 +538,30 @@ impl<P: Protocol> Server<P> {
     /// An event for one of the relay's sources.
     #[cold]
     fn relay_event(&mut self, key: usize, ready: Readiness, now: Tick) {
-        let Some(relay) = self.relay.as_mut().filter(|_| RELAY_TOKENS.contains(&key)) else {
-            return;
-        };
-        let mut io = RelayIo {
-            registry: self.poll.registry(),
-            read_buf: &mut self.read_buf,
+        if !RELAY_TOKENS.contains(&key) {
+            return; // a stale event for a connection removed in this batch
+        }
+        if let Some((relay, mut io)) = self.relay_parts(now) {
+            relay.on_event(&mut io, Token(key), ready);
+        }
+    }
+
+    /// The relay and what it borrows from the loop for one call, if there is one.
+    fn relay_parts(&mut self, now: Tick) -> Option<(&mut dyn Relay, RelayIo<'_>)> {
+        let Server {
+            relay,
+            poll,
+            read_buf,
+            arrivals,
+            ..
+        } = self;
+        let io = RelayIo {
+            registry: poll.registry(),
+            read_buf,
             now,
-            arrivals: &mut self.arrivals,
+            arrivals,
         };
-        relay.on_event(&mut io, Token(key), ready);
+        Some((relay.as_deref_mut()?, io))
     }
 
     /// The relay's turn: it sends what was forwarded and brings what arrived, which goes
@@ -561,14 +569,8 @@ impl<P: Protocol> Server<P> {
     /// local sender would be.
     #[cold]
     fn relay_turn(&mut self, now: Tick) {
-        let Some(relay) = self.relay.as_mut() else {
+        let Some((relay, mut io)) = self.relay_parts(now) else {
             return;
-        };
-        let mut io = RelayIo {
-            registry: self.poll.registry(),
-            read_buf: &mut self.read_buf,
-            now,
-            arrivals: &mut self.arrivals,
         };
         if let Some(at) = relay.turn(&mut io) {
             self.arm_relay(at);

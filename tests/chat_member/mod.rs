@@ -129,3 +129,37 @@ pub fn wait_for_line(member: &mut Member, want: &str, timeout: Duration) {
         );
     }
 }
+
+/// Every member sends `lines` lines `{tag}{n} from NAME` at once, on a thread each, and
+/// reads every other member's; returns each member with how many lines it heard from
+/// each sender, every sender's in order.
+pub fn everyone_talks(
+    members: Vec<Member>,
+    lines: usize,
+    tag: &'static str,
+) -> Vec<(Member, HashMap<String, usize>)> {
+    let others = members.len() - 1;
+    let threads: Vec<_> = members
+        .into_iter()
+        .map(|mut member| {
+            std::thread::spawn(move || {
+                let said: String = (0..lines)
+                    .map(|n| format!("{tag}{n} from {}\n", member.name))
+                    .collect();
+                member.send(&said);
+                let mut order = PerSenderOrder::new();
+                for _ in 0..others * lines {
+                    let line = member.message();
+                    order.check(&member.name, &line, tag);
+                }
+                // The member is returned, not closed: closing before everyone is done
+                // would make the others read departures, which keeps this about delivery.
+                (member, order.next)
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("member thread"))
+        .collect()
+}
