@@ -17,6 +17,9 @@
 //!   connections to serve again next turn, and the sweep list. Server and client loops share it.
 //! - [`server`]: the loop that schedules connections: the `mio::Poll`, the listener, the
 //!   `Slab`, timers, deferred lists and the sweep. Accept → read → protocol → write → interest.
+//!   A `Relay` extends it with sources of its own.
+//! - [`relay`]: broadcasts beyond one loop: to the other worker loops (a channel and a
+//!   waker each) and to other servers through Redis pub/sub.
 //! - [`client`]: the client loop (the same connection core and schedule, connecting
 //!   instead of accepting) and, as client protocols on it, the tutorial's multi-connection
 //!   client, the app client, the file downloader and the load generator.
@@ -32,6 +35,7 @@ pub mod launch;
 pub mod net;
 pub mod outbound;
 pub mod protocol;
+pub mod relay;
 pub mod schedule;
 pub mod server;
 pub mod stats;

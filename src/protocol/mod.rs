@@ -8,6 +8,7 @@ pub mod echo;
 pub mod file;
 pub mod http;
 pub mod line;
+pub mod resp;
 
 use std::fmt;
 use std::sync::Arc;
@@ -40,15 +41,136 @@ pub enum Timeout {
     Frame,
 }
 
+/// The audience of a broadcast: the members of one named group (a chat room). Cheap to
+/// clone (the name is shared) and to compare: a hash first, then the name's pointer, and
+/// only then its bytes, so a member test is a few instructions and two groups that
+/// merely share a hash are still told apart.
+#[derive(Clone)]
+pub struct Group {
+    hash: u64,
+    name: Arc<str>,
+}
+
+impl Group {
+    pub fn new(name: &str) -> Group {
+        Group {
+            hash: fnv1a(name.as_bytes()),
+            name: Arc::from(name),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl PartialEq for Group {
+    #[inline]
+    fn eq(&self, other: &Group) -> bool {
+        self.hash == other.hash && (Arc::ptr_eq(&self.name, &other.name) || self.name == other.name)
+    }
+}
+
+impl Eq for Group {}
+
+impl fmt::Debug for Group {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Group({:?})", &*self.name)
+    }
+}
+
+/// 64-bit FNV-1a: only a fast reject before the name is compared, so its weakness against
+/// chosen collisions costs a colliding member a `memcmp`, never a wrong delivery.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// How a connection takes a broadcast to a group it was asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receive {
+    /// Not a member: it gets nothing.
+    No,
+    /// The shared chunks as they are.
+    Bytes,
+    /// Each chunk as [`Protocol::frame`] makes it (a WebSocket frame): made once per chunk
+    /// and shared by every member that takes it so.
+    Framed,
+}
+
+/// Broadcasts in order, each chunk shared (`Arc<[u8]>`), grouped in runs of consecutive
+/// chunks for the same group so that delivery walks the members once per run, not once
+/// per chunk.
+#[derive(Debug, Default)]
+pub struct Broadcasts {
+    chunks: Vec<Arc<[u8]>>,
+    /// Each run's group and the end of its chunks in `chunks`.
+    runs: Vec<(Group, usize)>,
+    /// Bytes in `chunks`.
+    len: usize,
+}
+
+impl Broadcasts {
+    /// Appends `chunk` for the members of `group`.
+    pub fn push(&mut self, group: &Group, chunk: Arc<[u8]>) {
+        self.len += chunk.len();
+        self.chunks.push(chunk);
+        let end = self.chunks.len();
+        match self.runs.last_mut() {
+            Some((last, last_end)) if last == group => *last_end = end,
+            _ => self.runs.push((group.clone(), end)),
+        }
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Bytes broadcast.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn clear(&mut self) {
+        self.chunks.clear();
+        self.runs.clear();
+        self.len = 0;
+    }
+
+    /// The runs in order: a group and its consecutive chunks.
+    pub fn runs(&self) -> impl Iterator<Item = (&Group, &[Arc<[u8]>])> {
+        let mut start = 0;
+        self.runs.iter().map(move |(group, end)| {
+            let chunks = &self.chunks[start..*end];
+            start = *end;
+            (group, chunks)
+        })
+    }
+
+    /// Every chunk in order with its group.
+    pub fn iter(&self) -> impl Iterator<Item = (&Group, &Arc<[u8]>)> {
+        self.runs()
+            .flat_map(|(group, chunks)| chunks.iter().map(move |chunk| (group, chunk)))
+    }
+
+    /// Moves every broadcast of `other` to the end of this one.
+    pub fn append(&mut self, other: &mut Broadcasts) {
+        for (group, chunk) in other.iter() {
+            self.push(group, chunk.clone());
+        }
+        other.clear();
+    }
+}
+
 /// What protocols produce during one connection's turn: its reply, the broadcasts for the
 /// other connections, and how many requests were served. The loop keeps one and reuses
 /// it every turn; tests keep one per connection and read it.
 #[derive(Debug, Default)]
 pub struct Produced {
     pub reply: Reply,
-    pub broadcast: Vec<Arc<[u8]>>,
-    /// Bytes in `broadcast`.
-    pub broadcast_len: usize,
+    pub broadcast: Broadcasts,
     pub requests: u64,
 }
 
@@ -70,7 +192,6 @@ impl Produced {
     /// Forgets the broadcasts (after they were delivered).
     pub fn clear_broadcast(&mut self) {
         self.broadcast.clear();
-        self.broadcast_len = 0;
     }
 }
 
@@ -99,15 +220,16 @@ impl Output<'_> {
         self.produced.reply.bytes_mut()
     }
 
-    /// Queues `bytes` for every other connection of this loop, serialised once and shared.
-    pub fn broadcast(&mut self, bytes: Arc<[u8]>) {
-        self.produced.broadcast_len += bytes.len();
-        self.produced.broadcast.push(bytes);
+    /// Queues `bytes` for the other members of `group` (the connections for which
+    /// [`Protocol::receives`] says so), serialised once and shared; a relay also takes
+    /// them to the members on other loops and servers.
+    pub fn broadcast(&mut self, group: &Group, bytes: Arc<[u8]>) {
+        self.produced.broadcast.push(group, bytes);
     }
 
     /// Bytes broadcast so far this turn, for protocols that bound their fan-out per turn.
     pub fn broadcast_len(&self) -> usize {
-        self.produced.broadcast_len
+        self.produced.broadcast.len()
     }
 
     /// Counts one request served, for the statistics.
@@ -184,6 +306,19 @@ pub trait Protocol {
     /// The connection is gone (the peer left, an error, or a timeout).
     fn on_close(&mut self, _session: Self::Session, _peer: &Peer, _out: &mut Output<'_>) {}
 
+    /// Whether this connection takes broadcasts to `group`, and how. Asked of every
+    /// connection of the loop but the sender for each run of broadcasts, so it should be a
+    /// field or two compared. Only protocols that broadcast need to say.
+    #[inline(always)]
+    fn receives(&self, _session: &Self::Session, _group: &Group) -> Receive {
+        Receive::Bytes
+    }
+
+    /// A broadcast chunk as a member that answered [`Receive::Framed`] takes it.
+    fn frame(&self, chunk: &[u8]) -> Arc<[u8]> {
+        Arc::from(chunk)
+    }
+
     /// Bytes written (best effort) to a connection refused because the server is full.
     fn refusal(&self) -> Option<&[u8]> {
         None
@@ -221,6 +356,33 @@ impl fmt::Display for ByteStr<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Consecutive broadcasts to one group form one run; another group starts the next.
+    #[test]
+    fn broadcasts_run_by_group() {
+        let (lobby, other) = (Group::new("lobby"), Group::new("other"));
+        let mut all = Broadcasts::default();
+        for (group, text) in [(&lobby, "a"), (&lobby, "bc"), (&other, "d"), (&lobby, "e")] {
+            all.push(group, Arc::from(text.as_bytes()));
+        }
+        let runs: Vec<(String, usize)> = all
+            .runs()
+            .map(|(g, chunks)| (g.name().to_string(), chunks.len()))
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                ("lobby".into(), 2),
+                ("other".into(), 1),
+                ("lobby".into(), 1)
+            ]
+        );
+        assert_eq!(all.len(), 5);
+        assert_eq!(all.iter().count(), 4);
+        // Equal names are the same group, whoever made them.
+        assert_eq!(Group::new("lobby"), lobby);
+        assert_ne!(Group::new("lobby2"), lobby);
+    }
 
     /// Bytes print as the tutorial's transcripts show them.
     #[test]
