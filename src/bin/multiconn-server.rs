@@ -43,7 +43,8 @@ struct Args {
     /// chat: the longest line accepted; a longer one gets `! line too long` and is disconnected.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE)]
     max_line: usize,
-    /// file: the directory whose files are served (required by --protocol file).
+    /// file, http: the directory whose files are served (required by --protocol file;
+    /// for http, instead of the one page).
     #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
 
