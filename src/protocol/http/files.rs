@@ -49,7 +49,7 @@ pub fn parse_range(value: &[u8], size: u64) -> RangeRequest {
             }
         }
         // `a-`: from a to the end.
-        (Some(a), None) if last.is_empty() => part_from(a, size - 1, size),
+        (Some(a), None) if last.is_empty() => part_from(a, size.saturating_sub(1), size),
         // `a-b`: b before a makes the header invalid (ignored), a past the end 416.
         (Some(a), Some(b)) if a <= b => part_from(a, b.min(size.saturating_sub(1)), size),
         _ => RangeRequest::Whole,
