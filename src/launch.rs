@@ -22,6 +22,7 @@ use crate::protocol::http::{self, Http, HttpConfig};
 use crate::protocol::Protocol;
 use crate::relay::redis::{Redis, RedisConfig};
 use crate::relay::{mesh, mesh_token, redis_tokens, Links};
+use crate::root::Root;
 use crate::server::{Server, ServerHandle, ServerThread};
 use crate::stats::Stats;
 
@@ -30,7 +31,8 @@ use crate::stats::Stats;
 pub enum ProtocolKind {
     /// Send every byte back (the tutorial's multiconn-server).
     Echo,
-    /// A keep-alive HTTP/1.1 server answering GET and HEAD with one page.
+    /// A keep-alive HTTP/1.1 server answering GET and HEAD with one page, or the files
+    /// beneath --root.
     Http,
     /// The tutorial's application protocol (app-server.py): JSON search and binary requests.
     App,
@@ -59,7 +61,8 @@ pub struct ProtocolOptions {
     pub web: bool,
     /// chat: `redis://HOST:PORT` of the Redis whose pub/sub carries lines between servers.
     pub redis: Option<String>,
-    /// file: the directory served; `--protocol file` requires it.
+    /// file, http: the directory served; `--protocol file` requires it; for http it is
+    /// exclusive with `body`.
     pub root: Option<PathBuf>,
 }
 
@@ -357,14 +360,19 @@ fn dispatch<L: Launcher>(options: LaunchOptions, launcher: L) -> Result<L::Outpu
                     "--protocol file needs --root DIR".into(),
                 ));
             };
-            let server = FileServer::new(&root).map_err(|e| {
-                let reason = describe(&e);
-                format!("cannot serve files from {}: {reason}", root.display())
-            })?;
+            let server = FileServer::new(&root).map_err(|e| cannot_serve(&root, &e))?;
             log::info!("Serving files from {}", server.root().display());
             launcher.launch(bind_all(options, move |_| server.clone())?)
         }
     }
+}
+
+fn cannot_serve(root: &std::path::Path, e: &std::io::Error) -> String {
+    format!(
+        "cannot serve files from {}: {}",
+        root.display(),
+        describe(e)
+    )
 }
 
 /// Binds one server per worker, all on the same address (SO_REUSEPORT when several).
@@ -473,6 +481,16 @@ fn attach_relays(
 /// (once, here) if one is named.
 fn http_config(options: &ProtocolOptions) -> Result<HttpConfig, LaunchError> {
     let mut config = HttpConfig::default();
+    if let Some(root) = &options.root {
+        if options.body.is_some() {
+            return Err(LaunchError::Usage(
+                "--body and --root are exclusive: one page, or the files beneath a root".into(),
+            ));
+        }
+        let root = Root::new(root).map_err(|e| cannot_serve(root, &e))?;
+        log::info!("Serving files from {}", root.path().display());
+        config.root = Some(root);
+    }
     if let Some(path) = &options.body {
         config.body = http::read_body(path)?;
     }

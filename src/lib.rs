@@ -6,8 +6,10 @@
 //! - [`clock`]: the loop's coarse clock, read once per turn.
 //! - [`net`]: binding listeners with socket options; the TCP/Unix stream a connection holds.
 //! - [`outbound`]: bytes on their way to a peer: a turn's reply, and the queue of what is
-//!   still owed, written with one `writev`.
+//!   still owed, written with one `writev`, file ranges with sendfile(2).
 //! - [`stats`]: a loop's counters and the reasons a connection ends.
+//! - [`root`]: a directory served to peers, as a security boundary: regular files opened
+//!   beneath it with openat2(2) (the file protocol and HTTP's static files).
 //! - [`protocol`]: state machines over bytes that never touch a socket: echo, the
 //!   tutorial's JSON-header app protocol, chat, file transfer and an HTTP/1.1 responder.
 //!   They say what they need (more input, pause, close) as return values.
@@ -36,6 +38,7 @@ pub mod net;
 pub mod outbound;
 pub mod protocol;
 pub mod relay;
+pub mod root;
 pub mod schedule;
 pub mod server;
 pub mod stats;

@@ -55,7 +55,8 @@ struct Args {
     /// chat: share rooms with other servers through this Redis's pub/sub (redis://HOST:PORT).
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
-    /// file: the directory whose files are served (required by --protocol file).
+    /// file, http: the directory whose files are served (required by --protocol file;
+    /// for http, instead of the one page).
     #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
 

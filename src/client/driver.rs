@@ -290,7 +290,7 @@ impl<P: Client> Driver<P> {
             let Some(c) = conns.get_mut(conn.0).filter(|c| c.id() == conn.1) else {
                 continue;
             };
-            let again = c.serve(&mut turn, true, false);
+            let again = c.serve_deferred(&mut turn);
             self.after_serving(conn.0, again);
         }
         self.schedule.done_again(batch);

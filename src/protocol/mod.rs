@@ -11,10 +11,11 @@ pub mod line;
 pub mod resp;
 
 use std::fmt;
+use std::fs::File;
 use std::sync::Arc;
 
 use crate::net::Peer;
-use crate::outbound::Reply;
+use crate::outbound::{Outbound, Reply};
 
 /// What the connection does after the protocol has looked at its input: the effects a
 /// protocol asks of the loop, which carries them out in one place.
@@ -23,7 +24,7 @@ pub enum Flow {
     /// Keep reading.
     Continue,
     /// Present no more input until this connection's outbound queue is at or below the
-    /// low-water mark: the loop stops reading it, keeps what was not consumed (complete
+    /// low-water mark and holds no file: the loop stops reading it, keeps what was not consumed (complete
     /// frames included), and presents that again, from a later turn, once the queue has
     /// drained. How a protocol whose input makes output (replies, fan-out) keeps that
     /// output within the caps. A protocol that pauses must have made progress: a pause
@@ -180,11 +181,24 @@ impl Produced {
         self.output_for(0, usize::MAX)
     }
 
-    /// An output for a connection that already owes `queued` bytes, full at `high_water`.
+    /// An output for a connection that already owes `queued` bytes in memory (and no
+    /// file), full at `high_water`.
     pub fn output_for(&mut self, queued: usize, high_water: usize) -> Output<'_> {
         Output {
             produced: self,
             queued,
+            file_queued: false,
+            high_water,
+        }
+    }
+
+    /// An output for a connection whose queue is `queue`, full at `high_water`.
+    #[inline(always)]
+    pub fn output_for_queue(&mut self, queue: &Outbound, high_water: usize) -> Output<'_> {
+        Output {
+            produced: self,
+            queued: queue.len(),
+            file_queued: queue.has_file(),
             high_water,
         }
     }
@@ -199,8 +213,10 @@ impl Produced {
 /// queue is, so that a protocol whose input makes output can pause before passing the cap.
 pub struct Output<'a> {
     produced: &'a mut Produced,
-    /// Bytes this connection already owed before this turn's reply.
+    /// Bytes in memory this connection already owed before this turn's reply.
     queued: usize,
+    /// A file chunk was already queued before this turn's reply.
+    file_queued: bool,
     high_water: usize,
 }
 
@@ -213,6 +229,21 @@ impl Output<'_> {
     /// Queues a shared chunk for this connection's peer without copying it.
     pub fn send_shared(&mut self, bytes: Arc<[u8]>) {
         self.produced.reply.push_shared(bytes);
+    }
+
+    /// Queues `len` bytes of `file` from `offset`, sent from the file's descriptor to the
+    /// socket by the kernel (sendfile), never through this process's memory: they do not
+    /// count against the cap. A connection should have one file queued at a time (see
+    /// [`file_pending`](Self::file_pending)): a streaming protocol is asked for more once
+    /// it is gone.
+    pub fn send_file(&mut self, file: Arc<File>, offset: u64, len: u64) {
+        self.produced.reply.push_file(file, offset, len);
+    }
+
+    /// Whether a file is still to be sent on this connection (queued before, or in this
+    /// reply): a protocol then answers nothing that needs another file, and pauses.
+    pub fn file_pending(&self) -> bool {
+        self.file_queued || self.produced.reply.has_file()
     }
 
     /// The reply's owned bytes, for encoders that write in place.
@@ -237,7 +268,7 @@ impl Output<'_> {
         self.produced.requests += 1;
     }
 
-    /// Bytes this connection owes its peer, this turn's reply included.
+    /// Bytes in memory this connection owes its peer, this turn's reply included.
     pub fn owed(&self) -> usize {
         self.queued + self.produced.reply.len()
     }

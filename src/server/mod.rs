@@ -443,7 +443,7 @@ impl<P: Protocol> Server<P> {
             let Some(conn) = conns.get_mut(key).filter(|c| c.id() == id) else {
                 continue;
             };
-            let again = conn.serve(&mut turn, true, false);
+            let again = conn.serve_deferred(&mut turn);
             self.after_serving(key, again, now);
         }
         self.schedule.done_again(batch);
