@@ -121,6 +121,14 @@ impl ServerConfig {
         if self.socket.backlog < 1 {
             return Err("--backlog must be at least 1".into());
         }
+        if self
+            .socket
+            .keepalive
+            .is_some_and(|k| k < Duration::from_secs(1))
+        {
+            // TCP_KEEPIDLE counts whole seconds; zero is refused by the kernel.
+            return Err("--keepalive must be at least 1s".into());
+        }
         if self.stats_interval.is_some_and(|i| i.is_zero()) {
             return Err("--stats must be longer than 0".into());
         }
