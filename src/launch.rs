@@ -207,10 +207,11 @@ fn validate(options: &LaunchOptions) -> Result<(), String> {
     if options.workers == 0 {
         return Err("--workers must be at least 1".into());
     }
-    if options.workers > 1 {
+    if options.workers > 1 && options.config.socket.reuseport {
         if let ListenAddr::Unix(_) = options.config.listen {
-            // SO_REUSEPORT balances TCP only; one Unix path has one listener.
-            return Err("--unix works with one worker only".into());
+            // SO_REUSEPORT balances TCP only; one Unix path has one listener, which the
+            // workers share without it.
+            return Err("--reuseport with --workers works on TCP only".into());
         }
     }
     let chat_only = [
@@ -367,30 +368,35 @@ fn dispatch<L: Launcher>(options: LaunchOptions, launcher: L) -> Result<L::Outpu
     }
 }
 
-/// Binds one server per worker, all on the same address (SO_REUSEPORT when several).
+/// Binds one server per worker, all on the same address: one listener shared by every
+/// worker, or with `--reuseport` one SO_REUSEPORT listener each.
 fn bind_all<P, F>(options: LaunchOptions, make: F) -> Result<Vec<Server<P>>, LaunchError>
 where
     P: Protocol,
     F: Fn(usize) -> P,
 {
     let workers = options.workers.max(1);
-    let mut servers = Vec::with_capacity(workers);
+    let mut servers: Vec<Server<P>> = Vec::with_capacity(workers);
     let mut config = options.config;
     let derived = options.derive_max_connections.then(|| {
         let (limit, why) = raise_open_files_limit(workers);
         config.limits.max_connections = limit;
         why
     });
-    if workers > 1 {
-        config.socket.reuseport = true;
-    }
     for worker in 0..workers {
         let mut worker_config = config.clone();
         if workers > 1 {
             worker_config.name = Some(format!("worker {}", worker + 1));
         }
-        let server = Server::bind(worker_config, make(worker))
-            .map_err(|e| format!("cannot listen on {}: {}", config.listen, describe(&e)))?;
+        let server = match servers.first() {
+            // Without SO_REUSEPORT the others take a handle on the first's listener: one
+            // accept queue, woken in every loop, taken by whichever accepts first.
+            Some(first) if !config.socket.reuseport => first
+                .share_listener()
+                .and_then(|listener| Server::with_listener(worker_config, listener, make(worker))),
+            _ => Server::bind(worker_config, make(worker)),
+        }
+        .map_err(|e| format!("cannot listen on {}: {}", config.listen, describe(&e)))?;
         if worker == 0 {
             log::info!("Listening on {}", server.local_addr());
             if let Some(why) = &derived {

@@ -101,10 +101,18 @@ impl<P: Protocol> Server<P> {
     /// Binds the listener (port 0 picks a free port) and prepares the loop. A configuration
     /// that would make the loop spin or never read is refused as `InvalidInput`.
     pub fn bind(config: ServerConfig, protocol: P) -> io::Result<Self> {
-        config
-            .validate()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let mut listener = Listener::bind(&config.listen, &config.socket)?;
+        Self::validate(&config)?;
+        let listener = Listener::bind(&config.listen, &config.socket)?;
+        Self::with_listener(config, listener, protocol)
+    }
+
+    /// Prepares a loop on a listener bound already, such as another worker's (shared).
+    pub fn with_listener(
+        config: ServerConfig,
+        mut listener: Listener,
+        protocol: P,
+    ) -> io::Result<Self> {
+        Self::validate(&config)?;
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
         poll.registry()
@@ -138,6 +146,20 @@ impl<P: Protocol> Server<P> {
             arrivals_held: false,
             framed: Vec::new(),
         })
+    }
+
+    fn validate(config: &ServerConfig) -> io::Result<()> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    }
+
+    /// A handle on this loop's listener for another worker to share, if it has one.
+    pub fn share_listener(&self) -> io::Result<Listener> {
+        match &self.listener {
+            Some(listener) => listener.try_clone(),
+            None => Err(io::Error::new(io::ErrorKind::NotConnected, "no listener")),
+        }
     }
 
     /// The loop's registry, for sources made before it runs (another loop's waker).
