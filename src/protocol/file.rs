@@ -57,8 +57,11 @@ const TOO_LONG: &[u8] = b"ERR request line too long\n";
 pub enum Refusal {
     /// An empty path or one containing a NUL byte.
     InvalidPath,
-    /// `..`, an absolute path, or a symlink leading outside the root.
+    /// `..` leading out, an absolute path, or a symlink leading outside the root.
     OutsideRoot,
+    /// `..` that stays inside the root (`sub/../small`): refused all the same, since no
+    /// request needs it, but the client is told what it did rather than "outside".
+    ParentDir,
     NotFound,
     /// A directory, a FIFO, a device, a socket.
     NotRegularFile,
@@ -73,6 +76,7 @@ impl Refusal {
         match self {
             Refusal::InvalidPath => b"ERR invalid path\n",
             Refusal::OutsideRoot => b"ERR outside the root\n",
+            Refusal::ParentDir => b"ERR `..` is not accepted\n",
             Refusal::NotFound => b"ERR not found\n",
             Refusal::NotRegularFile => b"ERR not a regular file\n",
             Refusal::PermissionDenied => b"ERR permission denied\n",
@@ -110,14 +114,22 @@ pub fn resolve(root: &Path, request: &[u8]) -> Result<PathBuf, Refusal> {
     }
     // Unix paths are bytes: a non-UTF-8 name is as valid as any other.
     let relative = Path::new(OsStr::from_bytes(request));
+    // `..` is refused even where it would stay inside: there is no need for it. Depth
+    // counts the names above it, lexically, to tell the client which of the two it was.
+    let (mut depth, mut parent) = (0usize, false);
     for component in relative.components() {
         match component {
-            Component::Normal(_) | Component::CurDir => {}
-            // `..` is refused even where it would stay inside: there is no need for it.
-            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
-                return Err(Refusal::OutsideRoot)
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => {
+                parent = true;
+                depth = depth.checked_sub(1).ok_or(Refusal::OutsideRoot)?;
             }
+            Component::RootDir | Component::Prefix(_) => return Err(Refusal::OutsideRoot),
         }
+    }
+    if parent {
+        return Err(Refusal::ParentDir);
     }
     // Canonicalising resolves every symlink; the prefix test then catches a link that
     // leads out (`Path::starts_with` compares whole components: `/srv2` is not in `/srv`).
@@ -603,10 +615,11 @@ mod tests {
     #[test]
     fn refusals() {
         let (_dir, mut server, _) = fixture("refusals");
-        let cases: [(&[u8], Refusal); 13] = [
+        let cases: [(&[u8], Refusal); 14] = [
             (b"../secret", Refusal::OutsideRoot),
             (b"sub/../../secret", Refusal::OutsideRoot),
-            (b"sub/../small", Refusal::OutsideRoot),
+            (b"sub/../small", Refusal::ParentDir),
+            (b"./sub/../sub/../small", Refusal::ParentDir),
             (b"/etc/passwd", Refusal::OutsideRoot),
             (b"escape", Refusal::OutsideRoot),
             (b"missing", Refusal::NotFound),
