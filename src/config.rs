@@ -88,6 +88,9 @@ pub struct ServerConfig {
     pub stats_interval: Option<Duration>,
     /// Prefix for log lines when several loops run (`worker 1: ...`).
     pub name: Option<String>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) naming the
+    /// client; it is opened with that address once the header has come.
+    pub proxy_protocol: bool,
 }
 
 impl ServerConfig {
@@ -100,6 +103,7 @@ impl ServerConfig {
             drain_timeout: Duration::from_secs(5),
             stats_interval: None,
             name: None,
+            proxy_protocol: false,
         }
     }
 

@@ -21,10 +21,13 @@ pub enum CloseReason {
     InputTooLarge,
     /// The server is shutting down.
     Shutdown,
+    /// Behind a proxy (`--proxy-protocol`): its PROXY header was invalid, or the peer
+    /// closed or failed before it was complete.
+    ProxyHeader,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 10] = [
         CloseReason::PeerClosed,
         CloseReason::Protocol,
         CloseReason::Error,
@@ -34,6 +37,7 @@ impl CloseReason {
         CloseReason::SlowConsumer,
         CloseReason::InputTooLarge,
         CloseReason::Shutdown,
+        CloseReason::ProxyHeader,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +51,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow-consumer",
             CloseReason::InputTooLarge => "input-too-large",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::ProxyHeader => "proxy-header",
         }
     }
 }

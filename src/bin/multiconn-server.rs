@@ -88,6 +88,11 @@ struct Args {
     /// Log a statistics line this often (totals are logged at exit regardless).
     #[arg(long, value_name = "D", value_parser = parse_duration, help_heading = "Operations")]
     stats: Option<Duration>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2, as HAProxy's
+    /// send-proxy sends): the client address it names is the one logs and chat show. An
+    /// invalid header, or none within the frame timeout, closes the connection.
+    #[arg(long, help_heading = "Operations")]
+    proxy_protocol: bool,
     /// On SIGINT/SIGTERM, let pending output drain for up to this long before closing.
     #[arg(long, default_value = "5s", value_name = "D", value_parser = parse_duration, help_heading = "Operations")]
     drain_timeout: Duration,
@@ -173,6 +178,7 @@ fn main() {
         config.limits.max_connections = n;
     }
     config.stats_interval = args.stats;
+    config.proxy_protocol = args.proxy_protocol;
     let options = LaunchOptions {
         config,
         protocol: args.protocol,
