@@ -81,6 +81,16 @@ pub struct Stats {
     pub accept_errors: u64,
     /// Open connections at the time of the snapshot.
     pub open: usize,
+    /// Times the loop came back from `epoll_wait`.
+    pub turns: u64,
+    /// The loop thread's CPU time at the time of the snapshot: its busy time.
+    pub cpu: std::time::Duration,
+    /// UDP echo (`--udp`): datagrams received, and echoed.
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    /// Echoes dropped because the socket's send buffer and the loop's bounded queue
+    /// behind it were full.
+    pub datagrams_dropped: u64,
 }
 
 impl Stats {
@@ -104,6 +114,11 @@ impl Stats {
         self.pauses += other.pauses;
         self.accept_errors += other.accept_errors;
         self.open += other.open;
+        self.turns += other.turns;
+        self.cpu += other.cpu;
+        self.datagrams_in += other.datagrams_in;
+        self.datagrams_out += other.datagrams_out;
+        self.datagrams_dropped += other.datagrams_dropped;
     }
 }
 
@@ -122,6 +137,13 @@ impl fmt::Display for Stats {
         }
         if self.resets > 0 {
             write!(f, " (reset {})", self.resets)?;
+        }
+        if self.datagrams_in > 0 {
+            write!(
+                f,
+                " udp in {} out {} dropped {}",
+                self.datagrams_in, self.datagrams_out, self.datagrams_dropped
+            )?;
         }
         Ok(())
     }

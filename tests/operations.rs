@@ -239,6 +239,8 @@ fn two_workers_share_the_connections() {
         protocol_options: ProtocolOptions::default(),
         workers: 2,
         derive_max_connections: false,
+        metrics: None,
+        udp: false,
     })
     .unwrap();
     let ListenAddr::Tcp(addr) = workers.addr.clone() else {
@@ -386,6 +388,8 @@ fn impossible_worker_combinations_are_refused() {
         protocol_options: ProtocolOptions::default(),
         workers: 2,
         derive_max_connections: false,
+        metrics: None,
+        udp: false,
     };
     let tcp = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
     let mut echo_with_redis = options(ProtocolKind::Echo, tcp);
@@ -590,6 +594,8 @@ fn workers_share_a_unix_socket() {
         protocol_options: ProtocolOptions::default(),
         workers: 2,
         derive_max_connections: false,
+        metrics: None,
+        udp: false,
     })
     .unwrap();
     for i in 0..8 {

@@ -93,6 +93,14 @@ struct Args {
     /// invalid header, or none within the frame timeout, closes the connection.
     #[arg(long, help_heading = "Operations")]
     proxy_protocol: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT), from the first
+    /// worker's loop: connections, requests, bytes, closes by reason, loop turns and busy
+    /// fraction, per worker and in total.
+    #[arg(long, value_name = "ADDR", help_heading = "Operations")]
+    metrics: Option<String>,
+    /// Also echo UDP datagrams, on the same address and port as TCP.
+    #[arg(long, help_heading = "Operations")]
+    udp: bool,
     /// On SIGINT/SIGTERM, let pending output drain for up to this long before closing.
     #[arg(long, default_value = "5s", value_name = "D", value_parser = parse_duration, help_heading = "Operations")]
     drain_timeout: Duration,
@@ -152,6 +160,17 @@ fn timeout(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
 
+/// `--metrics HOST:PORT`, resolved (a name such as localhost too); a usage error if not.
+fn metrics_address(text: &str) -> std::net::SocketAddr {
+    let parsed = text
+        .rsplit_once(':')
+        .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)));
+    let Some((host, port)) = parsed else {
+        die(format!("--metrics wants HOST:PORT, not {text:?}"), 2)
+    };
+    resolve(host, port).unwrap_or_else(|e| die(format!("cannot resolve {host}: {e}"), 1))
+}
+
 fn main() {
     let args = Args::parse();
     init_logging(args.verbose, args.quiet);
@@ -197,6 +216,8 @@ fn main() {
         },
         workers: args.workers,
         derive_max_connections: args.max_connections.is_none(),
+        metrics: args.metrics.as_deref().map(metrics_address),
+        udp: args.udp,
     };
     match serve_until_signalled(options) {
         Ok(stats) => log::info!("totals: {stats}"),

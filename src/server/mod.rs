@@ -6,8 +6,10 @@
 //! its own (other loops, a broker), to and from which broadcasts travel.
 
 mod control;
+mod metrics;
 mod proxy;
 mod relay;
+mod udp;
 
 use std::io::{self, Write};
 use std::ops::Range;
@@ -40,6 +42,12 @@ const SIGNALS: Token = Token(usize::MAX - 2);
 /// the start): far above any slab key, below the relay's, so that an event for one misses
 /// the slab and reaches them off the hot path, as the relay's do.
 const HEADER_TOKENS: Range<usize> = (usize::MAX / 4)..(usize::MAX / 2);
+/// Tokens of the metrics' scrape connections, likewise.
+const SCRAPE_TOKENS: Range<usize> = (usize::MAX / 2)..(RELAY_TOKENS.start - 8);
+/// The metrics listener (and, in the timer queue, the deadline of a scrape's collection).
+const METRICS: Token = Token(RELAY_TOKENS.start - 1);
+/// The UDP echo socket (and, on the serve-again list, its next turn).
+const UDP: Token = Token(RELAY_TOKENS.start - 2);
 
 /// Events taken from one `epoll_wait`.
 const EVENTS_CAPACITY: usize = 1024;
@@ -107,6 +115,10 @@ pub struct Server<P: Protocol> {
     framed: Vec<Arc<[u8]>>,
     /// With `--proxy-protocol`: the connections whose header has not come yet.
     headers: Option<Box<proxy::Headers>>,
+    /// With `--metrics`, on the first worker: the listener and its scrapes.
+    metrics: Option<Box<metrics::Metrics>>,
+    /// With `--udp`: the echo socket.
+    udp: Option<Box<udp::Udp>>,
 }
 
 impl<P: Protocol> Server<P> {
@@ -159,6 +171,8 @@ impl<P: Protocol> Server<P> {
             headers: config
                 .proxy_protocol
                 .then(|| Box::new(proxy::Headers::default())),
+            metrics: None,
+            udp: None,
             config,
         })
     }
@@ -234,10 +248,11 @@ impl<P: Protocol> Server<P> {
                 return Err(e);
             }
             now = Tick::now();
+            self.stats.turns += 1;
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now),
-                    WAKER => self.answer_stats_requests(),
+                    WAKER => self.answer_stats_requests(now),
                     SIGNALS => {
                         if let Some(watch) = &mut self.signals {
                             watch.on_signals(&self.control);
@@ -295,7 +310,7 @@ impl<P: Protocol> Server<P> {
             relay.turn(&mut io);
             relay.shutdown(io.registry);
         }
-        self.stats.open = self.open_count();
+        self.snapshot();
         Ok(self.stats)
     }
 
@@ -338,15 +353,30 @@ impl<P: Protocol> Server<P> {
         self.conns.len() + self.headers.as_ref().map_or(0, |h| h.awaiting.len())
     }
 
-    fn answer_stats_requests(&mut self) {
+    /// The loop's counters now, its open connections and CPU time included.
+    fn snapshot(&mut self) -> Stats {
         self.stats.open = self.open_count();
-        for tx in self.control.take_stats_requests() {
-            let _ = tx.send(self.stats.clone());
+        self.stats.cpu = crate::clock::thread_cpu_time();
+        self.stats.clone()
+    }
+
+    /// Woken: answers the requests for counters, and takes the answers to this loop's
+    /// own (a scrape waiting for the other workers').
+    fn answer_stats_requests(&mut self, now: Tick) {
+        let requests = self.control.take_stats_requests();
+        if !requests.is_empty() {
+            let stats = self.snapshot();
+            for request in requests {
+                request.answer(stats.clone());
+            }
+        }
+        if self.metrics.is_some() {
+            self.finish_collecting(now, false);
         }
     }
 
     fn log_stats(&mut self) {
-        self.stats.open = self.open_count();
+        self.snapshot();
         match &self.config.name {
             Some(name) => log::info!("{name}: stats: {}", self.stats),
             None => log::info!("stats: {}", self.stats),
@@ -359,6 +389,8 @@ impl<P: Protocol> Server<P> {
             let _ = self.poll.registry().deregister(&mut listener);
         }
         self.accept_paused_until = None;
+        self.close_metrics();
+        self.close_udp();
         if let Some(headers) = &mut self.headers {
             // Nothing was said to them yet: there is nothing to drain.
             for awaiting in headers.awaiting.drain() {
@@ -620,6 +652,9 @@ impl<P: Protocol> Server<P> {
         for &(key, id) in &batch {
             let (conns, mut turn) = self.turn(now);
             let Some(conn) = conns.get_mut(key).filter(|c| c.id() == id) else {
+                if (key, id) == (UDP.0, 0) {
+                    self.udp_echo();
+                }
                 continue;
             };
             let again = conn.serve(&mut turn, true, false);
@@ -709,6 +744,12 @@ impl<P: Protocol> Server<P> {
             }
         } else if HEADER_TOKENS.contains(&key) {
             self.header_event(key - HEADER_TOKENS.start, now);
+        } else if SCRAPE_TOKENS.contains(&key) {
+            self.scrape_event(key - SCRAPE_TOKENS.start, ready, now);
+        } else if key == METRICS.0 {
+            self.metrics_accept(now);
+        } else if key == UDP.0 {
+            self.udp_event(ready);
         }
         // Otherwise a stale event for a connection removed in this batch.
     }
@@ -871,9 +912,7 @@ impl<P: Protocol> Server<P> {
                 .get(key)
                 .is_some_and(|c| c.id() == id && c.timer_is(at))
             {
-                if HEADER_TOKENS.contains(&key) {
-                    self.header_timer(key - HEADER_TOKENS.start, id);
-                }
+                self.side_timer(at, key, id, now);
                 continue; // a stale entry: the connection is gone or re-armed sooner
             }
             let (conns, mut turn) = self.turn(now);
@@ -885,6 +924,19 @@ impl<P: Protocol> Server<P> {
                 self.hold(key);
             }
             self.settle(key, now);
+        }
+    }
+
+    /// A timer that is no connection's: a side source's (a PROXY header's deadline, a
+    /// scrape's), or a stale entry.
+    #[cold]
+    fn side_timer(&mut self, at: Tick, key: usize, id: u64, now: Tick) {
+        if HEADER_TOKENS.contains(&key) {
+            self.header_timer(key - HEADER_TOKENS.start, id);
+        } else if SCRAPE_TOKENS.contains(&key) {
+            self.scrape_timer(key - SCRAPE_TOKENS.start, id, at, now);
+        } else if key == METRICS.0 {
+            self.finish_collecting(now, true);
         }
     }
 
