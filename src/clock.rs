@@ -38,6 +38,22 @@ impl Tick {
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
+/// CPU time (user and system) the calling thread has used. A loop sleeps in `epoll_wait`
+/// when it has nothing to do, so its thread's CPU time is its busy time, to the
+/// nanosecond, at no cost per turn: it is read when counters are asked for, not kept.
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: as in `Tick::now`; CLOCK_THREAD_CPUTIME_ID exists since Linux 2.6.12.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 impl Add<Duration> for Tick {
     type Output = Tick;
 

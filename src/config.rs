@@ -88,6 +88,9 @@ pub struct ServerConfig {
     pub stats_interval: Option<Duration>,
     /// Prefix for log lines when several loops run (`worker 1: ...`).
     pub name: Option<String>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) naming the
+    /// client; it is opened with that address once the header has come.
+    pub proxy_protocol: bool,
 }
 
 impl ServerConfig {
@@ -100,6 +103,7 @@ impl ServerConfig {
             drain_timeout: Duration::from_secs(5),
             stats_interval: None,
             name: None,
+            proxy_protocol: false,
         }
     }
 
@@ -120,6 +124,14 @@ impl ServerConfig {
         }
         if self.socket.backlog < 1 {
             return Err("--backlog must be at least 1".into());
+        }
+        if self
+            .socket
+            .keepalive
+            .is_some_and(|k| k < Duration::from_secs(1))
+        {
+            // TCP_KEEPIDLE counts whole seconds; zero is refused by the kernel.
+            return Err("--keepalive must be at least 1s".into());
         }
         if self.stats_interval.is_some_and(|i| i.is_zero()) {
             return Err("--stats must be longer than 0".into());

@@ -270,6 +270,14 @@ impl<S> Connection<S> {
         self.outbound.len()
     }
 
+    /// Input that came before the connection was opened (after a PROXY header, in the
+    /// same read): presented to the protocol before the socket is read, as the input a
+    /// pause left is. Serve the connection to present it.
+    pub fn present_early_input(&mut self, bytes: &[u8]) {
+        self.inbound.extend_from_slice(bytes);
+        self.input_waiting = !self.inbound.is_empty();
+    }
+
     /// Stops reading it until [`release`](Self::release): its broadcasts are more than
     /// the other members can take now.
     pub fn hold(&mut self) {

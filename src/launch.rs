@@ -72,8 +72,13 @@ pub struct LaunchOptions {
     pub config: ServerConfig,
     pub protocol: ProtocolKind,
     pub protocol_options: ProtocolOptions,
-    /// Threads, each its own loop with its own SO_REUSEPORT listener.
+    /// Threads, each its own loop; they share one listener (each has its own SO_REUSEPORT
+    /// one with `config.socket.reuseport`).
     pub workers: usize,
+    /// Serve the Prometheus metrics here, from the first worker's loop.
+    pub metrics: Option<SocketAddr>,
+    /// Echo UDP datagrams on the TCP address too.
+    pub udp: bool,
     /// Derive `config.limits.max_connections` from the open-files limit (raised to its
     /// hard maximum) instead of taking it as given, and say so at startup.
     pub derive_max_connections: bool,
@@ -210,10 +215,14 @@ fn validate(options: &LaunchOptions) -> Result<(), String> {
     if options.workers == 0 {
         return Err("--workers must be at least 1".into());
     }
-    if options.workers > 1 {
+    if options.udp && matches!(options.config.listen, ListenAddr::Unix(_)) {
+        return Err("--udp needs a TCP address, not --unix".into());
+    }
+    if options.workers > 1 && options.config.socket.reuseport {
         if let ListenAddr::Unix(_) = options.config.listen {
-            // SO_REUSEPORT balances TCP only; one Unix path has one listener.
-            return Err("--unix works with one worker only".into());
+            // SO_REUSEPORT balances TCP only; one Unix path has one listener, which the
+            // workers share without it.
+            return Err("--reuseport with --workers works on TCP only".into());
         }
     }
     let chat_only = [
@@ -375,32 +384,56 @@ fn cannot_serve(root: &std::path::Path, e: &std::io::Error) -> String {
     )
 }
 
-/// Binds one server per worker, all on the same address (SO_REUSEPORT when several).
+/// Binds one server per worker, all on the same address: one listener shared by every
+/// worker, or with `--reuseport` one SO_REUSEPORT listener each.
 fn bind_all<P, F>(options: LaunchOptions, make: F) -> Result<Vec<Server<P>>, LaunchError>
 where
     P: Protocol,
     F: Fn(usize) -> P,
 {
     let workers = options.workers.max(1);
-    let mut servers = Vec::with_capacity(workers);
+    let mut servers: Vec<Server<P>> = Vec::with_capacity(workers);
     let mut config = options.config;
     let derived = options.derive_max_connections.then(|| {
         let (limit, why) = raise_open_files_limit(workers);
         config.limits.max_connections = limit;
         why
     });
-    if workers > 1 {
-        config.socket.reuseport = true;
-    }
     for worker in 0..workers {
         let mut worker_config = config.clone();
         if workers > 1 {
             worker_config.name = Some(format!("worker {}", worker + 1));
         }
-        let server = Server::bind(worker_config, make(worker))
-            .map_err(|e| format!("cannot listen on {}: {}", config.listen, describe(&e)))?;
+        let shared = servers.first().filter(|_| !config.socket.reuseport);
+        let mut server = match shared {
+            // Without SO_REUSEPORT the others take a handle on the first's listener: one
+            // accept queue, woken in every loop, taken by whichever accepts first.
+            Some(first) => first
+                .share_listener()
+                .and_then(|listener| Server::with_listener(worker_config, listener, make(worker))),
+            None => Server::bind(worker_config, make(worker)),
+        }
+        .map_err(|e| format!("cannot listen on {}: {}", config.listen, describe(&e)))?;
+        if options.udp {
+            let socket = match shared.and_then(Server::share_udp) {
+                Some(socket) => socket,
+                None => bind_udp(server.local_addr(), &config.socket),
+            };
+            socket
+                .and_then(|socket| server.serve_udp(socket))
+                .map_err(|e| {
+                    format!(
+                        "cannot listen for UDP on {}: {}",
+                        server.local_addr(),
+                        describe(&e)
+                    )
+                })?;
+        }
         if worker == 0 {
             log::info!("Listening on {}", server.local_addr());
+            if options.udp {
+                log::info!("Echoing UDP datagrams on {}", server.local_addr());
+            }
             if let Some(why) = &derived {
                 log::info!(
                     "Accepting up to {} connections per worker ({why})",
@@ -412,7 +445,41 @@ where
         }
         servers.push(server);
     }
+    if let Some(addr) = options.metrics {
+        let cannot =
+            |e: std::io::Error| format!("cannot serve metrics on {addr}: {}", describe(&e));
+        let listener = std::net::TcpListener::bind(addr).map_err(cannot)?;
+        let bound = listener.local_addr().map_err(cannot)?;
+        let peers = servers.iter().skip(1).map(Server::handle).collect();
+        let first = &mut servers[0];
+        first.serve_metrics(listener).map_err(cannot)?;
+        first.add_metric_peers(peers);
+        log::info!("Serving metrics on http://{bound}/metrics");
+    }
     Ok(servers)
+}
+
+/// A UDP socket on the TCP listener's address (SO_REUSEPORT as the listener has it).
+fn bind_udp(
+    addr: &ListenAddr,
+    options: &crate::net::SocketOptions,
+) -> std::io::Result<std::net::UdpSocket> {
+    let ListenAddr::Tcp(addr) = addr else {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(*addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if options.reuseport {
+        socket.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&(*addr).into())?;
+    Ok(socket.into())
 }
 
 /// The Redis address in `redis://HOST[:PORT][/]` (port 6379 by default), resolved.

@@ -4,6 +4,8 @@
 //! Map of the crate, lowest layer first (each imports only from those above it):
 //! - [`config`]: a loop's configuration as plain values: limits, timeouts, the listen address.
 //! - [`clock`]: the loop's coarse clock, read once per turn.
+//! - [`duration`]: durations as the time flags take them (`30s`, `2m`, a bare number of
+//!   seconds), for the server's flags and the clients' alike.
 //! - [`net`]: binding listeners with socket options; the TCP/Unix stream a connection holds.
 //! - [`outbound`]: bytes on their way to a peer: a turn's reply, and the queue of what is
 //!   still owed, written with one `writev`, file ranges with sendfile(2).
@@ -33,6 +35,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod duration;
 pub mod launch;
 pub mod net;
 pub mod outbound;

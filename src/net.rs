@@ -35,7 +35,9 @@ impl fmt::Display for ListenAddr {
 pub struct SocketOptions {
     /// Length of the kernel's queue of connections not yet accepted.
     pub backlog: i32,
-    /// SO_REUSEPORT: several listeners (workers, processes) share one address.
+    /// SO_REUSEPORT: several listeners (each worker's, other processes') share one
+    /// address, the kernel balancing connections between them. Off, a second server on
+    /// the address fails with "address in use", and workers share one listener.
     pub reuseport: bool,
     /// TCP_NODELAY on accepted connections: replies leave at once instead of waiting for Nagle.
     pub nodelay: bool,
@@ -110,6 +112,23 @@ impl Listener {
                     .map(Path::to_path_buf)
                     .unwrap_or_default();
                 Ok(ListenAddr::Unix(path))
+            }
+        }
+    }
+
+    /// Another handle on the same listening socket (`dup`), for a worker that shares it:
+    /// the kernel has one accept queue, so a second server on the address still finds it
+    /// in use, unlike separate SO_REUSEPORT listeners.
+    pub fn try_clone(&self) -> io::Result<Listener> {
+        use std::os::fd::AsFd;
+        match self {
+            Listener::Tcp(l) => {
+                let fd = l.as_fd().try_clone_to_owned()?;
+                Ok(Listener::Tcp(TcpListener::from_std(fd.into())))
+            }
+            Listener::Unix(l) => {
+                let fd = l.as_fd().try_clone_to_owned()?;
+                Ok(Listener::Unix(UnixListener::from_std(fd.into())))
             }
         }
     }

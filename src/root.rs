@@ -30,8 +30,11 @@ pub const MAX_PATH: usize = 4095;
 pub enum Refusal {
     /// An empty path, one containing a NUL byte, or one too long to name a file.
     InvalidPath,
-    /// `..`, an absolute path, or a symlink leading outside the root.
+    /// `..` leading out, an absolute path, or a symlink leading outside the root.
     OutsideRoot,
+    /// `..` that stays inside the root (`sub/../small`): refused all the same, since no
+    /// request needs it, but the client is told what it did rather than "outside".
+    ParentDir,
     NotFound,
     /// A directory (HTTP may serve its `index.html` instead).
     Directory,
@@ -48,6 +51,7 @@ impl Refusal {
         match self {
             Refusal::InvalidPath => "invalid path",
             Refusal::OutsideRoot => "outside the root",
+            Refusal::ParentDir => "`..` is not accepted",
             Refusal::NotFound => "not found",
             Refusal::Directory | Refusal::NotRegularFile => "not a regular file",
             Refusal::PermissionDenied => "permission denied",
@@ -169,15 +173,23 @@ fn check_relative(request: &[u8]) -> Result<(), Refusal> {
     if request.is_empty() || request.contains(&0) {
         return Err(Refusal::InvalidPath);
     }
+    // `..` is refused even where it would stay inside: there is no need for it. Depth
+    // counts the names above it, lexically, to tell the client which of the two it was.
+    let (mut depth, mut parent) = (0usize, false);
     // Unix paths are bytes: a non-UTF-8 name is as valid as any other.
     for component in Path::new(OsStr::from_bytes(request)).components() {
         match component {
-            Component::Normal(_) | Component::CurDir => {}
-            // `..` is refused even where it would stay inside: there is no need for it.
-            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
-                return Err(Refusal::OutsideRoot)
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => {
+                parent = true;
+                depth = depth.checked_sub(1).ok_or(Refusal::OutsideRoot)?;
             }
+            Component::RootDir | Component::Prefix(_) => return Err(Refusal::OutsideRoot),
         }
+    }
+    if parent {
+        return Err(Refusal::ParentDir);
     }
     Ok(())
 }
@@ -374,7 +386,7 @@ mod tests {
             (b"inside", Ok(b"hello file\n")),
             (b"absolute", Ok(b"hello file\n")),
             (b"../secret", Err(Refusal::OutsideRoot)),
-            (b"sub/../small", Err(Refusal::OutsideRoot)),
+            (b"sub/../small", Err(Refusal::ParentDir)),
             (b"/etc/passwd", Err(Refusal::OutsideRoot)),
             (b"escape", Err(Refusal::OutsideRoot)),
             (b"outdir/secret", Err(Refusal::OutsideRoot)),

@@ -21,10 +21,13 @@ pub enum CloseReason {
     InputTooLarge,
     /// The server is shutting down.
     Shutdown,
+    /// Behind a proxy (`--proxy-protocol`): its PROXY header was invalid, or the peer
+    /// closed or failed before it was complete.
+    ProxyHeader,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 10] = [
         CloseReason::PeerClosed,
         CloseReason::Protocol,
         CloseReason::Error,
@@ -34,6 +37,7 @@ impl CloseReason {
         CloseReason::SlowConsumer,
         CloseReason::InputTooLarge,
         CloseReason::Shutdown,
+        CloseReason::ProxyHeader,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +51,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow-consumer",
             CloseReason::InputTooLarge => "input-too-large",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::ProxyHeader => "proxy-header",
         }
     }
 }
@@ -76,6 +81,16 @@ pub struct Stats {
     pub accept_errors: u64,
     /// Open connections at the time of the snapshot.
     pub open: usize,
+    /// Times the loop came back from `epoll_wait`.
+    pub turns: u64,
+    /// The loop thread's CPU time at the time of the snapshot: its busy time.
+    pub cpu: std::time::Duration,
+    /// UDP echo (`--udp`): datagrams received, and echoed.
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    /// Echoes dropped because the socket's send buffer and the loop's bounded queue
+    /// behind it were full.
+    pub datagrams_dropped: u64,
 }
 
 impl Stats {
@@ -99,6 +114,11 @@ impl Stats {
         self.pauses += other.pauses;
         self.accept_errors += other.accept_errors;
         self.open += other.open;
+        self.turns += other.turns;
+        self.cpu += other.cpu;
+        self.datagrams_in += other.datagrams_in;
+        self.datagrams_out += other.datagrams_out;
+        self.datagrams_dropped += other.datagrams_dropped;
     }
 }
 
@@ -117,6 +137,13 @@ impl fmt::Display for Stats {
         }
         if self.resets > 0 {
             write!(f, " (reset {})", self.resets)?;
+        }
+        if self.datagrams_in > 0 {
+            write!(
+                f,
+                " udp in {} out {} dropped {}",
+                self.datagrams_in, self.datagrams_out, self.datagrams_dropped
+            )?;
         }
         Ok(())
     }

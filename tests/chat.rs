@@ -366,6 +366,8 @@ fn a_room_spans_the_workers() {
         protocol_options: ProtocolOptions::default(),
         workers: 3,
         derive_max_connections: false,
+        metrics: None,
+        udp: false,
     })
     .expect("chat on 3 workers");
     let ListenAddr::Tcp(addr) = workers.addr.clone() else {

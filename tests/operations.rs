@@ -239,6 +239,8 @@ fn two_workers_share_the_connections() {
         protocol_options: ProtocolOptions::default(),
         workers: 2,
         derive_max_connections: false,
+        metrics: None,
+        udp: false,
     })
     .unwrap();
     let ListenAddr::Tcp(addr) = workers.addr.clone() else {
@@ -377,7 +379,7 @@ fn stats_lines_and_second_sigint() {
 }
 
 /// Combinations that cannot work are refused before anything is bound: chat's options
-/// with another protocol, and several workers on one Unix socket.
+/// with another protocol, and SO_REUSEPORT workers on one Unix socket.
 #[test]
 fn impossible_worker_combinations_are_refused() {
     let options = |protocol, listen| LaunchOptions {
@@ -386,6 +388,8 @@ fn impossible_worker_combinations_are_refused() {
         protocol_options: ProtocolOptions::default(),
         workers: 2,
         derive_max_connections: false,
+        metrics: None,
+        udp: false,
     };
     let tcp = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
     let mut echo_with_redis = options(ProtocolKind::Echo, tcp);
@@ -396,12 +400,14 @@ fn impossible_worker_combinations_are_refused() {
         LaunchError::Usage("--redis works with --protocol chat only".into())
     );
     let unix = ListenAddr::Unix(std::env::temp_dir().join("multiconn-never-bound.sock"));
-    let error = start(options(ProtocolKind::Echo, unix))
+    let mut unix_reuseport = options(ProtocolKind::Echo, unix);
+    unix_reuseport.config.socket.reuseport = true;
+    let error = start(unix_reuseport)
         .err()
-        .expect("unix on 2 workers");
+        .expect("--reuseport on a unix socket with 2 workers");
     assert_eq!(
         error,
-        LaunchError::Usage("--unix works with one worker only".into())
+        LaunchError::Usage("--reuseport with --workers works on TCP only".into())
     );
 
     let out = spawn_bin(
@@ -454,5 +460,201 @@ fn refused_worker_thread_is_a_clear_error() {
     assert!(
         stderr.starts_with("error: cannot start a worker thread: ") && stderr.lines().count() == 1,
         "{stderr}"
+    );
+}
+
+/// Runs `multiconn-server ARGS` to its exit (it must exit within the I/O timeout); returns
+/// the exit code and stderr.
+fn server_exit(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = ServerChild(spawn_bin("multiconn-server", args));
+    let mut pipe = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        let _ = tx.send(text);
+    });
+    let stderr = rx
+        .recv_timeout(IO_TIMEOUT)
+        .unwrap_or_else(|_| panic!("multiconn-server {args:?} did not exit"));
+    (wait_exit(&mut child).code(), stderr)
+}
+
+/// Every usage error exits 2 with one `error:` line, time flags included; the time flags
+/// take the client's forms (`30s`, `2m`, a bare number of seconds).
+#[test]
+fn usage_errors_exit_2() {
+    for (args, message) in [
+        (
+            &["--workers", "0"][..],
+            "error: --workers must be at least 1",
+        ),
+        (
+            &["--protocol", "file"],
+            "error: --protocol file needs --root DIR",
+        ),
+        (&["--stats", "0s"], "error: --stats must be longer than 0"),
+        (
+            &["--keepalive", "500ms"],
+            "error: --keepalive must be at least 1s",
+        ),
+        (
+            &["--idle-timeout", "2x"],
+            "error: invalid value '2x' for '--idle-timeout <D>'",
+        ),
+        (
+            &[
+                "--protocol",
+                "chat",
+                "--workers",
+                "2",
+                "--max-line",
+                "2000000",
+            ],
+            "error: --max-line 2000000 needs --max-outbound",
+        ),
+    ] {
+        let mut all = vec!["-q"];
+        if !args.contains(&"--unix") {
+            all.extend(["127.0.0.1", "0"]);
+        }
+        all.extend(args);
+        let (code, stderr) = server_exit(&all);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.starts_with(message), "{args:?}: {stderr}");
+    }
+    // The accepted forms: a unit, two units, a bare number of seconds.
+    let (mut server, mut log, addr) = start_server_bin(&[
+        "--idle-timeout",
+        "2m",
+        "--write-timeout",
+        "1m30s",
+        "--frame-timeout",
+        "30",
+        "--drain-timeout",
+        "500ms",
+        "--stats",
+        "1s",
+    ]);
+    ping(&mut connect(addr), b"durations parsed");
+    log.wait_for("stats: ");
+    kill(&server, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut server).code(), Some(0));
+}
+
+/// `--body` takes a regular file only: a FIFO nobody writes to and `/dev/zero` are refused
+/// at once (neither blocks in `open()` nor reads without end), exit 1.
+#[test]
+fn body_must_be_a_regular_file() {
+    let dir = TempDir::new("body");
+    let fifo = dir.0.join("fifo");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads the NUL-terminated path only.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    for path in [fifo.to_str().unwrap(), "/dev/zero"] {
+        let (code, stderr) =
+            server_exit(&["-q", "127.0.0.1", "0", "--protocol", "http", "--body", path]);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert_eq!(
+            stderr,
+            format!("error: {path} is not a regular file; --body serves a regular file\n")
+        );
+    }
+}
+
+/// `--workers 2` shares one listener between its loops: a second server on the same
+/// address fails with "address in use" and exit 1, and the first keeps all the traffic.
+#[test]
+fn a_second_server_on_the_address_is_refused() {
+    let (mut first, _log, addr) = start_server_bin(&["--workers", "2"]);
+    let port = addr.port().to_string();
+    let (code, stderr) = server_exit(&["-q", "--workers", "2", "127.0.0.1", &port]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!("error: cannot listen on {addr}: Address already in use\n")
+    );
+    let mut conns: Vec<TcpStream> = (0..16).map(|_| connect(addr)).collect();
+    for (i, conn) in conns.iter_mut().enumerate() {
+        ping(conn, format!("message {i}").as_bytes());
+    }
+    drop(conns);
+    kill(&first, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut first).code(), Some(0));
+}
+
+/// Workers share a Unix socket's one listener too: every connection is served.
+#[test]
+fn workers_share_a_unix_socket() {
+    let dir = TempDir::new("unix-workers");
+    let path = dir.0.join("echo.sock");
+    let workers = start(LaunchOptions {
+        config: ServerConfig::new(ListenAddr::Unix(path.clone())),
+        protocol: ProtocolKind::Echo,
+        protocol_options: ProtocolOptions::default(),
+        workers: 2,
+        derive_max_connections: false,
+        metrics: None,
+        udp: false,
+    })
+    .unwrap();
+    for i in 0..8 {
+        let mut conn = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        conn.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let message = format!("unix message {i}");
+        conn.write_all(message.as_bytes()).unwrap();
+        let mut buf = vec![0; message.len()];
+        conn.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, message.as_bytes());
+    }
+    workers.shutdown();
+    let per_worker = workers.join().unwrap();
+    assert_eq!(per_worker.iter().map(|s| s.accepted).sum::<u64>(), 8);
+}
+
+/// SIGHUP (an operator's reload habit) is logged and ignored: the server keeps serving
+/// open and new connections, and a later SIGTERM still drains what is owed: responses
+/// larger than the server's 4 KiB send buffers, unread when the signal comes, arrive whole.
+#[test]
+fn sighup_keeps_serving_and_sigterm_still_drains() {
+    const BODY: usize = 1024 * 1024;
+    let dir = TempDir::new("sighup");
+    let page = dir.0.join("page.bin");
+    std::fs::write(&page, pseudo_random_bytes(5, BODY)).unwrap();
+    let (mut server, mut log, addr) = start_server_bin(&[
+        "--protocol",
+        "http",
+        "--body",
+        page.to_str().unwrap(),
+        "--send-buffer",
+        "4096",
+    ]);
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut before = connect(addr);
+    write_all(&mut before, request);
+    let head = read_exact(&mut before, 12);
+    assert_eq!(head, b"HTTP/1.1 200");
+    kill(&server, libc::SIGHUP);
+    log.wait_for("Caught SIGHUP: ignored");
+    // Still serving: a new connection gets its answer while the first is unread.
+    let mut after = connect(addr);
+    write_all(&mut after, request);
+    assert_eq!(read_exact(&mut after, 12), b"HTTP/1.1 200");
+    kill(&server, libc::SIGTERM);
+    log.wait_for("Caught SIGTERM, exiting.");
+    for conn in [&mut before, &mut after] {
+        let rest = read_to_end(conn);
+        let text = String::from_utf8_lossy(&rest[..rest.len().min(200)]).into_owned();
+        assert!(
+            rest.len() > BODY && rest.ends_with(&pseudo_random_bytes(5, BODY)),
+            "{} bytes after the status line: {text}",
+            rest.len()
+        );
+    }
+    assert_eq!(wait_exit(&mut server).code(), Some(0));
+    assert!(
+        log.rest().iter().any(|l| l.contains("totals: ")),
+        "{:#?}",
+        log.seen
     );
 }

@@ -54,6 +54,7 @@ pub fn err_line(refusal: Refusal) -> &'static [u8] {
     match refusal {
         Refusal::InvalidPath => b"ERR invalid path\n",
         Refusal::OutsideRoot => b"ERR outside the root\n",
+        Refusal::ParentDir => b"ERR `..` is not accepted\n",
         Refusal::NotFound => b"ERR not found\n",
         Refusal::Directory | Refusal::NotRegularFile => b"ERR not a regular file\n",
         Refusal::PermissionDenied => b"ERR permission denied\n",
@@ -354,10 +355,11 @@ mod tests {
     #[test]
     fn refusals() {
         let (_dir, mut server, _) = fixture("refusals");
-        let cases: [(&[u8], Refusal); 13] = [
+        let cases: [(&[u8], Refusal); 14] = [
             (b"../secret", Refusal::OutsideRoot),
             (b"sub/../../secret", Refusal::OutsideRoot),
-            (b"sub/../small", Refusal::OutsideRoot),
+            (b"sub/../small", Refusal::ParentDir),
+            (b"./sub/../sub/../small", Refusal::ParentDir),
             (b"/etc/passwd", Refusal::OutsideRoot),
             (b"escape", Refusal::OutsideRoot),
             (b"missing", Refusal::NotFound),

@@ -345,6 +345,12 @@ pub trait Protocol {
         Receive::Bytes
     }
 
+    /// The groups (chat rooms) this protocol keeps and how many members each has, by
+    /// name, for the metrics; asked once per scrape. Only protocols with groups say.
+    fn group_sizes(&self) -> Vec<(String, usize)> {
+        Vec::new()
+    }
+
     /// A broadcast chunk as a member that answered [`Receive::Framed`] takes it.
     fn frame(&self, chunk: &[u8]) -> Arc<[u8]> {
         Arc::from(chunk)

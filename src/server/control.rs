@@ -23,12 +23,29 @@ pub(super) enum State {
     Immediate = 2,
 }
 
+/// A request for a loop's counters: where the answer goes, and whose loop to wake once
+/// it is there (a loop that asks must not block on the answer).
+pub(super) struct StatsRequest {
+    pub(super) reply: mpsc::Sender<Stats>,
+    pub(super) wake: Option<Arc<Control>>,
+}
+
+impl StatsRequest {
+    pub(super) fn answer(self, stats: Stats) {
+        if self.reply.send(stats).is_ok() {
+            if let Some(asker) = self.wake {
+                let _ = asker.waker.wake();
+            }
+        }
+    }
+}
+
 /// What a loop shares with its handles. The lock is touched only by a stats request and
 /// the wake it causes, never per event.
 pub(super) struct Control {
     state: AtomicU8,
     pub(super) waker: Waker,
-    stats_requests: Mutex<Vec<mpsc::Sender<Stats>>>,
+    stats_requests: Mutex<Vec<StatsRequest>>,
 }
 
 impl Control {
@@ -53,7 +70,7 @@ impl Control {
     }
 
     /// The pending snapshot requests, to be answered now.
-    pub(super) fn take_stats_requests(&self) -> Vec<mpsc::Sender<Stats>> {
+    pub(super) fn take_stats_requests(&self) -> Vec<StatsRequest> {
         match self.stats_requests.lock() {
             Ok(mut requests) => std::mem::take(&mut *requests),
             Err(_) => Vec::new(),
@@ -83,9 +100,24 @@ impl ServerHandle {
     /// (it has stopped).
     pub fn stats(&self, timeout: Duration) -> Option<Stats> {
         let (tx, rx) = mpsc::channel();
-        self.control.stats_requests.lock().ok()?.push(tx);
-        self.control.waker.wake().ok()?;
+        self.request_stats(tx, None)?;
         rx.recv_timeout(timeout).ok()
+    }
+
+    /// Asks for a snapshot of the loop's counters, sent to `reply`; then `wake`'s loop is
+    /// woken, so that a loop can ask another without waiting for it. `None` if the loop
+    /// cannot be reached.
+    pub(super) fn request_stats(
+        &self,
+        reply: mpsc::Sender<Stats>,
+        wake: Option<Arc<Control>>,
+    ) -> Option<()> {
+        self.control
+            .stats_requests
+            .lock()
+            .ok()?
+            .push(StatsRequest { reply, wake });
+        self.control.waker.wake().ok()
     }
 
     fn signal(&self, state: State) {

@@ -6,9 +6,13 @@
 //! its own (other loops, a broker), to and from which broadcasts travel.
 
 mod control;
+mod metrics;
+mod proxy;
 mod relay;
+mod udp;
 
 use std::io::{self, Write};
+use std::ops::Range;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -34,8 +38,22 @@ const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 
+/// Tokens of the connections that await their PROXY header (the slot in `Headers` plus
+/// the start): far above any slab key, below the relay's, so that an event for one misses
+/// the slab and reaches them off the hot path, as the relay's do.
+const HEADER_TOKENS: Range<usize> = (usize::MAX / 4)..(usize::MAX / 2);
+/// Tokens of the metrics' scrape connections, likewise.
+const SCRAPE_TOKENS: Range<usize> = (usize::MAX / 2)..(RELAY_TOKENS.start - 8);
+/// The metrics listener (and, in the timer queue, the deadline of a scrape's collection).
+const METRICS: Token = Token(RELAY_TOKENS.start - 1);
+/// The UDP echo socket (and, on the serve-again list, its next turn).
+const UDP: Token = Token(RELAY_TOKENS.start - 2);
+
 /// Events taken from one `epoll_wait`.
 const EVENTS_CAPACITY: usize = 1024;
+/// How long a connection may take to send its PROXY header when neither the frame nor
+/// the idle timeout is set: some bound is needed, or a silent peer holds its slot forever.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long accepting pauses after EMFILE/ENFILE/ENOBUFS/ENOMEM before it is retried.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// At most one accept-error log line per this interval.
@@ -95,16 +113,30 @@ pub struct Server<P: Protocol> {
     /// A run's chunks framed for the members that take them framed (WebSocket): made
     /// once per run, shared by all of them.
     framed: Vec<Arc<[u8]>>,
+    /// With `--proxy-protocol`: the connections whose header has not come yet.
+    headers: Option<Box<proxy::Headers>>,
+    /// With `--metrics`, on the first worker: the listener and its scrapes.
+    metrics: Option<Box<metrics::Metrics>>,
+    /// With `--udp`: the echo socket.
+    udp: Option<Box<udp::Udp>>,
 }
 
 impl<P: Protocol> Server<P> {
     /// Binds the listener (port 0 picks a free port) and prepares the loop. A configuration
     /// that would make the loop spin or never read is refused as `InvalidInput`.
     pub fn bind(config: ServerConfig, protocol: P) -> io::Result<Self> {
-        config
-            .validate()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let mut listener = Listener::bind(&config.listen, &config.socket)?;
+        Self::validate(&config)?;
+        let listener = Listener::bind(&config.listen, &config.socket)?;
+        Self::with_listener(config, listener, protocol)
+    }
+
+    /// Prepares a loop on a listener bound already, such as another worker's (shared).
+    pub fn with_listener(
+        config: ServerConfig,
+        mut listener: Listener,
+        protocol: P,
+    ) -> io::Result<Self> {
+        Self::validate(&config)?;
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
         poll.registry()
@@ -116,7 +148,6 @@ impl<P: Protocol> Server<P> {
             local_addr,
             conns: Slab::new(),
             protocol,
-            config,
             control: Control::new(waker),
             stats: Stats::default(),
             next_id: 0,
@@ -137,7 +168,27 @@ impl<P: Protocol> Server<P> {
             relay_deadline: None,
             arrivals_held: false,
             framed: Vec::new(),
+            headers: config
+                .proxy_protocol
+                .then(|| Box::new(proxy::Headers::default())),
+            metrics: None,
+            udp: None,
+            config,
         })
+    }
+
+    fn validate(config: &ServerConfig) -> io::Result<()> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    }
+
+    /// A handle on this loop's listener for another worker to share, if it has one.
+    pub fn share_listener(&self) -> io::Result<Listener> {
+        match &self.listener {
+            Some(listener) => listener.try_clone(),
+            None => Err(io::Error::new(io::ErrorKind::NotConnected, "no listener")),
+        }
     }
 
     /// The loop's registry, for sources made before it runs (another loop's waker).
@@ -197,10 +248,11 @@ impl<P: Protocol> Server<P> {
                 return Err(e);
             }
             now = Tick::now();
+            self.stats.turns += 1;
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now),
-                    WAKER => self.answer_stats_requests(),
+                    WAKER => self.answer_stats_requests(now),
                     SIGNALS => {
                         if let Some(watch) = &mut self.signals {
                             watch.on_signals(&self.control);
@@ -258,7 +310,7 @@ impl<P: Protocol> Server<P> {
             relay.turn(&mut io);
             relay.shutdown(io.registry);
         }
-        self.stats.open = self.conns.len();
+        self.snapshot();
         Ok(self.stats)
     }
 
@@ -296,15 +348,35 @@ impl<P: Protocol> Server<P> {
         Some(nearest.saturating_duration_since(now))
     }
 
-    fn answer_stats_requests(&mut self) {
-        self.stats.open = self.conns.len();
-        for tx in self.control.take_stats_requests() {
-            let _ = tx.send(self.stats.clone());
+    /// Connections open, those awaiting a PROXY header included.
+    fn open_count(&self) -> usize {
+        self.conns.len() + self.headers.as_ref().map_or(0, |h| h.awaiting.len())
+    }
+
+    /// The loop's counters now, its open connections and CPU time included.
+    fn snapshot(&mut self) -> Stats {
+        self.stats.open = self.open_count();
+        self.stats.cpu = crate::clock::thread_cpu_time();
+        self.stats.clone()
+    }
+
+    /// Woken: answers the requests for counters, and takes the answers to this loop's
+    /// own (a scrape waiting for the other workers').
+    fn answer_stats_requests(&mut self, now: Tick) {
+        let requests = self.control.take_stats_requests();
+        if !requests.is_empty() {
+            let stats = self.snapshot();
+            for request in requests {
+                request.answer(stats.clone());
+            }
+        }
+        if self.metrics.is_some() {
+            self.finish_collecting(now, false);
         }
     }
 
     fn log_stats(&mut self) {
-        self.stats.open = self.conns.len();
+        self.snapshot();
         match &self.config.name {
             Some(name) => log::info!("{name}: stats: {}", self.stats),
             None => log::info!("stats: {}", self.stats),
@@ -317,6 +389,18 @@ impl<P: Protocol> Server<P> {
             let _ = self.poll.registry().deregister(&mut listener);
         }
         self.accept_paused_until = None;
+        self.close_metrics();
+        self.close_udp();
+        if let Some(headers) = &mut self.headers {
+            // Nothing was said to them yet: there is nothing to drain.
+            for awaiting in headers.awaiting.drain() {
+                log::debug!(
+                    "{}: closed before its PROXY header (shutdown)",
+                    awaiting.via
+                );
+                self.stats.closed[CloseReason::Shutdown as usize] += 1;
+            }
+        }
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
             self.conns[key].begin_shutdown();
@@ -335,14 +419,18 @@ impl<P: Protocol> Server<P> {
             };
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    if self.conns.len() >= self.config.limits.max_connections {
+                    if self.open_count() >= self.config.limits.max_connections {
                         self.refuse(stream, &peer);
                         continue;
                     }
                     if let Err(e) = configure_accepted(&stream, &self.config.socket) {
                         log::debug!("cannot set socket options for {peer}: {e}");
                     }
-                    self.open(stream, peer, now);
+                    if self.headers.is_some() {
+                        self.await_header(stream, peer, now);
+                    } else {
+                        self.open(stream, peer, now);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if is_transient_accept_error(&e) => continue,
@@ -377,8 +465,7 @@ impl<P: Protocol> Server<P> {
     }
 
     fn open(&mut self, mut stream: Stream, peer: Peer, now: Tick) {
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
+        let key = self.conns.vacant_key();
         if let Err(e) = self
             .poll
             .registry()
@@ -387,17 +474,141 @@ impl<P: Protocol> Server<P> {
             log::warn!("cannot register connection from {peer}: {e}");
             return;
         }
+        self.stats.accepted += 1;
+        self.start(key, stream, peer, now);
+    }
+
+    /// Opens the session of a connection registered under `Token(key)`, the slab's next
+    /// key: the protocol's `open`, then what it produced, written and broadcast.
+    fn start(&mut self, key: usize, stream: Stream, peer: Peer, now: Tick) {
         let session = {
             let mut out = self.produced.output_for(0, self.config.limits.max_outbound);
             self.protocol.open(&peer, &mut out)
         };
         self.next_id += 1;
+        let entry = self.conns.vacant_entry();
+        debug_assert_eq!(entry.key(), key, "registered under the slab's next key");
         let conn = entry.insert(Connection::new(stream, peer, self.next_id, session, now));
-        self.stats.accepted += 1;
         log::info!("Accepted connection from {peer}");
         conn.send_reply(&mut self.produced.reply, &mut self.stats, now);
         self.deliver_broadcast(Some(key), now);
         self.settle(key, now);
+    }
+
+    /// `--proxy-protocol`: a connection just accepted waits, unopened, for its header,
+    /// for at most the frame timeout.
+    #[cold]
+    fn await_header(&mut self, mut stream: Stream, via: Peer, now: Tick) {
+        let Some(headers) = &mut self.headers else {
+            return;
+        };
+        let slot = headers.awaiting.vacant_key();
+        let token = HEADER_TOKENS.start + slot;
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(token), Interest::READABLE)
+        {
+            log::warn!("cannot register connection from {via}: {e}");
+            return;
+        }
+        self.stats.accepted += 1;
+        let timeouts = &self.config.timeouts;
+        let wait = timeouts.frame.or(timeouts.idle).unwrap_or(HEADER_TIMEOUT);
+        let id = headers.next_id();
+        let deadline = now + wait;
+        headers.awaiting.insert(proxy::Awaiting {
+            stream,
+            via,
+            id,
+            received: Vec::new(),
+        });
+        self.schedule.arm(deadline, token, id);
+        log::debug!("{via}: accepted; awaiting its PROXY header");
+    }
+
+    /// Bytes for a connection awaiting its header: once the header is complete, the
+    /// connection is opened with the client's address and what followed the header is
+    /// its first input; an invalid header, or the peer leaving first, closes it.
+    #[cold]
+    fn header_event(&mut self, slot: usize, now: Tick) {
+        let Some(headers) = &mut self.headers else {
+            return;
+        };
+        let Some(awaiting) = headers.awaiting.get_mut(slot) else {
+            return; // a stale event
+        };
+        let (source, len) = match awaiting.read(&mut self.read_buf) {
+            proxy::Progress::Waiting => return,
+            proxy::Progress::Complete(source, len) => (source, len),
+            ended => {
+                let awaiting = headers.awaiting.remove(slot);
+                let via = awaiting.via;
+                self.stats.bytes_in += awaiting.received.len() as u64;
+                self.stats.closed[CloseReason::ProxyHeader as usize] += 1;
+                match ended {
+                    proxy::Progress::Refused(why) => {
+                        log::info!("Closing connection from {via}: {why}")
+                    }
+                    proxy::Progress::Failed(e) => {
+                        log::debug!("{via}: read before its PROXY header: {e}")
+                    }
+                    _ => log::debug!("{via}: closed before its PROXY header was complete"),
+                }
+                return;
+            }
+        };
+        let proxy::Awaiting {
+            mut stream,
+            via,
+            received,
+            ..
+        } = headers.awaiting.remove(slot);
+        self.stats.bytes_in += received.len() as u64;
+        let peer = match source {
+            proxy::Source::Client(addr) => Peer::Tcp(addr),
+            proxy::Source::Local => via,
+        };
+        let key = self.conns.vacant_key();
+        if let Err(e) = self
+            .poll
+            .registry()
+            .reregister(&mut stream, Token(key), Interest::READABLE)
+        {
+            log::warn!("cannot register connection from {peer}: {e}");
+            return;
+        }
+        log::debug!("{peer}: PROXY header from {via}");
+        self.start(key, stream, peer, now);
+        let early = &received[len..];
+        if early.is_empty() {
+            return;
+        }
+        let (conns, mut turn) = self.turn(now);
+        let Some(conn) = conns.get_mut(key).filter(|c| !c.is_closed()) else {
+            return;
+        };
+        conn.present_early_input(early);
+        let again = conn.serve(&mut turn, true, false);
+        self.after_serving(key, again, now);
+    }
+
+    /// The header deadline of a connection awaiting its header passed.
+    #[cold]
+    fn header_timer(&mut self, slot: usize, id: u64) {
+        let Some(headers) = &mut self.headers else {
+            return;
+        };
+        if headers.awaiting.get(slot).is_none_or(|a| a.id != id) {
+            return; // its header came, or it is gone
+        }
+        let awaiting = headers.awaiting.remove(slot);
+        log::info!(
+            "Closing connection from {}: no complete PROXY header in time",
+            awaiting.via
+        );
+        self.stats.bytes_in += awaiting.received.len() as u64;
+        self.stats.closed[CloseReason::FrameTimeout as usize] += 1;
     }
 
     /// Everything a connection borrows from the loop for one turn.
@@ -426,8 +637,8 @@ impl<P: Protocol> Server<P> {
     fn on_event(&mut self, key: usize, ready: Readiness, now: Tick) {
         let (conns, mut turn) = self.turn(now);
         let Some(conn) = conns.get_mut(key) else {
-            // No connection has this key: the relay's, or a stale event.
-            return self.relay_event(key, ready, now);
+            // No connection has this key: a side source's, or a stale event.
+            return self.side_event(key, ready, now);
         };
         let again = conn.on_event(&mut turn, ready);
         self.after_serving(key, again, now);
@@ -441,6 +652,9 @@ impl<P: Protocol> Server<P> {
         for &(key, id) in &batch {
             let (conns, mut turn) = self.turn(now);
             let Some(conn) = conns.get_mut(key).filter(|c| c.id() == id) else {
+                if (key, id) == (UDP.0, 0) {
+                    self.udp_echo();
+                }
                 continue;
             };
             let again = conn.serve_deferred(&mut turn);
@@ -520,15 +734,24 @@ impl<P: Protocol> Server<P> {
         congested
     }
 
-    /// An event for one of the relay's sources.
+    /// An event whose token is no connection's: one of the relay's sources, a
+    /// connection awaiting its PROXY header, or a stale event.
     #[cold]
-    fn relay_event(&mut self, key: usize, ready: Readiness, now: Tick) {
-        if !RELAY_TOKENS.contains(&key) {
-            return; // a stale event for a connection removed in this batch
+    fn side_event(&mut self, key: usize, ready: Readiness, now: Tick) {
+        if RELAY_TOKENS.contains(&key) {
+            if let Some((relay, mut io)) = self.relay_parts(now) {
+                relay.on_event(&mut io, Token(key), ready);
+            }
+        } else if HEADER_TOKENS.contains(&key) {
+            self.header_event(key - HEADER_TOKENS.start, now);
+        } else if SCRAPE_TOKENS.contains(&key) {
+            self.scrape_event(key - SCRAPE_TOKENS.start, ready, now);
+        } else if key == METRICS.0 {
+            self.metrics_accept(now);
+        } else if key == UDP.0 {
+            self.udp_event(ready);
         }
-        if let Some((relay, mut io)) = self.relay_parts(now) {
-            relay.on_event(&mut io, Token(key), ready);
-        }
+        // Otherwise a stale event for a connection removed in this batch.
     }
 
     /// The relay and what it borrows from the loop for one call, if there is one.
@@ -689,6 +912,7 @@ impl<P: Protocol> Server<P> {
                 .get(key)
                 .is_some_and(|c| c.id() == id && c.timer_is(at))
             {
+                self.side_timer(at, key, id, now);
                 continue; // a stale entry: the connection is gone or re-armed sooner
             }
             let (conns, mut turn) = self.turn(now);
@@ -700,6 +924,19 @@ impl<P: Protocol> Server<P> {
                 self.hold(key);
             }
             self.settle(key, now);
+        }
+    }
+
+    /// A timer that is no connection's: a side source's (a PROXY header's deadline, a
+    /// scrape's), or a stale entry.
+    #[cold]
+    fn side_timer(&mut self, at: Tick, key: usize, id: u64, now: Tick) {
+        if HEADER_TOKENS.contains(&key) {
+            self.header_timer(key - HEADER_TOKENS.start, id);
+        } else if SCRAPE_TOKENS.contains(&key) {
+            self.scrape_timer(key - SCRAPE_TOKENS.start, id, at, now);
+        } else if key == METRICS.0 {
+            self.finish_collecting(now, true);
         }
     }
 

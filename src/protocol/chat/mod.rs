@@ -616,6 +616,10 @@ impl Protocol for Chat {
         }
     }
 
+    fn group_sizes(&self) -> Vec<(String, usize)> {
+        self.roster.room_sizes()
+    }
+
     fn frame(&self, chunk: &[u8]) -> Arc<[u8]> {
         Arc::from(web::binary_frame(chunk))
     }

@@ -78,6 +78,19 @@ impl Roster {
         self.enter(room, new);
     }
 
+    /// Every room and how many members it has (on every loop of this server), sorted by
+    /// name: for the metrics.
+    pub fn room_sizes(&self) -> Vec<(String, usize)> {
+        let inner = self.lock();
+        let mut sizes: Vec<(String, usize)> = inner
+            .rooms
+            .iter()
+            .map(|(name, room)| (name.to_string(), room.members.values().sum()))
+            .collect();
+        sizes.sort();
+        sizes
+    }
+
     /// The names in `room`, sorted (each once), and how many members that is.
     pub fn who(&self, room: &str) -> (Vec<Box<str>>, usize) {
         let inner = self.lock();
@@ -104,6 +117,12 @@ mod tests {
         assert_eq!(roster.enter("lobby", "b"), lobby);
         roster.enter("lobby", "b");
         assert_eq!(roster.who("lobby"), (vec!["a".into(), "b".into()], 3));
+        roster.enter("attic", "c");
+        assert_eq!(
+            roster.room_sizes(),
+            [("attic".to_string(), 1), ("lobby".to_string(), 3)]
+        );
+        roster.leave("attic", "c");
         roster.leave("lobby", "b");
         assert_eq!(roster.who("lobby").1, 2);
         roster.rename("lobby", "b", "bee");

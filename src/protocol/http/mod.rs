@@ -74,15 +74,51 @@ impl Default for HttpConfig {
 }
 
 /// Reads the file `--body` names, once, at start. The error is one line for `error: ...`.
+///
+/// Only a regular file is read, and its size is checked before a byte is: a FIFO, a
+/// device (`/dev/zero`) or a directory is refused. The open is non-blocking, so a FIFO
+/// with no writer cannot hold the process in `open()` (where no signal would end it);
+/// the type is checked with `fstat` on what was opened, so a file swapped after a first
+/// look is caught too. Symlinks are followed: the path is the operator's, not a peer's.
 pub fn read_body(path: &Path) -> Result<Arc<[u8]>, String> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| format!("cannot read {}: {}", path.display(), describe(&e)))?;
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |e: std::io::Error| format!("cannot read {}: {}", path.display(), describe(&e));
+    let not_regular = || {
+        format!(
+            "{} is not a regular file; --body serves a regular file",
+            path.display()
+        )
+    };
+    // A first look, so that a device is not even opened (opening some has effects).
+    if !std::fs::metadata(path).map_err(fail)?.is_file() {
+        return Err(not_regular());
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(fail)?;
+    let meta = file.metadata().map_err(fail)?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    let too_big = |len: u64| {
+        format!(
+            "{} is {len} bytes; --body serves at most {MAX_BODY_BYTES}",
+            path.display()
+        )
+    };
+    if meta.len() > MAX_BODY_BYTES as u64 {
+        return Err(too_big(meta.len()));
+    }
+    // A file that grows while it is read is still not read past the cap.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_BODY_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(fail)?;
     if bytes.len() > MAX_BODY_BYTES {
-        return Err(format!(
-            "{} is {} bytes; --body serves at most {MAX_BODY_BYTES}",
-            path.display(),
-            bytes.len()
-        ));
+        return Err(too_big(bytes.len() as u64));
     }
     Ok(Arc::from(bytes))
 }
@@ -348,7 +384,9 @@ impl Http {
             Err(refusal) => {
                 log::debug!("{peer}: {} refused: {refusal}", head.target);
                 let canned = match refusal {
-                    Refusal::OutsideRoot | Refusal::PermissionDenied => &self.forbidden,
+                    Refusal::OutsideRoot | Refusal::ParentDir | Refusal::PermissionDenied => {
+                        &self.forbidden
+                    }
                     Refusal::InvalidPath => &self.bad_request,
                     Refusal::CannotOpen => &self.server_error,
                     Refusal::NotFound | Refusal::Directory | Refusal::NotRegularFile => {
@@ -1315,7 +1353,8 @@ mod tests {
         assert_eq!(http.date.formats, 1);
     }
 
-    /// `--body` reads the file once; a missing or oversized file is a one-line error.
+    /// `--body` reads the file once; a missing, oversized or non-regular file is a
+    /// one-line error.
     #[test]
     fn body_file_loading() {
         let dir = std::env::temp_dir().join(format!("multiconn-http-test-{}", std::process::id()));
@@ -1339,6 +1378,19 @@ mod tests {
             .unwrap();
         let err = read_body(&big).unwrap_err();
         assert!(err.contains("--body serves at most"), "{err}");
+        // Not a regular file: refused before anything is read, and a FIFO without a
+        // writer does not block the open.
+        let fifo = dir.join("fifo");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path only.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        for path in [fifo.as_path(), Path::new("/dev/zero"), dir.as_path()] {
+            let err = read_body(path).unwrap_err();
+            assert!(
+                err.ends_with("is not a regular file; --body serves a regular file"),
+                "{err}"
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
