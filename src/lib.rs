@@ -4,7 +4,10 @@
 //! Map of the crate, lowest layer first (each imports only from those above it):
 //! - [`config`]: a loop's configuration as plain values: limits, timeouts, the listen address.
 //! - [`clock`]: the loop's coarse clock, read once per turn.
-//! - [`net`]: binding listeners with socket options; the TCP/Unix stream a connection holds.
+//! - [`tls`]: TLS (rustls) as a layer over any byte stream, so connections read and write
+//!   plaintext; client and server configurations.
+//! - [`net`]: binding listeners with socket options; the stream a connection holds (TCP,
+//!   Unix, or either under TLS).
 //! - [`outbound`]: bytes on their way to a peer: a turn's reply, and the queue of what is
 //!   still owed, written with one `writev`.
 //! - [`stats`]: a loop's counters and the reasons a connection ends.
@@ -35,6 +38,7 @@ pub mod protocol;
 pub mod schedule;
 pub mod server;
 pub mod stats;
+pub mod tls;
 
 pub use config::{Limits, ServerConfig, Timeouts};
 pub use net::{ListenAddr, Peer, SocketOptions};
