@@ -15,28 +15,12 @@ use std::time::{Duration, Instant};
 
 use common::{limit_child, spawn_bin, TestServer, IO_TIMEOUT};
 use multiconn::client::{
-    run_load, LoadConfig, LoadControl, LoadProtocol, LoadReport, StopAt, Workload,
+    run_load, HttpRequest, HttpWorkload, LoadConfig, LoadControl, LoadReport, StopAt, Workload,
 };
 use multiconn::protocol::echo::Echo;
 
 fn config(addr: SocketAddr, connections: usize, stop: StopAt) -> LoadConfig {
-    LoadConfig {
-        addr,
-        connections,
-        stop,
-        warmup: Duration::ZERO,
-        pipeline: 1,
-        rate: None,
-        workload: Workload {
-            protocol: LoadProtocol::Echo,
-            size: 64,
-            host: addr.to_string(),
-            seed: 42,
-        },
-        connect_timeout: Duration::from_secs(3),
-        timeout: Duration::from_secs(10),
-        threads: 1,
-    }
+    LoadConfig::new(addr, connections, stop, Workload::echo(64, 42))
 }
 
 fn run(config: &LoadConfig) -> LoadReport {
@@ -568,7 +552,7 @@ fn unavailable_or_misplaced_options_are_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stderr.contains("invalid duration"), "{}", out.stderr);
     let out = client(&["127.0.0.1", "9", "1", "--requests", "5", "--pipeline", "0"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     assert_eq!(out.stderr, "error: --pipeline must be between 1 and 1024\n");
 }
 
@@ -659,7 +643,7 @@ fn http_protocol_against_a_test_double() {
     let seen = Arc::new(AtomicU64::new(0));
     let addr = http_double(4, seen.clone());
     let mut config = config(addr, 4, StopAt::Requests(400));
-    config.workload.protocol = LoadProtocol::Http;
+    config.workload = Workload::http(HttpWorkload::new(&HttpRequest::get("h", "/")));
     config.pipeline = 4;
     let report = run(&config);
     assert_eq!(report.requests.completed, 400);
