@@ -41,7 +41,16 @@ impl<IO: fmt::Debug> fmt::Debug for TlsStream<IO> {
 /// A TLS failure as the I/O error the core reports: the peer sent something we refuse
 /// (a certificate we do not trust, a bad record), which is the peer's business.
 fn tls_error(e: rustls::Error) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
+    let text = e.to_string();
+    let text = if text.contains("CaUsedAsEndEntity") {
+        // What `openssl req -x509` makes by default (basicConstraints CA:TRUE).
+        "invalid peer certificate: a CA certificate used as the server's own (a self-signed \
+         one made with CA:TRUE: make it with basicConstraints=CA:FALSE, or use --insecure)"
+            .to_string()
+    } else {
+        text
+    };
+    io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {text}"))
 }
 
 impl<IO: Read + Write> TlsStream<IO> {

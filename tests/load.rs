@@ -6,14 +6,15 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, ExitStatus};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{limit_child, spawn_bin, TestServer, IO_TIMEOUT};
+use common::{
+    client, json, limit_child, read_all_in_background, spawn_bin, TestServer, IO_TIMEOUT,
+};
 use multiconn::client::{
     run_load, HttpRequest, HttpWorkload, LoadConfig, LoadControl, LoadReport, StopAt, Workload,
 };
@@ -25,58 +26,6 @@ fn config(addr: SocketAddr, connections: usize, stop: StopAt) -> LoadConfig {
 
 fn run(config: &LoadConfig) -> LoadReport {
     run_load(config, &LoadControl::new(), None).expect("load run")
-}
-
-/// What a finished binary printed.
-struct Output {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-/// Runs `multiconn-client` with `args` to the end; kills it and fails if it takes longer
-/// than the test timeout (so a hang is a failure, not a stuck test run).
-fn client(args: &[&str]) -> Output {
-    let started = Instant::now();
-    let mut child = spawn_bin("multiconn-client", args);
-    let stdout = read_all_in_background(child.stdout.take().unwrap());
-    let (stderr_tx, stderr_rx) = mpsc::channel();
-    let mut stderr_pipe = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr_pipe.read_to_string(&mut text);
-        let _ = stderr_tx.send(text);
-    });
-    // stderr reaches EOF when the process exits.
-    let stderr = match stderr_rx.recv_timeout(IO_TIMEOUT) {
-        Ok(text) => text,
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("multiconn-client {args:?} did not finish within {IO_TIMEOUT:?}");
-        }
-    };
-    let status = child.wait().expect("wait");
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr,
-        elapsed: started.elapsed(),
-    }
-}
-
-fn read_all_in_background(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text);
-        text
-    })
-}
-
-fn json(output: &Output) -> serde_json::Value {
-    serde_json::from_str(output.stdout.trim())
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", output.stdout))
 }
 
 /// A blocking test double on 127.0.0.1:0 that serves `connections` connections, each on

@@ -190,8 +190,14 @@ struct Target {
 fn main() {
     let args = Args::parse();
     init_client_logging(args.verbose, args.quiet);
-    let target = target(&args);
     let load_mode = args.duration.is_some() || args.requests.is_some();
+    if !load_mode && args.target.iter().any(|t| Url::looks_like(t)) {
+        die(
+            "a URL is a load target: add --duration or --requests",
+            EXIT_USAGE,
+        );
+    }
+    let target = target(&args);
     if load_mode {
         check_open_files(target.connections, args.threads.min(target.connections))
             .unwrap_or_else(|e| die(e, EXIT_USAGE));
@@ -210,10 +216,6 @@ fn main() {
         ),
         (ProtocolArg::File, false) => files(&args, &target),
         (_, _) if args.path.is_some() => die("--path goes with --protocol file", EXIT_USAGE),
-        (_, false) if target.url.is_some() => die(
-            "a URL is a load target: add --duration or --requests",
-            EXIT_USAGE,
-        ),
         (ProtocolArg::Echo, false) => tutorial(&args, &target),
         (other, false) => die(
             format!(
@@ -562,6 +564,11 @@ fn nothing_completed(report: &LoadReport) -> String {
             "{n} requests were sent and never answered (the server took the connections but \
              did not answer within the run; --timeout is {})",
             multiconn::client::format_duration(Duration::from_secs_f64(report.options.timeout_s))
+        ),
+        (None, _, 0) if report.options.warmup_s > 0.0 => format!(
+            "nothing was sent in it because the requests of the warm-up were never answered \
+             (the server took {} connections and did not answer on any)",
+            report.connections.connected
         ),
         (None, _, 0) => "no request was sent".to_string(),
         (None, _, _) => "no answer came".to_string(),

@@ -351,6 +351,9 @@ impl<P: Client> Driver<P> {
         if let (Some(resumed), false, false) = (tls, connecting, handshaking) {
             self.protocol
                 .on_established(conn.session_mut(), Established::Secured { resumed });
+            // What the client held back until the handshake was done may go out now.
+            let id = conn.id();
+            self.poke((key, id));
         }
     }
 

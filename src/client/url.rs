@@ -16,10 +16,9 @@ pub struct Url {
 }
 
 impl Url {
-    /// Whether `text` is meant as a URL (rather than a host name).
+    /// Whether `text` is meant as a URL (rather than a host name): it names a scheme.
     pub fn looks_like(text: &str) -> bool {
-        let lower = text.to_ascii_lowercase();
-        lower.starts_with("http://") || lower.starts_with("https://")
+        text.contains("://")
     }
 
     /// Parses `http://HOST[:PORT][/PATH][?QUERY]` (and `https://`); a fragment is dropped,

@@ -485,13 +485,18 @@ impl Protocol for Requests<'_> {
         let measuring = self
             .window
             .is_some_and(|w| w.deadline.is_none_or(|d| now < d));
-        if leftover.is_empty() && measuring {
+        conn.closing = true;
+        if !measuring {
+            // Past the end: answers are no longer read, so nothing can be judged.
+            conn.ending.get_or_insert(Ending::Clean);
+            return;
+        }
+        if leftover.is_empty() {
             // A body that ends at the close is complete now.
             if let Some(answer) = conn.exchange.finish_at_eof() {
                 self.answered(conn, answer, now);
             }
         }
-        conn.closing = true;
         if !leftover.is_empty() || conn.exchange.mid_response() {
             conn.fail(
                 FailureKind::Closed,
@@ -612,7 +617,8 @@ impl Client for Requests<'_> {
                 self.tally.connect_time.saturating_record(
                     now.saturating_duration_since(conn.started).as_micros() as u64,
                 );
-                if conn.reopened {
+                // Counted, like requests, from the start of the measured window.
+                if conn.reopened && self.window.is_some_and(|w| now >= w.measure_start) {
                     self.tally.reconnects += 1;
                 }
                 if conn.secured {
