@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    client, json, limit_child, read_all_in_background, spawn_bin, TestServer, IO_TIMEOUT,
+    client, json, limit_child, read_all_in_background, serve_http_requests, spawn_bin, TestServer,
+    IO_TIMEOUT,
 };
 use multiconn::client::{
     run_load, HttpRequest, HttpWorkload, LoadConfig, LoadControl, LoadReport, StopAt, Workload,
@@ -558,30 +559,19 @@ fn ctrl_c_gives_a_partial_report_and_exit_130() {
 /// responses; requests are counted across its connections.
 fn http_double(connections: usize, requests_seen: Arc<AtomicU64>) -> SocketAddr {
     double(connections, move |_, mut stream| {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let request: Vec<u8> = buf.drain(..end + 4).collect();
-                assert!(
-                    request.starts_with(b"GET / HTTP/1.1\r\nHost: "),
-                    "{request:?}"
-                );
-                // Counted across connections, so exactly one answer in ten is a 503.
-                let response: &[u8] = match requests_seen.fetch_add(1, Ordering::SeqCst) % 10 {
-                    9 => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy",
-                    n if n % 2 == 0 => b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nHello, World!",
-                    _ => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\nHello, \r\n6\r\nWorld!\r\n0\r\n\r\n",
-                };
-                if stream.write_all(response).is_err() {
-                    return;
-                }
-            }
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
+        serve_http_requests(&mut stream, |stream, request| {
+            assert!(
+                request.starts_with(b"GET / HTTP/1.1\r\nHost: "),
+                "{request:?}"
+            );
+            // Counted across connections, so exactly one answer in ten is a 503.
+            let response: &[u8] = match requests_seen.fetch_add(1, Ordering::SeqCst) % 10 {
+                9 => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy",
+                n if n % 2 == 0 => b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nHello, World!",
+                _ => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\nHello, \r\n6\r\nWorld!\r\n0\r\n\r\n",
+            };
+            stream.write_all(response).map(|()| true)
+        })
     })
 }
 

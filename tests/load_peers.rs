@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{client, json, TempDir, IO_TIMEOUT};
+use common::{client, json, serve_http_requests, TempDir, IO_TIMEOUT};
 
 /// The page every HTTP peer serves.
 const PAGE: &str = "<h1>Hello,World!</h1>\n";
@@ -541,36 +541,29 @@ where
     addr
 }
 
-/// Answers HTTP requests with `PAGE` until `answer` says otherwise for request `n` of the
+/// Answers HTTP requests with `PAGE` while `answer` says so for request `n` of the
 /// connection; then does what `end` does with the stream.
 fn http_until(
     stream: &mut TcpStream,
     mut answer: impl FnMut(u64) -> bool,
     end: impl FnOnce(&mut TcpStream),
 ) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
     let mut n = 0;
-    loop {
-        while let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            buf.drain(..at + 4);
-            if !answer(n) {
-                return end(stream);
+    let mut end = Some(end);
+    serve_http_requests(stream, |stream, _| {
+        if !answer(n) {
+            if let Some(end) = end.take() {
+                end(stream);
             }
-            n += 1;
-            let response = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{PAGE}",
-                PAGE.len()
-            );
-            if stream.write_all(response.as_bytes()).is_err() {
-                return;
-            }
+            return Ok(false);
         }
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
+        n += 1;
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{PAGE}",
+            PAGE.len()
+        );
+        stream.write_all(response.as_bytes()).map(|()| true)
+    });
 }
 
 /// A server that resets its first connection after 50 answers, and one that cuts its

@@ -39,7 +39,7 @@ children_cpu_ticks() {
     awk '{ print $16 + $17 }' "/proc/$$/stat"
 }
 
-# generator_round KIND PORT: runs one generator to completion; sets TRIPS and GEN_TICKS.
+# generator_round KIND PORT: runs one generator to completion; sets COUNT and GEN_TICKS.
 generator_round() {
     local kind=$1 port=$2 before after out
     before=$(children_cpu_ticks)
@@ -47,15 +47,38 @@ generator_round() {
     multiconn-client)
         out=$("${PIN_GENERATOR[@]}" "$CLIENT_BIN" 127.0.0.1 "$port" "$CONNS" \
             --duration "${DURATION}s" --warmup 0 --size "$SIZE" --json)
-        TRIPS=$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"]["completed"])')
+        COUNT=$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"]["completed"])')
         ;;
     threads)
         run_generator "$port" "$DURATION" 1
-        TRIPS=$GEN_ROUND_TRIPS
+        COUNT=$GEN_ROUND_TRIPS
         ;;
     esac
     after=$(children_cpu_ticks)
     GEN_TICKS=$((after - before))
+}
+
+# run_rounds UNIT ROUND ARG KIND...: ROUNDS alternating rounds, each running `ROUND KIND
+# ARG` for every KIND (which sets COUNT and GEN_TICKS), with a line per run; sums into
+# SUM_COUNT and SUM_TICKS by kind.
+declare -A SUM_COUNT SUM_TICKS
+run_rounds() {
+    local unit=$1 round_fn=$2 arg=$3 kind round
+    shift 3
+    SUM_COUNT=()
+    SUM_TICKS=()
+    for kind; do SUM_COUNT[$kind]=0; SUM_TICKS[$kind]=0; done
+    for round in $(seq "$ROUNDS"); do
+        for kind; do
+            "$round_fn" "$kind" "$arg"
+            SUM_COUNT[$kind]=$((SUM_COUNT[$kind] + COUNT))
+            SUM_TICKS[$kind]=$((SUM_TICKS[$kind] + GEN_TICKS))
+            printf 'round %d %-17s %9.0f %s/s  generator CPU %5.2f s (%5.2f us per %s)\n' \
+                "$round" "$kind" "$(awk -v t="$COUNT" -v d="$DURATION" 'BEGIN { print t / d }')" \
+                "${unit}s" "$(awk -v t="$GEN_TICKS" -v hz="$CLK_TCK" 'BEGIN { print t / hz }')" \
+                "$(per_trip "$GEN_TICKS" "$COUNT")" "$unit"
+        done
+    done
 }
 
 # table_row FIGURE MULTICONN PEER OP TARGET: prints nothing; appends a row to TABLE_OUT.
@@ -73,24 +96,12 @@ echo_part() {
     local port round kind m_rate t_rate m_us t_us
     port=$(free_port)
     start_server multiconn "$port"
-    local -A SUM_TRIPS SUM_TICKS
-    for kind in multiconn-client threads; do SUM_TRIPS[$kind]=0; SUM_TICKS[$kind]=0; done
-    for round in $(seq "$ROUNDS"); do
-        for kind in multiconn-client threads; do
-            generator_round "$kind" "$port"
-            SUM_TRIPS[$kind]=$((SUM_TRIPS[$kind] + TRIPS))
-            SUM_TICKS[$kind]=$((SUM_TICKS[$kind] + GEN_TICKS))
-            printf 'round %d %-17s %9.0f round trips/s  generator CPU %5.2f s (%5.2f us per round trip)\n' \
-                "$round" "$kind" "$(awk -v t="$TRIPS" -v d="$DURATION" 'BEGIN { print t / d }')" \
-                "$(awk -v t="$GEN_TICKS" -v hz="$CLK_TCK" 'BEGIN { print t / hz }')" \
-                "$(per_trip "$GEN_TICKS" "$TRIPS")"
-        done
-    done
+    run_rounds "round trip" generator_round "$port" multiconn-client threads
     stop_server
-    m_rate=$(awk -v t="${SUM_TRIPS[multiconn-client]}" -v d="$((DURATION * ROUNDS))" 'BEGIN { print t / d }')
-    t_rate=$(awk -v t="${SUM_TRIPS[threads]}" -v d="$((DURATION * ROUNDS))" 'BEGIN { print t / d }')
-    m_us=$(per_trip "${SUM_TICKS[multiconn-client]}" "${SUM_TRIPS[multiconn-client]}")
-    t_us=$(per_trip "${SUM_TICKS[threads]}" "${SUM_TRIPS[threads]}")
+    m_rate=$(awk -v t="${SUM_COUNT[multiconn-client]}" -v d="$((DURATION * ROUNDS))" 'BEGIN { print t / d }')
+    t_rate=$(awk -v t="${SUM_COUNT[threads]}" -v d="$((DURATION * ROUNDS))" 'BEGIN { print t / d }')
+    m_us=$(per_trip "${SUM_TICKS[multiconn-client]}" "${SUM_COUNT[multiconn-client]}")
+    t_us=$(per_trip "${SUM_TICKS[threads]}" "${SUM_COUNT[threads]}")
     echo
     echo "== summary (all rounds)"
     printf '%-17s %9.0f round trips/s  %5.2f us CPU per round trip  %6.2f CPU s\n' \
@@ -148,7 +159,7 @@ CONF
     die "nginx is not listening"
 }
 
-# http_round KIND URL: one generator run of DURATION s; sets REQS and GEN_TICKS.
+# http_round KIND URL: one generator run of DURATION s; sets COUNT and GEN_TICKS.
 http_round() {
     local kind=$1 url=$2 before after out
     before=$(children_cpu_ticks)
@@ -158,50 +169,38 @@ http_round() {
         [[ $url == https:* ]] && tls=(--cacert "$WORK_DIR/nginx/cert.pem")
         out=$("${PIN_GENERATOR[@]}" "$CLIENT_BIN" "$url" "$CONNS" --duration "${DURATION}s" \
             --warmup 0 "${tls[@]}" --json)
-        REQS=$(echo "$out" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["requests"]["completed"] if r["errors"]["total"] == 0 else 0)')
+        COUNT=$(echo "$out" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["requests"]["completed"] if r["errors"]["total"] == 0 else 0)')
         ;;
     wrk)
         out=$("${PIN_GENERATOR[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" "$url")
-        REQS=$(echo "$out" | awk '/requests in/ { print $1 }')
-        if echo "$out" | grep -q "Non-2xx\|Socket errors"; then REQS=0; fi
+        COUNT=$(echo "$out" | awk '/requests in/ { print $1 }')
+        if echo "$out" | grep -q "Non-2xx\|Socket errors"; then COUNT=0; fi
         ;;
     oha)
         out=$("${PIN_GENERATOR[@]}" "$OHA_BIN" -z "${DURATION}s" -c "$CONNS" --no-tui --insecure \
             --output-format json "$url" 2>/dev/null)
-        REQS=$(echo "$out" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(sum(r["statusCodeDistribution"].values()))')
+        COUNT=$(echo "$out" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(sum(r["statusCodeDistribution"].values()))')
         ;;
     esac
     after=$(children_cpu_ticks)
     GEN_TICKS=$((after - before))
-    [ -n "$REQS" ] && [ "$REQS" -gt 0 ] || die "$kind against $url completed nothing (or failed): $out"
+    [ -n "$COUNT" ] && [ "$COUNT" -gt 0 ] || die "$kind against $url completed nothing (or failed): $out"
 }
 
 # http_part SCHEME: multiconn-client, wrk and oha (if installed), alternating rounds.
 http_part() {
-    local scheme=$1 port=$2 kinds=(multiconn-client wrk) kind round url
-    local -A SUM_REQS SUM_TICKS
+    local scheme=$1 port=$2 kinds=(multiconn-client wrk) kind url
     [ -x "$OHA_BIN" ] && kinds+=(oha)
     url="$scheme://127.0.0.1:$port/"
     echo
     echo "== $scheme: generators against one nginx worker, $CONNS connections, GET / (21-byte page)"
     [ -x "$OHA_BIN" ] || echo "   oha: not installed (cargo install oha), skipped"
-    for kind in "${kinds[@]}"; do SUM_REQS[$kind]=0; SUM_TICKS[$kind]=0; done
-    for round in $(seq "$ROUNDS"); do
-        for kind in "${kinds[@]}"; do
-            http_round "$kind" "$url"
-            SUM_REQS[$kind]=$((SUM_REQS[$kind] + REQS))
-            SUM_TICKS[$kind]=$((SUM_TICKS[$kind] + GEN_TICKS))
-            printf 'round %d %-17s %9.0f requests/s  generator CPU %5.2f s (%5.2f us per request)\n' \
-                "$round" "$kind" "$(awk -v t="$REQS" -v d="$DURATION" 'BEGIN { print t / d }')" \
-                "$(awk -v t="$GEN_TICKS" -v hz="$CLK_TCK" 'BEGIN { print t / hz }')" \
-                "$(per_trip "$GEN_TICKS" "$REQS")"
-        done
-    done
+    run_rounds request http_round "$url" "${kinds[@]}"
     echo "-- $scheme summary (all rounds)"
     local -A RATE US
     for kind in "${kinds[@]}"; do
-        RATE[$kind]=$(awk -v t="${SUM_REQS[$kind]}" -v d="$((DURATION * ROUNDS))" 'BEGIN { printf "%.0f", t / d }')
-        US[$kind]=$(per_trip "${SUM_TICKS[$kind]}" "${SUM_REQS[$kind]}")
+        RATE[$kind]=$(awk -v t="${SUM_COUNT[$kind]}" -v d="$((DURATION * ROUNDS))" 'BEGIN { printf "%.0f", t / d }')
+        US[$kind]=$(per_trip "${SUM_TICKS[$kind]}" "${SUM_COUNT[$kind]}")
         printf '%-17s %9.0f requests/s  %5.2f us CPU per request  %6.2f CPU s\n' "$kind" "${RATE[$kind]}" \
             "${US[$kind]}" "$(awk -v t="${SUM_TICKS[$kind]}" -v hz="$CLK_TCK" 'BEGIN { print t / hz }')"
     done

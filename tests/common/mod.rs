@@ -348,3 +348,26 @@ pub fn json(output: &Output) -> serde_json::Value {
     serde_json::from_str(output.stdout.trim())
         .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", output.stdout))
 }
+
+/// Reads HTTP request heads from `stream` (bodies are not expected) and hands each to
+/// `answer`, which writes the response; stops when it returns false, the peer closes,
+/// or a write fails.
+pub fn serve_http_requests(
+    stream: &mut TcpStream,
+    mut answer: impl FnMut(&mut TcpStream, &[u8]) -> std::io::Result<bool>,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let request: Vec<u8> = buf.drain(..end + 4).collect();
+            if !matches!(answer(stream, &request), Ok(true)) {
+                return;
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
