@@ -3,7 +3,7 @@
 # loopback, measured with wrk in alternating rounds. Prints requests/s of each, the ratio,
 # and each server's CPU seconds per 10k requests (utime+stime from /proc/PID/stat).
 #
-# Usage: benches/http_vs_nginx.sh
+# Usage: benches/http_vs_nginx.sh   (TABLE_OUT=FILE: append the summary row for compare/all.sh)
 # Environment: DURATION=10s (per wrk run)  ROUNDS=3  CONNECTIONS=50  THREADS=1 (wrk threads)
 #              WARMUP=2s (one unmeasured run against each server first; 0 to skip)
 #              CPU_QUOTA=N (optional): give each server N% of one core (a cgroup-v1 CFS
@@ -241,3 +241,15 @@ awk '
         if (quota == "" && busy["multiconn"] < 90 && busy["nginx"] < 90)
             print "  note: neither server used a full core: requests/s is bounded by wrk or the machine"
     }' quota="$CPU_QUOTA" "$RESULTS"
+
+# The row benches/compare/all.sh puts in its table: requests per server-CPU-second.
+if [ -n "${TABLE_OUT:-}" ]; then
+    awk -v quota="$CPU_QUOTA" '
+        { req[$1] += $2; cpu[$1] += $4 }
+        END {
+            m = req["multiconn"] / cpu["multiconn"]; n = req["nginx"] / cpu["nginx"]
+            r = m / n
+            printf "HTTP: requests per server-CPU-second (wrk -c%s, one page%s)\t%.0f\t%.0f\t%.3f\t>= 1.3\t%s\n",
+                conns, (quota == "" ? "" : ", " quota "% quota"), m, n, r, (r >= 1.3 ? "ok" : "MISSED")
+        }' conns="$CONNECTIONS" "$RESULTS" >>"$TABLE_OUT"
+fi

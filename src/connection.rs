@@ -12,7 +12,7 @@ use mio::{Interest, Registry, Token};
 use crate::clock::Tick;
 use crate::config::{Limits, Timeouts};
 use crate::net::{describe, Peer, Stream, Transport};
-use crate::outbound::{Outbound, Reply};
+use crate::outbound::{Outbound, Reply, Sink, SENDFILE_MAX_CHUNK};
 use crate::protocol::{Flow, Produced, Protocol, Timeout};
 pub use crate::stats::CloseReason;
 use crate::stats::Stats;
@@ -195,9 +195,12 @@ pub struct Connection<S, T = Stream> {
     /// still had output: the loop serves the connection again next turn, and until then
     /// an empty queue does not mean the connection is finished.
     more_to_stream: bool,
+    /// A flush stopped at the per-turn file budget while the socket still took everything:
+    /// the loop serves the connection again next turn to go on (epoll would not say).
+    send_again: bool,
 }
 
-impl<S, T: Transport> Connection<S, T> {
+impl<S, T: Transport + Sink> Connection<S, T> {
     /// An accepted connection, registered READABLE by the caller.
     pub fn new(stream: T, peer: Peer, id: u64, session: S, now: Tick) -> Self {
         Connection::with_phase(stream, peer, id, session, now, Phase::Open)
@@ -236,6 +239,7 @@ impl<S, T: Transport> Connection<S, T> {
             },
             flush_queued: false,
             more_to_stream: false,
+            send_again: false,
         }
     }
 
@@ -328,7 +332,7 @@ impl<S, T: Transport> Connection<S, T> {
             // Writability says the connect completed (or failed); readability, an error.
             Phase::Connecting => return Wants::Interest(Interest::READABLE | Interest::WRITABLE),
             Phase::Open if self.paused => {
-                if !self.held && self.outbound.len() <= limits.low_water() {
+                if !self.held && self.outbound.drained_to(limits.low_water()) {
                     return Wants::Resume;
                 }
                 false
@@ -392,7 +396,11 @@ impl<S, T: Transport> Connection<S, T> {
             // A connection cut off for its backlog is not counted: its queue is dropped.
             stats.peak_outbound = stats.peak_outbound.max(self.outbound.len());
         }
-        let mut settled = Settled::default();
+        let mut settled = Settled {
+            // A flush stopped at the file budget is one the socket was still keeping up with.
+            serve_again: self.send_again,
+            ..Settled::default()
+        };
         loop {
             match wants {
                 Wants::EndClosing => self.end_closing(now + timeouts.linger),
@@ -565,14 +573,22 @@ impl<S, T: Transport> Connection<S, T> {
             stats.bytes_out += written as u64;
             self.deadlines.last_activity = now;
         }
-        if !all || written < reply.len() {
+        if !all {
             self.outbound.push_reply(reply, written);
-            if all {
-                // More pieces than one writev takes, all taken: the socket has room.
-                self.flush(stats, now);
-            } else {
-                self.deadlines.write_stalled_since = Some(now);
-            }
+            self.deadlines.write_stalled_since = Some(now);
+        } else if reply.has_spliced() {
+            self.send_rest(reply, written, stats, now);
+        }
+    }
+
+    /// A reply with spliced pieces whose first `written` bytes were all the socket was
+    /// offered: what is left (more pieces than one writev takes, or a file range) is
+    /// queued and sent now, since the socket has room.
+    #[cold]
+    fn send_rest(&mut self, reply: &Reply, written: usize, stats: &mut Stats, now: Tick) {
+        if !reply.is_written(written) {
+            self.outbound.push_reply(reply, written);
+            self.flush(stats, now);
         }
     }
 
@@ -585,14 +601,24 @@ impl<S, T: Transport> Connection<S, T> {
         }
     }
 
-    /// Writes queued output until it is gone or the socket is full.
+    /// Writes queued output until it is gone, the socket is full, or this flush has sent
+    /// `SENDFILE_MAX_CHUNK` bytes from files (then the loop comes back next turn).
     pub fn flush(&mut self, stats: &mut Stats, now: Tick) {
         let mut total = 0;
+        let mut file_budget = SENDFILE_MAX_CHUNK;
         while !self.outbound.is_empty() {
-            match self.outbound.write_to(&mut self.stream) {
+            if file_budget == 0 && self.outbound.front_is_file() {
+                self.send_again = true;
+                break;
+            }
+            let from_file = self.outbound.front_is_file();
+            match self.outbound.write_to(&mut self.stream, file_budget) {
                 Ok((0, _)) => return self.fail(&io::ErrorKind::WriteZero.into(), "write"),
                 Ok((n, all)) => {
                     total += n;
+                    if from_file {
+                        file_budget -= n;
+                    }
                     if !all {
                         // A short write means the send buffer is full; edge-triggered
                         // epoll reports WRITABLE again once it has room.
@@ -689,7 +715,7 @@ impl<S, T: Transport> Connection<S, T> {
     }
 }
 
-impl<S, T: Transport> Connection<S, T> {
+impl<S, T: Transport + Sink> Connection<S, T> {
     /// Handles a readiness event: flush first (it frees room that may let reading go on),
     /// then serve. Returns whether the read budget ran out with input possibly left.
     pub fn on_event<P>(&mut self, turn: &mut Turn<'_, P>, ready: Readiness) -> bool
@@ -751,6 +777,18 @@ impl<S, T: Transport> Connection<S, T> {
                 false
             }
         }
+    }
+
+    /// Serves a connection the loop deferred to this turn (`Settled::serve_again`): goes on
+    /// with a flush the file budget stopped, then serves it as if readable.
+    pub fn serve_deferred<P>(&mut self, turn: &mut Turn<'_, P>) -> bool
+    where
+        P: Protocol<Session = S>,
+    {
+        if std::mem::take(&mut self.send_again) && !matches!(self.phase, Phase::Closed) {
+            self.flush(turn.stats, turn.now);
+        }
+        self.serve(turn, true, false)
     }
 
     /// Reads what the connection has and hands it to the protocol, writes the reply, and
@@ -880,7 +918,7 @@ impl<S, T: Transport> Connection<S, T> {
         P: Protocol<Session = S>,
     {
         let requests_before = produced.requests;
-        let mut out = produced.output_for(self.outbound.len(), high_water);
+        let mut out = produced.output_for_queue(&self.outbound, high_water);
         let (flow, pending) = if self.inbound.is_empty() {
             let (used, flow) = protocol.on_input(&mut self.session, data, &mut out);
             let rest = data.get(used..).unwrap_or_default();
@@ -931,7 +969,7 @@ impl<S, T: Transport> Connection<S, T> {
     {
         self.peer_closed = true;
         let leftover = std::mem::take(&mut self.inbound);
-        let mut out = produced.output_for(self.outbound.len(), high_water);
+        let mut out = produced.output_for_queue(&self.outbound, high_water);
         protocol.on_eof(&mut self.session, &leftover, &mut out);
         self.deadlines.frame_started = None;
         self.finish(CloseReason::PeerClosed);
@@ -949,12 +987,12 @@ impl<S, T: Transport> Connection<S, T> {
         let low_water = turn.limits.low_water();
         for _ in 0..turn.limits.reads_per_turn {
             let streaming = matches!(self.phase, Phase::Open | Phase::Closing);
-            if !streaming || self.outbound.len() > low_water {
+            if !streaming || !self.outbound.drained_to(low_water) {
                 return false;
             }
             let mut out = turn
                 .produced
-                .output_for(self.outbound.len(), turn.limits.max_outbound);
+                .output_for_queue(&self.outbound, turn.limits.max_outbound);
             if turn.protocol.on_drained(&mut self.session, &mut out) == Flow::Close {
                 self.finish(CloseReason::Protocol);
             }
@@ -1015,7 +1053,7 @@ impl<S, T: Transport> Connection<S, T> {
                 self.deadlines.frame_started = None;
                 let mut out = turn
                     .produced
-                    .output_for(self.outbound.len(), turn.limits.max_outbound);
+                    .output_for_queue(&self.outbound, turn.limits.max_outbound);
                 turn.protocol
                     .on_timeout(&mut self.session, Timeout::Frame, &mut out);
                 self.inbound = Vec::new();

@@ -1,20 +1,28 @@
 //! Starting servers the way the binary does: pick the protocol, bind one loop per worker,
 //! turn SIGINT/SIGTERM into a graceful shutdown, and collect the counters at the end.
 
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
+use crate::clock::Tick;
 use crate::config::ServerConfig;
 pub use crate::net::describe;
-use crate::net::ListenAddr;
+use crate::net::{resolve, ListenAddr};
 use crate::protocol::app::{App, DEFAULT_MAX_CONTENT_LENGTH};
-use crate::protocol::chat::{self, Chat};
+use crate::protocol::chat::{self, Chat, ChatConfig, Roster};
 use crate::protocol::echo::Echo;
 use crate::protocol::file::FileServer;
 use crate::protocol::http::{self, Http, HttpConfig};
 use crate::protocol::Protocol;
+use crate::relay::redis::{Redis, RedisConfig};
+use crate::relay::{mesh, mesh_token, redis_tokens, Links};
+use crate::root::Root;
 use crate::server::{Server, ServerHandle, ServerThread};
 use crate::stats::Stats;
 
@@ -23,11 +31,12 @@ use crate::stats::Stats;
 pub enum ProtocolKind {
     /// Send every byte back (the tutorial's multiconn-server).
     Echo,
-    /// A keep-alive HTTP/1.1 server answering GET and HEAD with one page.
+    /// A keep-alive HTTP/1.1 server answering GET and HEAD with one page, or the files
+    /// beneath --root.
     Http,
     /// The tutorial's application protocol (app-server.py): JSON search and binary requests.
     App,
-    /// Group chat: each line goes to every other client as `[HOST:PORT] text`.
+    /// Group chat: each line goes to the others in its room as `[HOST:PORT] text`.
     Chat,
     /// File transfer from --root: `PATH` line → `OK <size>` and the bytes, or `ERR <reason>`.
     File,
@@ -44,7 +53,16 @@ pub struct ProtocolOptions {
     pub max_content_length: Option<usize>,
     /// chat: the longest line accepted, in bytes (default `chat::DEFAULT_MAX_LINE`).
     pub max_line: Option<usize>,
-    /// file: the directory served; `--protocol file` requires it.
+    /// chat: stamp lines with the local time (seed 004).
+    pub timestamps: bool,
+    /// chat: send members their own lines too (seed 004).
+    pub echo_sender: bool,
+    /// chat: serve the page and WebSocket members on the chat port.
+    pub web: bool,
+    /// chat: `redis://HOST:PORT` of the Redis whose pub/sub carries lines between servers.
+    pub redis: Option<String>,
+    /// file, http: the directory served; `--protocol file` requires it; for http it is
+    /// exclusive with `body`.
     pub root: Option<PathBuf>,
 }
 
@@ -180,14 +198,16 @@ fn validate(options: &LaunchOptions) -> Result<(), String> {
             // SO_REUSEPORT balances TCP only; one Unix path has one listener.
             return Err("--unix works with one worker only".into());
         }
-        if options.protocol == ProtocolKind::Chat {
-            // A room spread over loops would need a shared roster and cross-thread queues
-            // on every line: locks on the hot path. One loop serves thousands of members.
-            return Err(
-                "--protocol chat runs one room on one loop: use --workers 1 (a room shared \
-                 across threads would put locks on every line)"
-                    .into(),
-            );
+    }
+    let chat_only = [
+        ("--timestamps", options.protocol_options.timestamps),
+        ("--echo-sender", options.protocol_options.echo_sender),
+        ("--web", options.protocol_options.web),
+        ("--redis", options.protocol_options.redis.is_some()),
+    ];
+    if options.protocol != ProtocolKind::Chat {
+        if let Some((flag, _)) = chat_only.iter().find(|(_, set)| *set) {
+            return Err(format!("{flag} works with --protocol chat only"));
         }
     }
     Ok(())
@@ -291,16 +311,31 @@ fn dispatch<L: Launcher>(options: LaunchOptions, launcher: L) -> Result<L::Outpu
             launcher.launch(bind_all(options, |_| App::new(max))?)
         }
         ProtocolKind::Chat => {
-            let max_line = options.protocol_options.max_line;
-            let max_line = max_line.unwrap_or(chat::DEFAULT_MAX_LINE);
-            let needed = max_line.saturating_add(chat::LINE_OVERHEAD);
+            let chosen = &options.protocol_options;
+            let config = ChatConfig {
+                max_line: chosen.max_line.unwrap_or(chat::DEFAULT_MAX_LINE),
+                timestamps: chosen.timestamps,
+                echo_sender: chosen.echo_sender,
+                web: chosen.web,
+            };
+            let needed = config.max_line.saturating_add(config.line_overhead());
             if needed > options.config.limits.max_outbound {
                 // One maximal line would cut every recipient as a slow consumer.
                 return Err(LaunchError::Usage(format!(
-                    "--max-line {max_line} needs --max-outbound of at least {needed} for chat"
+                    "--max-line {} needs --max-outbound of at least {needed} for chat",
+                    config.max_line
                 )));
             }
-            launcher.launch(bind_all(options, move |_| Chat::new(max_line))?)
+            let redis = chosen.redis.as_deref().map(redis_address).transpose()?;
+            // The largest chunk a broadcast can be: a batch of lines, or one long line.
+            let max_chunk = needed.max(16 * 1024);
+            let max_outbound = options.config.limits.max_outbound;
+            let roster = Arc::new(Roster::default());
+            let mut servers = bind_all(options, move |_| {
+                Chat::with_config(config.clone(), roster.clone())
+            })?;
+            attach_relays(&mut servers, redis, max_chunk, max_outbound)?;
+            launcher.launch(servers)
         }
         ProtocolKind::File => {
             let Some(root) = options.protocol_options.root.clone() else {
@@ -308,14 +343,19 @@ fn dispatch<L: Launcher>(options: LaunchOptions, launcher: L) -> Result<L::Outpu
                     "--protocol file needs --root DIR".into(),
                 ));
             };
-            let server = FileServer::new(&root).map_err(|e| {
-                let reason = describe(&e);
-                format!("cannot serve files from {}: {reason}", root.display())
-            })?;
+            let server = FileServer::new(&root).map_err(|e| cannot_serve(&root, &e))?;
             log::info!("Serving files from {}", server.root().display());
             launcher.launch(bind_all(options, move |_| server.clone())?)
         }
     }
+}
+
+fn cannot_serve(root: &std::path::Path, e: &std::io::Error) -> String {
+    format!(
+        "cannot serve files from {}: {}",
+        root.display(),
+        describe(e)
+    )
 }
 
 /// Binds one server per worker, all on the same address (SO_REUSEPORT when several).
@@ -358,10 +398,82 @@ where
     Ok(servers)
 }
 
+/// The Redis address in `redis://HOST[:PORT][/]` (port 6379 by default), resolved.
+fn redis_address(url: &str) -> Result<SocketAddr, LaunchError> {
+    let usage = || LaunchError::Usage(format!("--redis wants redis://HOST:PORT, not {url:?}"));
+    let rest = url.strip_prefix("redis://").ok_or_else(usage)?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() || rest.contains(['/', '@']) {
+        return Err(usage());
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(':') => {
+            (host, port.parse::<u16>().map_err(|_| usage())?)
+        }
+        _ => (rest, 6379),
+    };
+    resolve(host, port)
+        .map_err(|e| LaunchError::Failed(format!("cannot resolve {host}: {}", describe(&e))))
+}
+
+/// Gives every chat loop its relay: a mesh between the loops when there are several, and
+/// links to Redis with `--redis`. A server's loops share one id, so each drops what any
+/// of them published (the mesh brought it already).
+fn attach_relays(
+    servers: &mut [Server<Chat>],
+    redis: Option<SocketAddr>,
+    max_chunk: usize,
+    max_outbound: usize,
+) -> Result<(), LaunchError> {
+    let mut meshes = if servers.len() > 1 {
+        let registries: Vec<_> = servers.iter().map(Server::registry).collect();
+        mesh::build(&registries, mesh_token(), max_outbound)
+            .map_err(|e| format!("cannot link the workers: {}", describe(&e)))?
+            .into_iter()
+            .map(Some)
+            .collect()
+    } else {
+        vec![None]
+    };
+    if redis.is_none() && servers.len() == 1 {
+        return Ok(());
+    }
+    let server_id = RandomState::new().build_hasher().finish();
+    if let Some(addr) = redis {
+        log::info!("Relaying lines through redis://{addr} (server id {server_id:016x})");
+    }
+    for (server, mesh) in servers.iter_mut().zip(meshes.iter_mut()) {
+        let redis = redis.map(|addr| {
+            let config = RedisConfig {
+                addr,
+                server_id,
+                max_chunk,
+                max_outbound,
+            };
+            Redis::new(config, redis_tokens(), Tick::now())
+        });
+        server.set_relay(Box::new(Links {
+            mesh: mesh.take(),
+            redis,
+        }));
+    }
+    Ok(())
+}
+
 /// The HTTP responder's configuration from the server's flags: reads the `--body` file
 /// (once, here) if one is named.
 fn http_config(options: &ProtocolOptions) -> Result<HttpConfig, LaunchError> {
     let mut config = HttpConfig::default();
+    if let Some(root) = &options.root {
+        if options.body.is_some() {
+            return Err(LaunchError::Usage(
+                "--body and --root are exclusive: one page, or the files beneath a root".into(),
+            ));
+        }
+        let root = Root::new(root).map_err(|e| cannot_serve(root, &e))?;
+        log::info!("Serving files from {}", root.path().display());
+        config.root = Some(root);
+    }
     if let Some(path) = &options.body {
         config.body = http::read_body(path)?;
     }

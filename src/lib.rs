@@ -9,8 +9,10 @@
 //! - [`net`]: binding listeners with socket options; the stream a connection holds (TCP,
 //!   Unix, or either under TLS).
 //! - [`outbound`]: bytes on their way to a peer: a turn's reply, and the queue of what is
-//!   still owed, written with one `writev`.
+//!   still owed, written with one `writev`, file ranges with sendfile(2).
 //! - [`stats`]: a loop's counters and the reasons a connection ends.
+//! - [`root`]: a directory served to peers, as a security boundary: regular files opened
+//!   beneath it with openat2(2) (the file protocol and HTTP's static files).
 //! - [`protocol`]: state machines over bytes that never touch a socket: echo, the
 //!   tutorial's JSON-header app protocol, chat, file transfer and an HTTP/1.1 responder.
 //!   They say what they need (more input, pause, close) as return values.
@@ -20,6 +22,9 @@
 //!   connections to serve again next turn, and the sweep list. Server and client loops share it.
 //! - [`server`]: the loop that schedules connections: the `mio::Poll`, the listener, the
 //!   `Slab`, timers, deferred lists and the sweep. Accept → read → protocol → write → interest.
+//!   A `Relay` extends it with sources of its own.
+//! - [`relay`]: broadcasts beyond one loop: to the other worker loops (a channel and a
+//!   waker each) and to other servers through Redis pub/sub.
 //! - [`client`]: the client loop (the same connection core and schedule, connecting
 //!   instead of accepting) and, as client protocols on it, the tutorial's multi-connection
 //!   client, the app client, the file downloader and the load generator.
@@ -35,6 +40,8 @@ pub mod launch;
 pub mod net;
 pub mod outbound;
 pub mod protocol;
+pub mod relay;
+pub mod root;
 pub mod schedule;
 pub mod server;
 pub mod stats;

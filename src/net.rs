@@ -6,6 +6,7 @@
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -118,8 +119,8 @@ pub enum Listener {
 }
 
 impl Listener {
-    /// Binds `addr` with `options`. For a Unix path, a stale socket file is removed only
-    /// when nothing accepts connections on it.
+    /// Binds `addr` with `options`. For a Unix path, only a stale socket file (one that
+    /// nothing accepts connections on) is replaced; anything else there is an error.
     pub fn bind(addr: &ListenAddr, options: &SocketOptions) -> io::Result<Listener> {
         match addr {
             ListenAddr::Tcp(addr) => bind_tcp(*addr, options).map(Listener::Tcp),
@@ -206,17 +207,28 @@ fn bind_tcp(addr: SocketAddr, options: &SocketOptions) -> io::Result<TcpListener
 }
 
 fn bind_unix(path: &Path) -> io::Result<UnixListener> {
-    if path.exists() {
-        // A socket file left by a crashed server is stale if nobody accepts on it;
-        // a live one means the address is in use, as for TCP.
-        match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => {
+    use std::os::unix::fs::FileTypeExt;
+    // symlink_metadata: a symlink at PATH is not followed to whatever it names.
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+        Ok(meta) if !meta.file_type().is_socket() => {
+            // A regular file, a directory, a symlink: not ours to delete.
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way (it was left untouched)",
+            ));
+        }
+        Ok(_) => {
+            // A socket file left by a crashed server is stale if nobody accepts on it;
+            // a live one means the address is in use, as for TCP.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,
                     "Address already in use",
-                ))
+                ));
             }
-            Err(_) => std::fs::remove_file(path)?,
+            std::fs::remove_file(path)?;
         }
     }
     UnixListener::bind(path)
@@ -354,6 +366,15 @@ impl Write for Stream {
     }
 }
 
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
 impl Source for Stream {
     fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
         match self {
@@ -480,5 +501,55 @@ impl Source for AnyStream {
     }
     fn deregister(&mut self, r: &Registry) -> io::Result<()> {
         self.plain_mut().deregister(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_path(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("multiconn-net-{}-{name}", std::process::id()))
+    }
+
+    /// `--unix PATH` replaces only a socket nothing listens on: a live socket is "in use",
+    /// and a regular file, a directory or a symlink at PATH is an error and left as it was.
+    #[test]
+    fn unix_bind_replaces_only_stale_sockets() {
+        let path = temp_path("sock");
+        let _ = std::fs::remove_file(&path);
+        let live = bind_unix(&path).unwrap();
+        assert_eq!(
+            bind_unix(&path).unwrap_err().kind(),
+            io::ErrorKind::AddrInUse
+        );
+        drop(live);
+        bind_unix(&path).expect("a stale socket is replaced");
+        std::fs::remove_file(&path).unwrap();
+
+        let file = temp_path("file");
+        std::fs::write(&file, b"precious").unwrap();
+        assert_eq!(
+            bind_unix(&file).unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+
+        let link = temp_path("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(bind_unix(&link).is_err());
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        std::fs::remove_file(&link).unwrap();
+        std::fs::remove_file(&file).unwrap();
+
+        let dir = temp_path("dir");
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(bind_unix(&dir).is_err());
+        assert!(dir.is_dir());
+        std::fs::remove_dir(&dir).unwrap();
     }
 }

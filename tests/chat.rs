@@ -2,122 +2,35 @@
 //! `quit`, over-long lines, 200 clients at once, and a slow consumer cut off at the cap
 //! while everybody else receives everything.
 
+mod chat_member;
 mod child_server;
 mod common;
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::TcpStream;
 
+use chat_member::{Member, PerSenderOrder};
 use child_server::ChildServer;
-use common::{connect, spawn_bin, TestServer, IO_TIMEOUT};
+use common::{spawn_bin, TestServer, IO_TIMEOUT};
 use multiconn::connection::CloseReason;
 use multiconn::protocol::chat::{Chat, TOO_LONG};
 
-/// A chat member: a line reader and a writer on one socket.
-struct Member {
-    name: String,
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Member {
-    fn join(addr: SocketAddr) -> Member {
-        Member::from_stream(connect(addr))
-    }
-
-    fn from_stream(stream: TcpStream) -> Member {
-        let name = stream.local_addr().unwrap().to_string();
-        Member {
-            name,
-            writer: stream.try_clone().unwrap(),
-            reader: BufReader::new(stream),
-        }
-    }
-
-    fn send(&mut self, text: &str) {
-        self.writer.write_all(text.as_bytes()).expect("send");
-    }
-
-    /// The next line, with its `\n`; panics at EOF.
-    fn line(&mut self) -> String {
-        let mut line = Vec::new();
-        self.reader.read_until(b'\n', &mut line).expect("read line");
-        assert!(
-            line.ends_with(b"\n"),
-            "{}: connection ended: {:?}",
-            self.name,
-            String::from_utf8_lossy(&line)
-        );
-        String::from_utf8(line).expect("UTF-8 line")
-    }
-
-    fn expect(&mut self, want: &str) {
-        assert_eq!(self.line(), want, "received by {}", self.name);
-    }
-
-    /// The next line that is not a join/leave notice.
-    fn message(&mut self) -> String {
-        loop {
-            let line = self.line();
-            if !line.starts_with("* ") {
-                return line;
-            }
-        }
-    }
-
-    /// Everything left until the server closes.
-    fn rest(&mut self) -> Vec<u8> {
-        let mut rest = Vec::new();
-        self.reader.read_to_end(&mut rest).expect("read to EOF");
-        rest
-    }
-}
-
-/// Splits `[HOST:PORT] text\n` into sender and text.
-fn attribute(line: &str) -> (&str, &str) {
-    let inner = line.strip_prefix('[').expect("line starts with [");
-    let (sender, text) = inner.split_once("] ").expect("line has a sender");
-    (sender, text.strip_suffix('\n').expect("line ends with \\n"))
-}
-
-/// Checks that lines from each sender arrive in the order they were sent: sender `s`'s
-/// lines read `{tag}{n}` with n counting from 0. Returns how many arrived from each.
-struct PerSenderOrder {
-    next: HashMap<String, usize>,
-}
-
-impl PerSenderOrder {
-    fn new() -> Self {
-        PerSenderOrder {
-            next: HashMap::new(),
-        }
-    }
-
-    fn check(&mut self, receiver: &str, line: &str, tag: &str) {
-        let (sender, text) = attribute(line);
-        assert_ne!(sender, receiver, "{receiver} received its own line");
-        let next = self.next.entry(sender.to_string()).or_insert(0);
-        let n: usize = text
-            .strip_prefix(tag)
-            .and_then(|n| n.split(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
-        assert_eq!(n, *next, "{receiver}: line {n} from {sender} out of order");
-        *next += 1;
-    }
+/// Three members a, b, c, joined in that order, once each has seen the later ones join.
+fn three_members(addr: std::net::SocketAddr) -> (Member, Member, Member) {
+    let mut a = Member::join(addr);
+    let mut b = Member::join(addr);
+    a.expect(&format!("* {} joined\n", b.name));
+    let c = Member::join(addr);
+    a.expect(&format!("* {} joined\n", c.name));
+    b.expect(&format!("* {} joined\n", c.name));
+    (a, b, c)
 }
 
 /// Three members: each line reaches exactly the two others, in order, byte for byte.
 #[test]
 fn each_line_reaches_exactly_the_others_in_order() {
     let server = TestServer::start(Chat::default(), |_| {});
-    let mut a = Member::join(server.addr);
-    let mut b = Member::join(server.addr);
-    a.expect(&format!("* {} joined\n", b.name));
-    let mut c = Member::join(server.addr);
-    a.expect(&format!("* {} joined\n", c.name));
-    b.expect(&format!("* {} joined\n", c.name));
+    let (mut a, mut b, mut c) = three_members(server.addr);
 
     a.send("hello from a\n");
     b.expect(&format!("[{}] hello from a\n", a.name));
@@ -139,12 +52,7 @@ fn each_line_reaches_exactly_the_others_in_order() {
 #[test]
 fn join_and_leave_notices() {
     let server = TestServer::start(Chat::default(), |_| {});
-    let mut a = Member::join(server.addr);
-    let mut b = Member::join(server.addr);
-    a.expect(&format!("* {} joined\n", b.name));
-    let mut c = Member::join(server.addr);
-    a.expect(&format!("* {} joined\n", c.name));
-    b.expect(&format!("* {} joined\n", c.name));
+    let (mut a, b, mut c) = three_members(server.addr);
     let b_name = b.name.clone();
     drop(b);
     a.expect(&format!("* {b_name} left\n"));
@@ -215,29 +123,7 @@ fn two_hundred_members_fifty_lines_each() {
         let name = members[other].name.clone();
         members[0].expect(&format!("* {name} joined\n"));
     }
-    let threads: Vec<_> = members
-        .into_iter()
-        .map(|mut member| {
-            std::thread::spawn(move || {
-                let lines: String = (0..LINES)
-                    .map(|n| format!("m{n} from {}\n", member.name))
-                    .collect();
-                member.send(&lines);
-                let mut order = PerSenderOrder::new();
-                for _ in 0..(MEMBERS - 1) * LINES {
-                    let line = member.message();
-                    order.check(&member.name, &line, "m");
-                }
-                // Return the member: closing before everyone is done would make them
-                // read departures, which is fine, but keeps the test about delivery.
-                (member, order.next)
-            })
-        })
-        .collect();
-    let results: Vec<_> = threads
-        .into_iter()
-        .map(|t| t.join().expect("member thread"))
-        .collect();
+    let results = chat_member::everyone_talks(members, LINES, "m");
     for (member, counts) in &results {
         assert_eq!(
             counts.len(),
@@ -406,4 +292,107 @@ fn server_binary_max_line_flag() {
     b.send("12345678\n123456789\n");
     a.expect(&format!("[{}] 12345678\n", b.name));
     assert_eq!(b.rest(), TOO_LONG);
+}
+
+// ---- rooms, names, and the options of seed 004 ----
+
+/// Rooms over real sockets: a line reaches the members of its room only; `/join`,
+/// `/nick` and `/who` answer the member and tell the room.
+#[test]
+fn rooms_keep_their_lines_apart() {
+    let server = TestServer::start(Chat::default(), |_| {});
+    let (mut a, mut b, mut c) = three_members(server.addr);
+
+    a.send("/join dev\n");
+    a.expect("* you are in dev\n");
+    b.expect(&format!("* {} left\n", a.name));
+    c.expect(&format!("* {} left\n", a.name));
+    b.send("/nick bee\n/join dev\n");
+    b.expect("* you are bee\n");
+    b.expect("* you are in dev\n");
+    c.expect(&format!("* {} is now bee\n", b.name));
+    c.expect("* bee left\n");
+    a.expect("* bee joined\n");
+
+    a.send("in dev\n/who\n");
+    b.expect(&format!("[{}] in dev\n", a.name));
+    a.expect(&format!("* dev (2): {} bee\n", a.name));
+    c.send("in the lobby\n/who\n");
+    c.expect(&format!("* lobby (1): {}\n", c.name));
+    // Nothing of the lobby reached dev: the next thing there is bee's line.
+    b.send("bee here\n");
+    a.expect("[bee] bee here\n");
+    c.send("/join dev\n");
+    c.expect("* you are in dev\n");
+    a.expect(&format!("* {} joined\n", c.name));
+    b.expect(&format!("* {} joined\n", c.name));
+}
+
+/// `--echo-sender` and `--timestamps` on the binary: the sender gets its own line, and
+/// every line carries the seed's `%Y/%m/%d-%H:%M:%S` after the name.
+#[test]
+fn server_binary_echo_sender_and_timestamps() {
+    let server = ChildServer::start(&["--protocol", "chat", "--echo-sender", "--timestamps"]);
+    let mut a = Member::join(server.addr);
+    let mut b = Member::join(server.addr);
+    a.expect(&format!("* {} joined\n", b.name));
+    a.send("stamped\n");
+    let a_name = a.name.clone();
+    for member in [&mut a, &mut b] {
+        let line = member.line();
+        let (sender, text) = chat_member::attribute(&line);
+        assert_eq!(sender, a_name);
+        let (stamp, said) = text.split_once(' ').expect("a stamp and the text");
+        let shape: String = stamp
+            .chars()
+            .map(|c| if c.is_ascii_digit() { 'd' } else { c })
+            .collect();
+        assert_eq!(shape, "dddd/dd/dd-dd:dd:dd", "{line:?}");
+        assert_eq!(said, "stamped");
+    }
+}
+
+/// `--workers 3`: members land on several loops and every line reaches every other
+/// member, on whatever loop, in each sender's order.
+#[test]
+fn a_room_spans_the_workers() {
+    use multiconn::launch::{start, LaunchOptions, ProtocolKind, ProtocolOptions};
+    use multiconn::{ListenAddr, ServerConfig};
+    const MEMBERS: usize = 24;
+    const LINES: usize = 20;
+    let workers = start(LaunchOptions {
+        config: ServerConfig::new(ListenAddr::Tcp("127.0.0.1:0".parse().unwrap())),
+        protocol: ProtocolKind::Chat,
+        protocol_options: ProtocolOptions::default(),
+        workers: 3,
+        derive_max_connections: false,
+    })
+    .expect("chat on 3 workers");
+    let ListenAddr::Tcp(addr) = workers.addr.clone() else {
+        panic!("TCP")
+    };
+    let mut members: Vec<Member> = (0..MEMBERS).map(|_| Member::join(addr)).collect();
+    // Everyone is in once the last member's greeting has reached everyone else.
+    let last = MEMBERS - 1;
+    members[last].send("hello\n");
+    let hello = format!("[{}] hello\n", members[last].name);
+    for member in &mut members[..last] {
+        chat_member::wait_for_line(member, &hello, IO_TIMEOUT);
+    }
+    let per_worker: Vec<u64> = workers
+        .handles
+        .iter()
+        .map(|h| h.stats(IO_TIMEOUT).expect("stats").accepted)
+        .collect();
+    assert!(
+        per_worker.iter().filter(|&&n| n > 0).count() >= 2,
+        "members on one loop only: {per_worker:?}"
+    );
+    for (member, counts) in chat_member::everyone_talks(members, LINES, "w") {
+        assert_eq!(counts.len(), MEMBERS - 1, "{}", member.name);
+        assert!(counts.values().all(|&n| n == LINES), "{counts:?}");
+    }
+    workers.shutdown();
+    let total: u64 = workers.join().unwrap().iter().map(|s| s.requests).sum();
+    assert_eq!(total, (MEMBERS * LINES + 1) as u64);
 }

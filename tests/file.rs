@@ -588,3 +588,38 @@ fn client_binary_downloads() {
         "1 + 3 downloads and the refused request"
     );
 }
+
+/// A file that shrinks while sendfile is sending it ends the connection short: the client
+/// gets fewer bytes than `OK` promised, then EOF. What is still the file is the file's
+/// bytes; what the socket already held past the new end refers to pages the truncation
+/// emptied (sendfile sends pages, not copies: nginx's clients see the same).
+#[test]
+fn file_shrinking_during_sendfile_closes_short() {
+    const SIZE: usize = 32 * 1024 * 1024;
+    let dir = fixture("shrink");
+    let content = pseudo_random_bytes(9, SIZE);
+    fs::write(dir.root().join("big"), &content).unwrap();
+    let server = serve(&dir.root());
+    let mut conn = small_window_conn(&server);
+    write_all(&mut conn, b"big\n");
+    let header = format!("OK {SIZE}\n");
+    assert_eq!(read_exact(&mut conn, header.len()), header.as_bytes());
+    // Some of it has come, the rest waits on our window; now most of the file goes.
+    let start = read_exact(&mut conn, 64 * 1024);
+    assert!(start == content[..64 * 1024]);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(dir.root().join("big"))
+        .and_then(|f| f.set_len(1024 * 1024))
+        .unwrap();
+    let rest = read_to_end(&mut conn);
+    let got = start.len() + rest.len();
+    assert!(got < SIZE, "{got} bytes of a {SIZE}-byte promise");
+    let came = [start, rest].concat();
+    let kept = got.min(1024 * 1024);
+    let first_wrong = came[..kept].iter().zip(&content).position(|(a, b)| a != b);
+    assert_eq!(
+        first_wrong, None,
+        "what came is the file's ({got} bytes came)"
+    );
+}

@@ -363,6 +363,7 @@ fn oversized_header_gets_431_and_close() {
     let config = HttpConfig {
         body: Arc::from(DEFAULT_BODY),
         max_header: 256,
+        root: None,
     };
     let server = TestServer::start(Http::new(config), |_| {});
     let mut conn = connect_to(&server);

@@ -376,8 +376,8 @@ fn stats_lines_and_second_sigint() {
     drop(conn);
 }
 
-/// Combinations that cannot work are refused before anything is bound: a chat room
-/// spread over several loops, and several workers on one Unix socket.
+/// Combinations that cannot work are refused before anything is bound: chat's options
+/// with another protocol, and several workers on one Unix socket.
 #[test]
 fn impossible_worker_combinations_are_refused() {
     let options = |protocol, listen| LaunchOptions {
@@ -388,12 +388,12 @@ fn impossible_worker_combinations_are_refused() {
         derive_max_connections: false,
     };
     let tcp = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
-    let error = start(options(ProtocolKind::Chat, tcp))
-        .err()
-        .expect("chat on 2 workers");
-    assert!(
-        matches!(&error, LaunchError::Usage(m) if m.starts_with("--protocol chat runs one room on one loop")),
-        "{error}"
+    let mut echo_with_redis = options(ProtocolKind::Echo, tcp);
+    echo_with_redis.protocol_options.redis = Some("redis://127.0.0.1:6379".into());
+    let error = start(echo_with_redis).err().expect("--redis with echo");
+    assert_eq!(
+        error,
+        LaunchError::Usage("--redis works with --protocol chat only".into())
     );
     let unix = ListenAddr::Unix(std::env::temp_dir().join("multiconn-never-bound.sock"));
     let error = start(options(ProtocolKind::Echo, unix))
@@ -406,15 +406,22 @@ fn impossible_worker_combinations_are_refused() {
 
     let out = spawn_bin(
         "multiconn-server",
-        &["127.0.0.1", "0", "--protocol", "chat", "--workers", "2"],
+        &[
+            "127.0.0.1",
+            "0",
+            "--protocol",
+            "chat",
+            "--redis",
+            "localhost:6379",
+        ],
     )
     .wait_with_output()
     .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.starts_with("error: --protocol chat runs one room on one loop"),
-        "{stderr}"
+    assert_eq!(
+        stderr,
+        "error: --redis wants redis://HOST:PORT, not \"localhost:6379\"\n"
     );
 }
 

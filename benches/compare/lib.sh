@@ -338,3 +338,16 @@ callgrind_round() {
     instructions=$(awk '/^(summary|totals):/ { print $2; exit }' "$out.$pid.1")
     CALLGRIND_IR_PER_TRIP=$(awk -v i="$instructions" -v n="$GEN_ROUND_TRIPS" 'BEGIN { printf "%.0f", i / n }')
 }
+
+# table_row FIGURE MULTICONN PEER RATIO TARGET VERDICT: appends one machine-readable row
+# (tab-separated) to $TABLE_OUT when it is set, for benches/compare/all.sh's table.
+table_row() {
+    [ -n "${TABLE_OUT:-}" ] || return 0
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$TABLE_OUT"
+}
+
+# cpu_ns PID: CPU time of every thread of PID in nanoseconds (/proc/PID/task/*/schedstat,
+# the scheduler's own accounting: exact where the 10 ms ticks of /proc/PID/stat are not).
+cpu_ns() {
+    cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%.0f", s }'
+}

@@ -43,7 +43,20 @@ struct Args {
     /// chat: the longest line accepted; a longer one gets `! line too long` and is disconnected.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE)]
     max_line: usize,
-    /// file: the directory whose files are served (required by --protocol file).
+    /// chat: stamp each line with the local time, as %Y/%m/%d-%H:%M:%S (seed 004).
+    #[arg(long)]
+    timestamps: bool,
+    /// chat: send a member its own lines too (seed 004); by default they go to the others.
+    #[arg(long)]
+    echo_sender: bool,
+    /// chat: serve a chat page at GET / and WebSocket members at /ws on the chat port.
+    #[arg(long)]
+    web: bool,
+    /// chat: share rooms with other servers through this Redis's pub/sub (redis://HOST:PORT).
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// file, http: the directory whose files are served (required by --protocol file;
+    /// for http, instead of the one page).
     #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
 
@@ -141,6 +154,10 @@ fn main() {
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             max_content_length: Some(args.max_content_length),
             max_line: Some(args.max_line),
+            timestamps: args.timestamps,
+            echo_sender: args.echo_sender,
+            web: args.web,
+            redis: args.redis,
             root: args.root,
         },
         workers: args.workers,

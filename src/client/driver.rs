@@ -365,7 +365,7 @@ impl<P: Client> Driver<P> {
                 continue;
             };
             let before = establishing(c);
-            let again = c.serve(&mut turn, true, false);
+            let again = c.serve_deferred(&mut turn);
             if before.is_some() {
                 self.note_established(conn.0, before);
             }

@@ -895,9 +895,8 @@ fn reply_error(out: &mut Output<'_>, peer: &Peer, message: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Produced;
+    use crate::protocol::{Broadcasts, Produced};
     use proptest::prelude::*;
-    use std::sync::Arc;
 
     const MAX: usize = DEFAULT_MAX_CONTENT_LENGTH;
 
@@ -1315,7 +1314,7 @@ mod tests {
         app: App,
         session: AppSession,
         reply: Vec<u8>,
-        broadcast: Vec<Arc<[u8]>>,
+        broadcast: Broadcasts,
         requests: u64,
     }
 
@@ -1327,7 +1326,7 @@ mod tests {
                 app,
                 session,
                 reply: Vec::new(),
-                broadcast: Vec::new(),
+                broadcast: Broadcasts::default(),
                 requests: 0,
             }
         }

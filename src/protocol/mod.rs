@@ -8,12 +8,14 @@ pub mod echo;
 pub mod file;
 pub mod http;
 pub mod line;
+pub mod resp;
 
 use std::fmt;
+use std::fs::File;
 use std::sync::Arc;
 
 use crate::net::Peer;
-use crate::outbound::Reply;
+use crate::outbound::{Outbound, Reply};
 
 /// What the connection does after the protocol has looked at its input: the effects a
 /// protocol asks of the loop, which carries them out in one place.
@@ -22,7 +24,7 @@ pub enum Flow {
     /// Keep reading.
     Continue,
     /// Present no more input until this connection's outbound queue is at or below the
-    /// low-water mark: the loop stops reading it, keeps what was not consumed (complete
+    /// low-water mark and holds no file: the loop stops reading it, keeps what was not consumed (complete
     /// frames included), and presents that again, from a later turn, once the queue has
     /// drained. How a protocol whose input makes output (replies, fan-out) keeps that
     /// output within the caps. A protocol that pauses must have made progress: a pause
@@ -40,15 +42,136 @@ pub enum Timeout {
     Frame,
 }
 
+/// The audience of a broadcast: the members of one named group (a chat room). Cheap to
+/// clone (the name is shared) and to compare: a hash first, then the name's pointer, and
+/// only then its bytes, so a member test is a few instructions and two groups that
+/// merely share a hash are still told apart.
+#[derive(Clone)]
+pub struct Group {
+    hash: u64,
+    name: Arc<str>,
+}
+
+impl Group {
+    pub fn new(name: &str) -> Group {
+        Group {
+            hash: fnv1a(name.as_bytes()),
+            name: Arc::from(name),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl PartialEq for Group {
+    #[inline]
+    fn eq(&self, other: &Group) -> bool {
+        self.hash == other.hash && (Arc::ptr_eq(&self.name, &other.name) || self.name == other.name)
+    }
+}
+
+impl Eq for Group {}
+
+impl fmt::Debug for Group {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Group({:?})", &*self.name)
+    }
+}
+
+/// 64-bit FNV-1a: only a fast reject before the name is compared, so its weakness against
+/// chosen collisions costs a colliding member a `memcmp`, never a wrong delivery.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// How a connection takes a broadcast to a group it was asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receive {
+    /// Not a member: it gets nothing.
+    No,
+    /// The shared chunks as they are.
+    Bytes,
+    /// Each chunk as [`Protocol::frame`] makes it (a WebSocket frame): made once per chunk
+    /// and shared by every member that takes it so.
+    Framed,
+}
+
+/// Broadcasts in order, each chunk shared (`Arc<[u8]>`), grouped in runs of consecutive
+/// chunks for the same group so that delivery walks the members once per run, not once
+/// per chunk.
+#[derive(Debug, Default)]
+pub struct Broadcasts {
+    chunks: Vec<Arc<[u8]>>,
+    /// Each run's group and the end of its chunks in `chunks`.
+    runs: Vec<(Group, usize)>,
+    /// Bytes in `chunks`.
+    len: usize,
+}
+
+impl Broadcasts {
+    /// Appends `chunk` for the members of `group`.
+    pub fn push(&mut self, group: &Group, chunk: Arc<[u8]>) {
+        self.len += chunk.len();
+        self.chunks.push(chunk);
+        let end = self.chunks.len();
+        match self.runs.last_mut() {
+            Some((last, last_end)) if last == group => *last_end = end,
+            _ => self.runs.push((group.clone(), end)),
+        }
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Bytes broadcast.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn clear(&mut self) {
+        self.chunks.clear();
+        self.runs.clear();
+        self.len = 0;
+    }
+
+    /// The runs in order: a group and its consecutive chunks.
+    pub fn runs(&self) -> impl Iterator<Item = (&Group, &[Arc<[u8]>])> {
+        let mut start = 0;
+        self.runs.iter().map(move |(group, end)| {
+            let chunks = &self.chunks[start..*end];
+            start = *end;
+            (group, chunks)
+        })
+    }
+
+    /// Every chunk in order with its group.
+    pub fn iter(&self) -> impl Iterator<Item = (&Group, &Arc<[u8]>)> {
+        self.runs()
+            .flat_map(|(group, chunks)| chunks.iter().map(move |chunk| (group, chunk)))
+    }
+
+    /// Moves every broadcast of `other` to the end of this one.
+    pub fn append(&mut self, other: &mut Broadcasts) {
+        for (group, chunk) in other.iter() {
+            self.push(group, chunk.clone());
+        }
+        other.clear();
+    }
+}
+
 /// What protocols produce during one connection's turn: its reply, the broadcasts for the
 /// other connections, and how many requests were served. The loop keeps one and reuses
 /// it every turn; tests keep one per connection and read it.
 #[derive(Debug, Default)]
 pub struct Produced {
     pub reply: Reply,
-    pub broadcast: Vec<Arc<[u8]>>,
-    /// Bytes in `broadcast`.
-    pub broadcast_len: usize,
+    pub broadcast: Broadcasts,
     pub requests: u64,
 }
 
@@ -58,11 +181,24 @@ impl Produced {
         self.output_for(0, usize::MAX)
     }
 
-    /// An output for a connection that already owes `queued` bytes, full at `high_water`.
+    /// An output for a connection that already owes `queued` bytes in memory (and no
+    /// file), full at `high_water`.
     pub fn output_for(&mut self, queued: usize, high_water: usize) -> Output<'_> {
         Output {
             produced: self,
             queued,
+            file_queued: false,
+            high_water,
+        }
+    }
+
+    /// An output for a connection whose queue is `queue`, full at `high_water`.
+    #[inline(always)]
+    pub fn output_for_queue(&mut self, queue: &Outbound, high_water: usize) -> Output<'_> {
+        Output {
+            produced: self,
+            queued: queue.len(),
+            file_queued: queue.has_file(),
             high_water,
         }
     }
@@ -70,7 +206,6 @@ impl Produced {
     /// Forgets the broadcasts (after they were delivered).
     pub fn clear_broadcast(&mut self) {
         self.broadcast.clear();
-        self.broadcast_len = 0;
     }
 }
 
@@ -78,8 +213,10 @@ impl Produced {
 /// queue is, so that a protocol whose input makes output can pause before passing the cap.
 pub struct Output<'a> {
     produced: &'a mut Produced,
-    /// Bytes this connection already owed before this turn's reply.
+    /// Bytes in memory this connection already owed before this turn's reply.
     queued: usize,
+    /// A file chunk was already queued before this turn's reply.
+    file_queued: bool,
     high_water: usize,
 }
 
@@ -94,20 +231,36 @@ impl Output<'_> {
         self.produced.reply.push_shared(bytes);
     }
 
+    /// Queues `len` bytes of `file` from `offset`, sent from the file's descriptor to the
+    /// socket by the kernel (sendfile), never through this process's memory: they do not
+    /// count against the cap. A connection should have one file queued at a time (see
+    /// [`file_pending`](Self::file_pending)): a streaming protocol is asked for more once
+    /// it is gone.
+    pub fn send_file(&mut self, file: Arc<File>, offset: u64, len: u64) {
+        self.produced.reply.push_file(file, offset, len);
+    }
+
+    /// Whether a file is still to be sent on this connection (queued before, or in this
+    /// reply): a protocol then answers nothing that needs another file, and pauses.
+    pub fn file_pending(&self) -> bool {
+        self.file_queued || self.produced.reply.has_file()
+    }
+
     /// The reply's owned bytes, for encoders that write in place.
     pub fn reply_buf(&mut self) -> &mut Vec<u8> {
         self.produced.reply.bytes_mut()
     }
 
-    /// Queues `bytes` for every other connection of this loop, serialised once and shared.
-    pub fn broadcast(&mut self, bytes: Arc<[u8]>) {
-        self.produced.broadcast_len += bytes.len();
-        self.produced.broadcast.push(bytes);
+    /// Queues `bytes` for the other members of `group` (the connections for which
+    /// [`Protocol::receives`] says so), serialised once and shared; a relay also takes
+    /// them to the members on other loops and servers.
+    pub fn broadcast(&mut self, group: &Group, bytes: Arc<[u8]>) {
+        self.produced.broadcast.push(group, bytes);
     }
 
     /// Bytes broadcast so far this turn, for protocols that bound their fan-out per turn.
     pub fn broadcast_len(&self) -> usize {
-        self.produced.broadcast_len
+        self.produced.broadcast.len()
     }
 
     /// Counts one request served, for the statistics.
@@ -115,7 +268,7 @@ impl Output<'_> {
         self.produced.requests += 1;
     }
 
-    /// Bytes this connection owes its peer, this turn's reply included.
+    /// Bytes in memory this connection owes its peer, this turn's reply included.
     pub fn owed(&self) -> usize {
         self.queued + self.produced.reply.len()
     }
@@ -184,6 +337,19 @@ pub trait Protocol {
     /// The connection is gone (the peer left, an error, or a timeout).
     fn on_close(&mut self, _session: Self::Session, _peer: &Peer, _out: &mut Output<'_>) {}
 
+    /// Whether this connection takes broadcasts to `group`, and how. Asked of every
+    /// connection of the loop but the sender for each run of broadcasts, so it should be a
+    /// field or two compared. Only protocols that broadcast need to say.
+    #[inline(always)]
+    fn receives(&self, _session: &Self::Session, _group: &Group) -> Receive {
+        Receive::Bytes
+    }
+
+    /// A broadcast chunk as a member that answered [`Receive::Framed`] takes it.
+    fn frame(&self, chunk: &[u8]) -> Arc<[u8]> {
+        Arc::from(chunk)
+    }
+
     /// Bytes written (best effort) to a connection refused because the server is full.
     fn refusal(&self) -> Option<&[u8]> {
         None
@@ -221,6 +387,33 @@ impl fmt::Display for ByteStr<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Consecutive broadcasts to one group form one run; another group starts the next.
+    #[test]
+    fn broadcasts_run_by_group() {
+        let (lobby, other) = (Group::new("lobby"), Group::new("other"));
+        let mut all = Broadcasts::default();
+        for (group, text) in [(&lobby, "a"), (&lobby, "bc"), (&other, "d"), (&lobby, "e")] {
+            all.push(group, Arc::from(text.as_bytes()));
+        }
+        let runs: Vec<(String, usize)> = all
+            .runs()
+            .map(|(g, chunks)| (g.name().to_string(), chunks.len()))
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                ("lobby".into(), 2),
+                ("other".into(), 1),
+                ("lobby".into(), 1)
+            ]
+        );
+        assert_eq!(all.len(), 5);
+        assert_eq!(all.iter().count(), 4);
+        // Equal names are the same group, whoever made them.
+        assert_eq!(Group::new("lobby"), lobby);
+        assert_ne!(Group::new("lobby2"), lobby);
+    }
 
     /// Bytes print as the tutorial's transcripts show them.
     #[test]

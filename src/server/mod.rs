@@ -2,16 +2,18 @@
 //! in a `Slab` whose key is the connection's `Token`), a deadline queue for timeouts, the
 //! deferred lists, and the sweep. It only schedules: what a connection does with an event
 //! is the connection's business ([`crate::connection`]). Data flows one way:
-//! accept → read → protocol → write → interest.
+//! accept → read → protocol → write → interest. A [`Relay`] may extend it with sources of
+//! its own (other loops, a broker), to and from which broadcasts travel.
 
 mod control;
+mod relay;
 
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
@@ -19,11 +21,12 @@ use crate::clock::Tick;
 use crate::config::{ServerConfig, READ_CHUNK};
 use crate::connection::{CloseReason, Connection, Readiness, Turn};
 use crate::net::{configure_accepted, ListenAddr, Listener, Peer, Stream, Transport};
-use crate::protocol::{Produced, Protocol};
+use crate::protocol::{Broadcasts, Produced, Protocol, Receive};
 use crate::schedule::{earliest, remove_ended, ConnRef, Schedule};
 use crate::stats::Stats;
 pub use control::ServerHandle;
 use control::{Control, SignalWatch, State};
+pub use relay::{relay_token, Relay, RelayIo, RELAY_TOKENS};
 
 /// The listener's and the waker's tokens sit at the top of the range, so a connection's
 /// token is simply its slab key.
@@ -47,6 +50,11 @@ const FANOUT_CHECK: Duration = Duration::from_millis(100);
 
 /// A loop running on its own thread (`Server::spawn`); joining it yields its counters.
 pub type ServerThread = JoinHandle<io::Result<Stats>>;
+
+/// Stands for the relay in the timer queue (its next turn without an event) and on the
+/// held list (its arrivals are held), so the loop's checks of both cover it: no slab key
+/// reaches it.
+const RELAY_REF: ConnRef = (usize::MAX, 0);
 
 /// A server loop: binds in `bind`, serves in `run` until shut down.
 pub struct Server<P: Protocol> {
@@ -75,6 +83,18 @@ pub struct Server<P: Protocol> {
     last_accept_error_log: Option<Tick>,
     /// SIGINT/SIGTERM/SIGHUP, when this loop takes them (the binary's first worker).
     signals: Option<SignalWatch>,
+    /// Where broadcasts also go and come from (other loops, other servers), if anywhere.
+    relay: Option<Box<dyn Relay>>,
+    /// What the relay brought for this loop's members this turn.
+    arrivals: Broadcasts,
+    /// When the relay next needs a turn without an event: its entry in the timer queue.
+    relay_deadline: Option<Tick>,
+    /// The relay's arrivals are held (they left members over half the cap); `RELAY_REF`
+    /// is on the held list meanwhile.
+    arrivals_held: bool,
+    /// A run's chunks framed for the members that take them framed (WebSocket): made
+    /// once per run, shared by all of them.
+    framed: Vec<Arc<[u8]>>,
 }
 
 impl<P: Protocol> Server<P> {
@@ -112,7 +132,24 @@ impl<P: Protocol> Server<P> {
             accept_paused_until: None,
             last_accept_error_log: None,
             signals: None,
+            relay: None,
+            arrivals: Broadcasts::default(),
+            relay_deadline: None,
+            arrivals_held: false,
+            framed: Vec::new(),
         })
+    }
+
+    /// The loop's registry, for sources made before it runs (another loop's waker).
+    pub fn registry(&self) -> &Registry {
+        self.poll.registry()
+    }
+
+    /// Passes this loop's broadcasts to `relay` too, and delivers what it brings.
+    pub fn set_relay(&mut self, relay: Box<dyn Relay>) {
+        self.relay = Some(relay);
+        // Its first turn (connecting, say) comes at once, not with the first event.
+        self.arm_relay(Tick::now());
     }
 
     /// The address actually bound.
@@ -188,6 +225,9 @@ impl<P: Protocol> Server<P> {
                 _ => {}
             }
             self.fire_timers(now);
+            if self.relay.is_some() {
+                self.relay_turn(now);
+            }
             if !self.delivered.is_empty() {
                 self.flush_delivered(now);
             }
@@ -213,6 +253,11 @@ impl<P: Protocol> Server<P> {
             self.schedule.close(key);
         }
         self.sweep(Tick::now());
+        if let Some((relay, mut io)) = self.relay_parts(Tick::now()) {
+            // The departures the sweep announced go out first, as far as they can.
+            relay.turn(&mut io);
+            relay.shutdown(io.registry);
+        }
         self.stats.open = self.conns.len();
         Ok(self.stats)
     }
@@ -381,7 +426,8 @@ impl<P: Protocol> Server<P> {
     fn on_event(&mut self, key: usize, ready: Readiness, now: Tick) {
         let (conns, mut turn) = self.turn(now);
         let Some(conn) = conns.get_mut(key) else {
-            return;
+            // No connection has this key: the relay's, or a stale event.
+            return self.relay_event(key, ready, now);
         };
         let again = conn.on_event(&mut turn, ready);
         self.after_serving(key, again, now);
@@ -397,7 +443,7 @@ impl<P: Protocol> Server<P> {
             let Some(conn) = conns.get_mut(key).filter(|c| c.id() == id) else {
                 continue;
             };
-            let again = conn.serve(&mut turn, true, false);
+            let again = conn.serve_deferred(&mut turn);
             self.after_serving(key, again, now);
         }
         self.schedule.done_again(batch);
@@ -420,28 +466,130 @@ impl<P: Protocol> Server<P> {
         self.schedule.serve_next_turn(key, id);
     }
 
-    /// Queues this turn's broadcasts on every other open connection, shared, not copied.
-    /// Returns whether some member now owes more than half the cap: the room is congested.
+    /// Queues this turn's broadcasts on the other members of their groups, shared, not
+    /// copied, and passes them to the relay. Returns whether a member (or a destination
+    /// of the relay) now owes more than half the cap: the room is congested.
     fn deliver_broadcast(&mut self, from: Option<usize>, now: Tick) -> bool {
         if self.produced.broadcast.is_empty() {
             return false;
         }
+        // Taken out for the walk and put back, so its buffers are kept.
+        let mut broadcasts = std::mem::take(&mut self.produced.broadcast);
+        let mut congested = self.deliver(&broadcasts, from, now);
+        if let Some(relay) = &mut self.relay {
+            relay.forward(&broadcasts);
+            congested |= relay.congested();
+        }
+        broadcasts.clear();
+        self.produced.broadcast = broadcasts;
+        congested
+    }
+
+    /// Queues `broadcasts` on every open connection but `from` that the protocol says
+    /// takes them, run by run. Returns whether one of them now owes more than half the cap.
+    fn deliver(&mut self, broadcasts: &Broadcasts, from: Option<usize>, now: Tick) -> bool {
         let max_outbound = self.config.limits.max_outbound;
         let mut congested = false;
-        for (key, conn) in self.conns.iter_mut() {
-            if Some(key) == from {
-                continue;
+        for (group, chunks) in broadcasts.runs() {
+            self.framed.clear();
+            for (key, conn) in self.conns.iter_mut() {
+                if Some(key) == from {
+                    continue;
+                }
+                let chunks = match self.protocol.receives(conn.session(), group) {
+                    Receive::No => continue,
+                    Receive::Bytes => chunks,
+                    Receive::Framed => {
+                        if self.framed.is_empty() {
+                            let protocol = &self.protocol;
+                            self.framed.extend(chunks.iter().map(|c| protocol.frame(c)));
+                        }
+                        &self.framed[..]
+                    }
+                };
+                if conn.deliver(chunks, max_outbound, &mut self.stats, now) {
+                    self.delivered.push(key);
+                }
+                if conn.is_closed() {
+                    self.schedule.close(key);
+                }
+                congested |= conn.backlog_over(max_outbound / 2);
             }
-            if conn.deliver(&self.produced.broadcast, max_outbound, &mut self.stats, now) {
-                self.delivered.push(key);
-            }
-            if conn.is_closed() {
-                self.schedule.close(key);
-            }
-            congested |= conn.backlog_over(max_outbound / 2);
         }
-        self.produced.clear_broadcast();
+        self.framed.clear();
         congested
+    }
+
+    /// An event for one of the relay's sources.
+    #[cold]
+    fn relay_event(&mut self, key: usize, ready: Readiness, now: Tick) {
+        if !RELAY_TOKENS.contains(&key) {
+            return; // a stale event for a connection removed in this batch
+        }
+        if let Some((relay, mut io)) = self.relay_parts(now) {
+            relay.on_event(&mut io, Token(key), ready);
+        }
+    }
+
+    /// The relay and what it borrows from the loop for one call, if there is one.
+    fn relay_parts(&mut self, now: Tick) -> Option<(&mut dyn Relay, RelayIo<'_>)> {
+        let Server {
+            relay,
+            poll,
+            read_buf,
+            arrivals,
+            ..
+        } = self;
+        let io = RelayIo {
+            registry: poll.registry(),
+            read_buf,
+            now,
+            arrivals,
+        };
+        Some((relay.as_deref_mut()?, io))
+    }
+
+    /// The relay's turn: it sends what was forwarded and brings what arrived, which goes
+    /// to every member of its group here. Arrivals that congest the room are held, as a
+    /// local sender would be.
+    #[cold]
+    fn relay_turn(&mut self, now: Tick) {
+        let Some((relay, mut io)) = self.relay_parts(now) else {
+            return;
+        };
+        if let Some(at) = relay.turn(&mut io) {
+            self.arm_relay(at);
+        }
+        if self.arrivals.is_empty() {
+            return;
+        }
+        let mut arrivals = std::mem::take(&mut self.arrivals);
+        let congested = self.deliver(&arrivals, None, now);
+        arrivals.clear();
+        self.arrivals = arrivals;
+        if congested && !self.arrivals_held {
+            self.arrivals_held = true;
+            self.held.push(RELAY_REF);
+            if let Some(relay) = &mut self.relay {
+                relay.hold_arrivals(true);
+            }
+        }
+    }
+
+    /// Puts the relay's next turn in the timer queue, lazily as for a connection: only a
+    /// sooner deadline than the one queued is pushed (a later one finds the loop awake
+    /// anyway, since every turn is the relay's).
+    #[cold]
+    fn arm_relay(&mut self, at: Tick) {
+        let now = Tick::now();
+        if self
+            .relay_deadline
+            .is_none_or(|queued| at < queued || queued < now)
+        {
+            self.relay_deadline = Some(at);
+            let (key, id) = RELAY_REF;
+            self.schedule.arm(at, key, id);
+        }
     }
 
     /// Stops reading a member whose broadcasts congested the room, until it drains.
@@ -454,8 +602,9 @@ impl<P: Protocol> Server<P> {
         }
     }
 
-    /// Releases the held members once no member that reads owes more than half the cap;
-    /// a member that holds the room and has taken nothing for `FANOUT_STALL` is cut.
+    /// Releases the held members (and the relay's arrivals) once no member that reads owes
+    /// more than half the cap, nor a destination of the relay; a member or destination that
+    /// holds the room and has taken nothing for `FANOUT_STALL` is cut.
     #[cold]
     fn release_held(&mut self, now: Tick) {
         let half = self.config.limits.max_outbound / 2;
@@ -479,6 +628,17 @@ impl<P: Protocol> Server<P> {
         }
         if congested {
             return;
+        }
+        if let Some(relay) = &mut self.relay {
+            if std::mem::take(&mut self.arrivals_held) {
+                relay.hold_arrivals(false);
+                self.held.retain(|&held| held != RELAY_REF);
+            }
+            relay.cut_stalled(now, FANOUT_STALL);
+            if relay.congested() {
+                // Another loop or the broker is behind: this loop's senders wait for it.
+                return;
+            }
         }
         for (key, id) in std::mem::take(&mut self.held) {
             if let Some(conn) = self.conns.get_mut(key).filter(|c| c.id() == id) {
@@ -518,7 +678,19 @@ impl<P: Protocol> Server<P> {
     }
 
     fn fire_timers(&mut self, now: Tick) {
-        while let Some((at, key, id)) = self.schedule.pop_live(&self.conns, now) {
+        while let Some((at, key, id)) = self.schedule.pop_due(now) {
+            if (key, id) == RELAY_REF {
+                // The relay's turn follows in this one.
+                self.relay_deadline = None;
+                continue;
+            }
+            if !self
+                .conns
+                .get(key)
+                .is_some_and(|c| c.id() == id && c.timer_is(at))
+            {
+                continue; // a stale entry: the connection is gone or re-armed sooner
+            }
             let (conns, mut turn) = self.turn(now);
             if let Some(later) = conns[key].on_timer(at, &mut turn) {
                 self.schedule.arm(later, key, id);

@@ -103,6 +103,30 @@ impl ChildServer {
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
+
+    /// Waits up to `timeout` until at least `count` log lines contain `needle`.
+    pub fn wait_for_log(&self, needle: &str, count: usize, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let seen = self.log().iter().filter(|l| l.contains(needle)).count();
+            if seen >= count {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{seen} of {count} log lines with {needle:?} in {timeout:?}; log: {:#?}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server with SIGTERM (a graceful shutdown) and waits for it.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) with our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().expect("wait for server")
+    }
 }
 
 impl Drop for ChildServer {

@@ -1,6 +1,9 @@
 //! HTTP/1.1 responder: the seed's one-shot "Hello,World!" server rebuilt as a keep-alive,
-//! pipelining server. Requests are parsed with `httparse`; every response is assembled from
-//! bytes built once at start, with only the `Date` (cached per second) and `Connection` varying.
+//! pipelining server. Requests are parsed with `httparse`. It serves one page (assembled
+//! from bytes built once at start, with only the `Date`, cached per second, and
+//! `Connection` varying), or the files beneath a root ([`files`]): GET and HEAD with
+//! `Content-Length`, `Last-Modified`, `If-Modified-Since`, a single `Range`, the file's
+//! bytes sent by the loop with sendfile(2). A directory is served by its `index.html`.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -10,10 +13,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use httparse::Status;
 
 pub mod body;
+pub mod files;
 
 use super::{Flow, Output, Protocol, Timeout};
 use crate::net::{describe, Peer};
+use crate::root::{Opened, Refusal, Root};
 use body::{list_elements, trim_ows, Body, Framing, FramingError};
+use files::RangeRequest;
 
 /// The page served when no `--body` is given: the seed's.
 pub const DEFAULT_BODY: &[u8] = b"<h1>Hello,World!</h1>";
@@ -36,6 +42,12 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// large one copied per response would make pipelined requests multiply memory.
 pub const SHARED_BODY_MIN: usize = 4 * 1024;
 
+/// Static files smaller than this are read into the reply rather than sent with sendfile:
+/// one pread costs what one sendfile does, and the response then leaves in one write and
+/// one segment with its header, and pipelined responses share a writev; above it,
+/// sendfile saves the two copies through user space that reading costs.
+pub const READ_BELOW: u64 = 16 * 1024;
+
 /// Seconds since the epoch at which `httpdate` stops formatting (year 9999); a clock set
 /// that far ahead is clamped rather than allowed to panic.
 const LAST_FORMATTABLE_SECOND: u64 = 253_402_300_799;
@@ -47,6 +59,8 @@ pub struct HttpConfig {
     pub body: Arc<[u8]>,
     /// The header-section cap in bytes; see [`DEFAULT_MAX_HEADER`].
     pub max_header: usize,
+    /// Serve the files beneath this root instead of `body`.
+    pub root: Option<Root>,
 }
 
 impl Default for HttpConfig {
@@ -54,6 +68,7 @@ impl Default for HttpConfig {
         HttpConfig {
             body: Arc::from(DEFAULT_BODY),
             max_header: DEFAULT_MAX_HEADER,
+            root: None,
         }
     }
 }
@@ -83,8 +98,8 @@ struct Canned {
 impl Canned {
     fn new(status: &str, extra_headers: &str, body: Arc<[u8]>) -> Canned {
         let head = format!(
-            "HTTP/1.1 {status}\r\nServer: multiconn\r\nContent-Type: text/html\r\n\
-             Content-Length: {}\r\n{extra_headers}",
+            "{}Content-Type: text/html\r\nContent-Length: {}\r\n{extra_headers}",
+            status_line(status),
             body.len()
         );
         Canned {
@@ -98,6 +113,11 @@ impl Canned {
         let body = format!("<h1>{status}</h1>");
         Canned::new(status, extra_headers, Arc::from(body.into_bytes()))
     }
+}
+
+/// The status line and the `Server` header every response starts with.
+fn status_line(status: &str) -> String {
+    format!("HTTP/1.1 {status}\r\nServer: multiconn\r\n")
 }
 
 /// The `Connection` header a response carries.
@@ -170,6 +190,13 @@ pub struct Http {
     bad_request: Canned,
     header_too_large: Canned,
     request_timeout: Canned,
+    /// Static files: where they are, the error pages that keep the connection, and a
+    /// buffer for a request's decoded path.
+    files: Option<Root>,
+    not_found: Canned,
+    forbidden: Canned,
+    server_error: Canned,
+    path: Vec<u8>,
     /// Complete bytes, written to a connection refused because the server is full.
     refusal: Box<[u8]>,
     date: DateCache,
@@ -193,8 +220,13 @@ pub struct HttpSession {
 
 /// What one request asks for, once its header section has been checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct RequestHead {
+struct RequestHead<'a> {
     method: Method,
+    target: &'a str,
+    /// The conditions of a static file request.
+    range: Option<&'a [u8]>,
+    if_range: Option<&'a [u8]>,
+    if_modified_since: Option<&'a [u8]>,
     /// `Some(0)`: HTTP/1.0; `Some(1)`: HTTP/1.1 (the only versions `httparse` accepts).
     minor_version: u8,
     keep_alive: bool,
@@ -238,6 +270,11 @@ impl Http {
             bad_request: Canned::error("400 Bad Request", ""),
             header_too_large: Canned::error("431 Request Header Fields Too Large", ""),
             request_timeout: Canned::error("408 Request Timeout", ""),
+            files: config.root,
+            not_found: Canned::error("404 Not Found", ""),
+            forbidden: Canned::error("403 Forbidden", ""),
+            server_error: Canned::error("500 Internal Server Error", ""),
+            path: Vec::new(),
             refusal,
             date: DateCache::new(),
             clock: SystemTime::now,
@@ -281,8 +318,150 @@ impl Http {
     }
 }
 
+impl Http {
+    /// Answers a GET or HEAD for a static file: the file (or its `index.html` for a
+    /// directory), a part of it, 304, 416, or an error page that keeps the connection.
+    /// Returns false when the response came out short (the file shrank as it was read):
+    /// the connection must close, as after a short sendfile.
+    fn serve_file(
+        &mut self,
+        head: &RequestHead<'_>,
+        connection: ConnectionHeader,
+        out: &mut Output<'_>,
+        peer: &Peer,
+    ) -> bool {
+        let date = *self.date.header((self.clock)());
+        let Some(root) = &self.files else {
+            return true;
+        };
+        let opened = files::target_path(head.target, &mut self.path).and_then(|()| {
+            match root.open(&self.path) {
+                Err(Refusal::Directory) => {
+                    self.path.extend_from_slice(b"/index.html");
+                    root.open(&self.path)
+                }
+                other => other,
+            }
+        });
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(refusal) => {
+                log::debug!("{peer}: {} refused: {refusal}", head.target);
+                let canned = match refusal {
+                    Refusal::OutsideRoot | Refusal::PermissionDenied => &self.forbidden,
+                    Refusal::InvalidPath => &self.bad_request,
+                    Refusal::CannotOpen => &self.server_error,
+                    Refusal::NotFound | Refusal::Directory | Refusal::NotRegularFile => {
+                        &self.not_found
+                    }
+                };
+                Http::respond(canned, &date, connection, true, out);
+                return true;
+            }
+        };
+        let Opened {
+            file,
+            size,
+            modified,
+        } = opened;
+        if head
+            .if_modified_since
+            .is_some_and(|since| files::not_modified_since(since, modified))
+        {
+            let reply = out.reply_buf();
+            reply.extend_from_slice(b"HTTP/1.1 304 Not Modified\r\nServer: multiconn\r\n");
+            last_modified(reply, modified);
+            finish_head(reply, &date, connection);
+            return true;
+        }
+        let range = match (head.range, head.if_range) {
+            (Some(range), None) => files::parse_range(range, size),
+            (Some(range), Some(v)) if files::if_range_matches(v, modified) => {
+                files::parse_range(range, size)
+            }
+            _ => RangeRequest::Whole,
+        };
+        let reply = out.reply_buf();
+        let (first, len) = match range {
+            RangeRequest::Whole => {
+                reply.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+                (0, size)
+            }
+            RangeRequest::Part { first, last } => {
+                reply.extend_from_slice(b"HTTP/1.1 206 Partial Content\r\n");
+                let _ = write!(reply, "Content-Range: bytes {first}-{last}/{size}\r\n");
+                (first, last - first + 1)
+            }
+            RangeRequest::Unsatisfiable => {
+                let _ = write!(
+                    reply,
+                    "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{size}\r\n"
+                );
+                (0, 0)
+            }
+        };
+        let _ = write!(
+            reply,
+            "Server: multiconn\r\nContent-Type: {}\r\nContent-Length: {len}\r\n\
+             Accept-Ranges: bytes\r\n",
+            files::content_type(&self.path)
+        );
+        last_modified(reply, modified);
+        finish_head(reply, &date, connection);
+        if head.method == Method::Head || len == 0 {
+            return true;
+        }
+        if len < READ_BELOW {
+            let whole = read_into(reply, &file, first, len as usize);
+            if !whole {
+                log::warn!("{peer}: {} shrank while it was read; closing", head.target);
+            }
+            whole
+        } else {
+            // A file that shrinks while it is sent closes the connection short.
+            out.send_file(Arc::new(file), first, len);
+            true
+        }
+    }
+}
+
+/// `Last-Modified: <date>\r\n`, when the file system gave a time.
+fn last_modified(reply: &mut Vec<u8>, modified: Option<std::time::SystemTime>) {
+    if let Some(modified) = modified {
+        let _ = write!(
+            reply,
+            "Last-Modified: {}\r\n",
+            httpdate::HttpDate::from(modified)
+        );
+    }
+}
+
+/// The end of a response's header section: `Date`, `Connection`, the blank line.
+fn finish_head(reply: &mut Vec<u8>, date: &[u8], connection: ConnectionHeader) {
+    reply.extend_from_slice(date);
+    reply.extend_from_slice(connection.bytes());
+    reply.extend_from_slice(b"\r\n");
+}
+
+/// Appends `len` bytes of `file` from `first`; false if the file ended first (what it had
+/// is appended).
+fn read_into(reply: &mut Vec<u8>, file: &std::fs::File, first: u64, len: usize) -> bool {
+    use std::os::unix::fs::FileExt;
+    let start = reply.len();
+    reply.resize(start + len, 0);
+    let mut filled = 0;
+    while filled < len {
+        match file.read_at(&mut reply[start + filled..], first + filled as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => filled += n,
+        }
+    }
+    reply.truncate(start + filled);
+    filled == len
+}
+
 /// Checks a complete header section and decides the response and the connection's fate.
-fn examine(request: &httparse::Request<'_, '_>) -> Result<RequestHead, BadRequest> {
+fn examine<'a>(request: &httparse::Request<'_, 'a>) -> Result<RequestHead<'a>, BadRequest> {
     let minor_version = request.version.unwrap_or(1);
     let method = match request.method {
         Some("GET") => Method::Get,
@@ -294,6 +473,7 @@ fn examine(request: &httparse::Request<'_, '_>) -> Result<RequestHead, BadReques
     let mut hosts = 0;
     let mut framing = Framing::default();
     let mut expects_continue = false;
+    let (mut range, mut if_range, mut if_modified_since) = (None, None, None);
     for header in request.headers.iter() {
         let name = header.name.as_bytes();
         if name.eq_ignore_ascii_case(b"connection") {
@@ -310,6 +490,12 @@ fn examine(request: &httparse::Request<'_, '_>) -> Result<RequestHead, BadReques
             hosts += 1;
         } else if name.eq_ignore_ascii_case(b"expect") {
             expects_continue |= trim_ows(header.value).eq_ignore_ascii_case(b"100-continue");
+        } else if name.eq_ignore_ascii_case(b"range") {
+            range = Some(header.value);
+        } else if name.eq_ignore_ascii_case(b"if-range") {
+            if_range = Some(header.value);
+        } else if name.eq_ignore_ascii_case(b"if-modified-since") {
+            if_modified_since = Some(header.value);
         }
     }
     // RFC 9112 §3.2: an HTTP/1.1 request without Host, or any request with two, is a 400.
@@ -329,6 +515,10 @@ fn examine(request: &httparse::Request<'_, '_>) -> Result<RequestHead, BadReques
     let keep_alive = !close && (minor_version == 1 || keep_alive_token);
     Ok(RequestHead {
         method,
+        target: request.path.unwrap_or("/"),
+        range,
+        if_range,
+        if_modified_since,
         minor_version,
         keep_alive,
         body,
@@ -366,9 +556,10 @@ impl Protocol for Http {
             if session.body != Body::Done || rest.is_empty() {
                 return (used, Flow::Continue);
             }
-            if out.is_full() {
-                // The responses so far fill the connection's queue: the rest of the
-                // pipeline waits, unread, until the client has taken them.
+            if out.is_full() || out.file_pending() {
+                // The responses so far fill the connection's queue, or a file is still
+                // being sent (one at a time): the rest of the pipeline waits, unread,
+                // until the client has taken them.
                 return (used, Flow::Pause);
             }
             // On the stack and reused for each request of the pipeline: no allocation.
@@ -413,6 +604,14 @@ impl Protocol for Http {
                 (true, 0) => ConnectionHeader::KeepAlive,
                 (true, _) => ConnectionHeader::Omitted,
             };
+            if self.files.is_some() && head.method != Method::Other {
+                let whole = self.serve_file(&head, connection, out, &session.peer);
+                out.count_request();
+                if !keep_alive || !whole {
+                    return (input.len(), Flow::Close);
+                }
+                continue;
+            }
             let date = self.date.header((self.clock)());
             let (canned, with_body) = match head.method {
                 Method::Get => (&self.ok, true),
@@ -473,6 +672,7 @@ mod tests {
         let mut http = Http::new(HttpConfig {
             body: Arc::from(body),
             max_header,
+            root: None,
         });
         http.clock = fixed_clock;
         http
@@ -1261,6 +1461,248 @@ mod tests {
             prop_assert!(!run.closed);
             prop_assert!(run.pending.is_empty());
             prop_assert_eq!(run.requests, requests.len() as u64);
+        }
+    }
+
+    // ---- static files ----
+
+    use crate::root::testing::TempDir;
+    use std::fs;
+
+    /// The modification time every fixture file gets: RFC 9110's example date.
+    const MTIME: &str = "Last-Modified: Sun, 06 Nov 1994 08:49:37 GMT\r\n";
+
+    /// A root with `a.txt` (10 bytes), `big.bin` (`READ_BELOW` * 3, sent with sendfile),
+    /// `empty`, `sub/index.html`, `bare/` (no index), and `secret` beside the root.
+    fn files_fixture(name: &str) -> (TempDir, Http, Vec<u8>) {
+        let dir = TempDir::new(name);
+        let root = dir.0.join("root");
+        fs::create_dir_all(root.join("sub")).unwrap();
+        fs::create_dir_all(root.join("bare")).unwrap();
+        let big: Vec<u8> = (0..READ_BELOW * 3).map(|i| (i % 251) as u8).collect();
+        for (name, content) in [
+            ("a.txt", &b"0123456789"[..]),
+            ("big.bin", &big),
+            ("empty", b""),
+            ("sub/index.html", b"<p>sub</p>"),
+        ] {
+            let path = root.join(name);
+            fs::write(&path, content).unwrap();
+            let file = fs::File::options().write(true).open(&path).unwrap();
+            file.set_modified(fixed_clock()).unwrap();
+        }
+        fs::write(dir.0.join("secret"), b"secret").unwrap();
+        let mut http = Http::new(HttpConfig {
+            root: Some(Root::new(&root).unwrap()),
+            ..HttpConfig::default()
+        });
+        http.clock = fixed_clock;
+        (dir, http, big)
+    }
+
+    fn file_response(status: &str, extra: &str, kind: &str, body: &[u8]) -> Vec<u8> {
+        let head = format!(
+            "HTTP/1.1 {status}\r\n{extra}Server: multiconn\r\nContent-Type: {kind}\r\n\
+             Content-Length: {}\r\nAccept-Ranges: bytes\r\n{MTIME}{DATE}\r\n",
+            body.len()
+        );
+        [head.as_bytes(), body].concat()
+    }
+
+    fn get(target: &str, extra: &str) -> Vec<u8> {
+        format!("GET {target} HTTP/1.1\r\nHost: x\r\n{extra}\r\n").into_bytes()
+    }
+
+    /// A HEAD's head: a GET's, with the body's length but not the body.
+    trait ReplaceLen {
+        fn replace_len(self, len: usize) -> Vec<u8>;
+    }
+
+    impl ReplaceLen for Vec<u8> {
+        fn replace_len(self, len: usize) -> Vec<u8> {
+            String::from_utf8(self)
+                .unwrap()
+                .replace(
+                    "Content-Length: 0\r\n",
+                    &format!("Content-Length: {len}\r\n"),
+                )
+                .into_bytes()
+        }
+    }
+
+    /// Every answer a static file request can get, byte for byte; none closes the
+    /// connection.
+    #[test]
+    fn static_files_every_status() {
+        let (_dir, mut http, big) = files_fixture("statuses");
+        let txt = "text/plain";
+        let bin = "application/octet-stream";
+        let page = |status: &str| response(status, "", &format!("<h1>{status}</h1>"), "", true);
+        let cases: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            (
+                get("/a.txt", ""),
+                file_response("200 OK", "", txt, b"0123456789"),
+            ),
+            (get("/big.bin", ""), file_response("200 OK", "", bin, &big)),
+            (get("/empty", ""), file_response("200 OK", "", bin, b"")),
+            (
+                get("/sub/", ""),
+                file_response("200 OK", "", "text/html", b"<p>sub</p>"),
+            ),
+            (
+                get("/sub", ""),
+                file_response("200 OK", "", "text/html", b"<p>sub</p>"),
+            ),
+            (
+                get("/a.txt", "Range: bytes=2-4\r\n"),
+                file_response(
+                    "206 Partial Content",
+                    "Content-Range: bytes 2-4/10\r\n",
+                    txt,
+                    b"234",
+                ),
+            ),
+            (
+                get("/a.txt", "Range: bytes=-3\r\n"),
+                file_response(
+                    "206 Partial Content",
+                    "Content-Range: bytes 7-9/10\r\n",
+                    txt,
+                    b"789",
+                ),
+            ),
+            (
+                get("/a.txt", "Range: bytes=8-\r\n"),
+                file_response(
+                    "206 Partial Content",
+                    "Content-Range: bytes 8-9/10\r\n",
+                    txt,
+                    b"89",
+                ),
+            ),
+            (
+                get("/big.bin", "Range: bytes=1000-40000\r\n"),
+                file_response(
+                    "206 Partial Content",
+                    &format!("Content-Range: bytes 1000-40000/{}\r\n", big.len()),
+                    bin,
+                    &big[1000..=40000],
+                ),
+            ),
+            (
+                get("/a.txt", "Range: bytes=10-\r\n"),
+                file_response(
+                    "416 Range Not Satisfiable",
+                    "Content-Range: bytes */10\r\n",
+                    txt,
+                    b"",
+                ),
+            ),
+            // A range under an If-Range that does not match is ignored: the whole file.
+            (
+                get("/a.txt", "Range: bytes=2-4\r\nIf-Range: \"tag\"\r\n"),
+                file_response("200 OK", "", txt, b"0123456789"),
+            ),
+            (
+                get(
+                    "/a.txt",
+                    "Range: bytes=2-4\r\nIf-Range: Sun, 06 Nov 1994 08:49:37 GMT\r\n",
+                ),
+                file_response(
+                    "206 Partial Content",
+                    "Content-Range: bytes 2-4/10\r\n",
+                    txt,
+                    b"234",
+                ),
+            ),
+            (
+                get(
+                    "/a.txt",
+                    "If-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT\r\n",
+                ),
+                format!("HTTP/1.1 304 Not Modified\r\nServer: multiconn\r\n{MTIME}{DATE}\r\n")
+                    .into_bytes(),
+            ),
+            (
+                get(
+                    "/a.txt",
+                    "If-Modified-Since: Sat, 05 Nov 1994 08:49:37 GMT\r\n",
+                ),
+                file_response("200 OK", "", txt, b"0123456789"),
+            ),
+            (
+                b"HEAD /a.txt HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+                file_response("200 OK", "", txt, b"").replace_len(10),
+            ),
+            (get("/missing", ""), page("404 Not Found").into_bytes()),
+            (get("/bare/", ""), page("404 Not Found").into_bytes()),
+            (get("/../secret", ""), page("403 Forbidden").into_bytes()),
+            (
+                get("/%2e%2e/secret", ""),
+                page("403 Forbidden").into_bytes(),
+            ),
+            (
+                b"POST /a.txt HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+                not_allowed("").into_bytes(),
+            ),
+        ];
+        for (request, expected) in &cases {
+            let run = feed_whole(&mut http, request);
+            assert_eq!(
+                String::from_utf8_lossy(&run.reply),
+                String::from_utf8_lossy(expected),
+                "{}",
+                String::from_utf8_lossy(request)
+            );
+            assert!(!run.closed, "{}", String::from_utf8_lossy(request));
+        }
+        // A target that names no path is a 400; the request was well framed, so the
+        // connection stays.
+        let run = feed_whole(&mut http, &get("/a%zz", ""));
+        assert_eq!(text(&run), page("400 Bad Request"));
+        assert!(!run.closed);
+    }
+
+    /// A pipeline of file requests, split at every point, gets the same bytes; a request
+    /// behind a file being sent waits (the protocol pauses) until the file has gone.
+    #[test]
+    fn static_files_pipelined_at_every_split() {
+        let (_dir, mut http, big) = files_fixture("pipeline");
+        let input = [
+            get("/big.bin", "Range: bytes=5-\r\n"),
+            get("/a.txt", "Range: bytes=0-0\r\n"),
+            get("/big.bin", ""),
+            get("/nope", ""),
+        ]
+        .concat();
+        let whole = feed_whole(&mut http, &input);
+        let expected = [
+            file_response(
+                "206 Partial Content",
+                &format!("Content-Range: bytes 5-{}/{}\r\n", big.len() - 1, big.len()),
+                "application/octet-stream",
+                &big[5..],
+            ),
+            file_response(
+                "206 Partial Content",
+                "Content-Range: bytes 0-0/10\r\n",
+                "text/plain",
+                b"0",
+            ),
+            file_response("200 OK", "", "application/octet-stream", &big),
+            response("404 Not Found", "", "<h1>404 Not Found</h1>", "", true).into_bytes(),
+        ]
+        .concat();
+        assert!(whole.reply == expected, "the pipeline's answers");
+        assert_eq!(whole.requests, 4);
+        assert_eq!(
+            whole.replies_per_call,
+            [1, 2, 1],
+            "a request behind a file waits for the next call"
+        );
+        for split in 0..=input.len() {
+            let run = feed(&mut http, [&input[..split], &input[split..]]);
+            assert!(run.reply == expected, "split at {split}");
         }
     }
 }
