@@ -19,11 +19,22 @@ use common::{client, json, serve_http_requests, TempDir, IO_TIMEOUT};
 /// The page every HTTP peer serves.
 const PAGE: &str = "<h1>Hello,World!</h1>\n";
 
-/// A peer process, killed (by its pid) when dropped.
+/// A peer process, stopped (by its pid) when dropped: SIGTERM first, so that nginx's
+/// master takes its worker with it (a SIGKILLed master leaves the worker running), then
+/// SIGKILL if it has not exited within a few seconds.
 struct PeerProcess(Child);
 
 impl Drop for PeerProcess {
     fn drop(&mut self) {
+        // SAFETY: kill only sends a signal to the child we started.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(5) {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
