@@ -3,7 +3,7 @@
 //! deadlines, and the one function that decides what it needs from the loop. The loop
 //! schedules connections (events, timers, the sweep) and never reaches inside one.
 
-use std::io::{self, Read};
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +11,8 @@ use mio::{Interest, Registry, Token};
 
 use crate::clock::Tick;
 use crate::config::{Limits, Timeouts};
-use crate::net::{describe, Peer, Stream};
-use crate::outbound::{Outbound, Reply, SENDFILE_MAX_CHUNK};
+use crate::net::{describe, Peer, Stream, Transport};
+use crate::outbound::{Outbound, Reply, Sink, SENDFILE_MAX_CHUNK};
 use crate::protocol::{Flow, Produced, Protocol, Timeout};
 pub use crate::stats::CloseReason;
 use crate::stats::Stats;
@@ -156,9 +156,10 @@ pub struct Ended<S> {
 }
 
 /// A connection and everything the loop keeps for it. Idle, it holds no heap memory:
-/// both buffers are unallocated while empty.
-pub struct Connection<S> {
-    stream: Stream,
+/// both buffers are unallocated while empty. `T` is its stream: a plain [`Stream`] (a
+/// server), or one that may be under TLS (`net::AnyStream`, a client).
+pub struct Connection<S, T = Stream> {
+    stream: T,
     peer: Peer,
     /// Unique for the loop's lifetime; a slab key is reused, this is not, so stale
     /// timers and deferred work can tell a successor from the connection they meant.
@@ -199,28 +200,21 @@ pub struct Connection<S> {
     send_again: bool,
 }
 
-impl<S> Connection<S> {
+impl<S, T: Transport + Sink> Connection<S, T> {
     /// An accepted connection, registered READABLE by the caller.
-    pub fn new(stream: Stream, peer: Peer, id: u64, session: S, now: Tick) -> Self {
+    pub fn new(stream: T, peer: Peer, id: u64, session: S, now: Tick) -> Self {
         Connection::with_phase(stream, peer, id, session, now, Phase::Open)
     }
 
     /// An outgoing connection whose connect was started, registered READABLE | WRITABLE
     /// by the caller (a non-blocking connect completes as writability).
-    pub fn connecting(stream: Stream, peer: Peer, id: u64, session: S, now: Tick) -> Self {
+    pub fn connecting(stream: T, peer: Peer, id: u64, session: S, now: Tick) -> Self {
         let mut conn = Connection::with_phase(stream, peer, id, session, now, Phase::Connecting);
         conn.registered = Interest::READABLE | Interest::WRITABLE;
         conn
     }
 
-    fn with_phase(
-        stream: Stream,
-        peer: Peer,
-        id: u64,
-        session: S,
-        now: Tick,
-        phase: Phase,
-    ) -> Self {
+    fn with_phase(stream: T, peer: Peer, id: u64, session: S, now: Tick, phase: Phase) -> Self {
         Connection {
             stream,
             peer,
@@ -263,6 +257,11 @@ impl<S> Connection<S> {
 
     pub fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed)
+    }
+
+    /// The socket (and its TLS layer, if any).
+    pub fn stream(&self) -> &T {
+        &self.stream
     }
 
     /// Bytes owed to the peer and not yet taken by the socket.
@@ -334,7 +333,8 @@ impl<S> Connection<S> {
     /// or a phase step first. `settle` carries it out; its fast path is this same answer.
     #[inline(always)]
     fn wants(&self, limits: &Limits) -> Wants {
-        let owes = !self.outbound.is_empty();
+        // A TLS layer's records (handshake, encrypted output) are owed like queued bytes.
+        let owes = !self.outbound.is_empty() || self.stream.tls_pending();
         let reads = match self.phase {
             Phase::Closed => return Wants::Finished,
             // Writability says the connect completed (or failed); readability, an error.
@@ -723,7 +723,7 @@ impl<S> Connection<S> {
     }
 }
 
-impl<S> Connection<S> {
+impl<S, T: Transport + Sink> Connection<S, T> {
     /// Handles a readiness event: flush first (it frees room that may let reading go on),
     /// then serve. Returns whether the read budget ran out with input possibly left.
     pub fn on_event<P>(&mut self, turn: &mut Turn<'_, P>, ready: Readiness) -> bool
@@ -736,8 +736,12 @@ impl<S> Connection<S> {
         if matches!(self.phase, Phase::Connecting) && !self.connect_completed(ready) {
             return false;
         }
-        if ready.writable && !self.outbound.is_empty() {
-            self.flush(turn.stats, turn.now);
+        if ready.writable {
+            if !self.outbound.is_empty() {
+                self.flush(turn.stats, turn.now);
+            } else if self.stream.tls_pending() {
+                self.send_tls_records();
+            }
         }
         self.serve(turn, ready.readable, ready.read_closed)
     }
@@ -756,25 +760,21 @@ impl<S> Connection<S> {
         self.send_reply(&mut turn.produced.reply, turn.stats, turn.now);
     }
 
+    /// Writes what a TLS layer holds for the socket (its queue of plaintext is empty).
+    #[cold]
+    fn send_tls_records(&mut self) {
+        if let Err(e) = self.stream.send_tls_records() {
+            self.fail(&e, "write");
+        }
+    }
+
     /// Whether a started connect has completed; a failed one closes the connection.
     #[cold]
     fn connect_completed(&mut self, ready: Readiness) -> bool {
         if !ready.writable && !ready.readable {
             return false;
         }
-        let outcome = match &self.stream {
-            Stream::Tcp(tcp) => match tcp.take_error() {
-                Ok(Some(e)) | Err(e) => Err(e),
-                Ok(None) => match tcp.peer_addr() {
-                    Ok(_) => Ok(true),
-                    // Not connected yet: a spurious event.
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
-                    Err(e) => Err(e),
-                },
-            },
-            Stream::Unix(_) => Ok(true),
-        };
-        match outcome {
+        match self.stream.connect_result() {
             Ok(true) => {
                 self.phase = Phase::Open;
                 true
@@ -1075,12 +1075,13 @@ impl<S> Connection<S> {
     }
 }
 
-/// Whether an I/O error is the peer's doing (reset, broken pipe), not worth more than a
-/// debug line.
+/// Whether an I/O error is the peer's doing (reset, broken pipe, TLS it sent that we
+/// refuse), not worth more than a debug line.
 pub fn is_peer_error(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::ConnectionReset
+        io::ErrorKind::InvalidData
+            | io::ErrorKind::ConnectionReset
             | io::ErrorKind::BrokenPipe
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::TimedOut
@@ -1095,7 +1096,7 @@ mod tests {
     use super::*;
     use crate::protocol::Output;
     use mio::{Events, Poll};
-    use std::io::Write;
+    use std::io::{Read, Write};
 
     /// Echoes every byte, or with `pause_after` set, consumes that many bytes per call and
     /// then pauses.

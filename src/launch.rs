@@ -157,25 +157,8 @@ const FD_HEADROOM: u64 = 100;
 /// would) and derives a per-worker connection limit from it. Returns the limit and a
 /// sentence saying how it was derived.
 pub fn raise_open_files_limit(workers: usize) -> (usize, String) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    let soft = unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return (10_000, "open-files limit unknown; default".into());
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit.rlim_cur = limit.rlim_max;
-            }
-        }
-        limit.rlim_cur
+    let Some(soft) = crate::net::raise_open_files_limit() else {
+        return (10_000, "open-files limit unknown; default".into());
     };
     let usable = soft.saturating_sub(FD_HEADROOM).max(1);
     let per_worker = (usable / workers.max(1) as u64).max(1) as usize;

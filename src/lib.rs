@@ -6,7 +6,10 @@
 //! - [`clock`]: the loop's coarse clock, read once per turn.
 //! - [`duration`]: durations as the time flags take them (`30s`, `2m`, a bare number of
 //!   seconds), for the server's flags and the clients' alike.
-//! - [`net`]: binding listeners with socket options; the TCP/Unix stream a connection holds.
+//! - [`tls`]: TLS (rustls) as a layer over any byte stream, so connections read and write
+//!   plaintext; client and server configurations.
+//! - [`net`]: binding listeners with socket options; the stream a connection holds (TCP,
+//!   Unix, or either under TLS).
 //! - [`outbound`]: bytes on their way to a peer: a turn's reply, and the queue of what is
 //!   still owed, written with one `writev`, file ranges with sendfile(2).
 //! - [`stats`]: a loop's counters and the reasons a connection ends.
@@ -45,6 +48,7 @@ pub mod root;
 pub mod schedule;
 pub mod server;
 pub mod stats;
+pub mod tls;
 
 pub use config::{Limits, ServerConfig, Timeouts};
 pub use net::{ListenAddr, Peer, SocketOptions};

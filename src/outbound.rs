@@ -12,7 +12,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use crate::net::Stream;
+use crate::net::{AnyStream, Stream};
 
 /// How many chunks one `writev` takes at most (Linux allows 1024; more buys nothing).
 const MAX_IOVECS: usize = 64;
@@ -118,6 +118,23 @@ impl Sink for Stream {
             return Err(io::Error::last_os_error());
         }
         Ok(sent as usize)
+    }
+}
+
+/// Under TLS the file's bytes must pass through the encryption: read and written.
+impl Sink for AnyStream {
+    fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize> {
+        match self {
+            AnyStream::Plain(s) => s.send_file(file, offset, len),
+            AnyStream::Tls(_) => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
+
+    fn write_vectored_before_file(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            AnyStream::Plain(s) => s.write_vectored_before_file(bufs),
+            AnyStream::Tls(_) => self.write_vectored(bufs),
+        }
     }
 }
 

@@ -10,6 +10,8 @@ use crate::clock::Tick;
 use slab::Slab;
 
 use crate::connection::{Connection, Ended, Settled};
+use crate::net::Transport;
+use crate::outbound::Sink;
 use crate::stats::Stats;
 
 /// A connection's place in the slab and its identity, for work deferred to later in the
@@ -91,9 +93,9 @@ impl Schedule {
 
     /// Takes the next timer that is due at `now` and still meant: its connection is
     /// there and armed it. Stale entries (gone, or re-armed sooner since) are dropped.
-    pub fn pop_live<S>(
+    pub fn pop_live<S, T: Transport + Sink>(
         &mut self,
-        conns: &Slab<Connection<S>>,
+        conns: &Slab<Connection<S, T>>,
         now: Tick,
     ) -> Option<(Tick, usize, u64)> {
         while let Some((at, key, id)) = self.pop_due(now) {
@@ -124,8 +126,8 @@ impl Schedule {
 
 /// Takes connection `key`, marked for the sweep, out of `conns` if it is closed (it may
 /// have been marked twice, and removed already), counting how it ended.
-pub fn remove_ended<S>(
-    conns: &mut Slab<Connection<S>>,
+pub fn remove_ended<S, T: Transport + Sink>(
+    conns: &mut Slab<Connection<S, T>>,
     key: usize,
     stats: &mut Stats,
 ) -> Option<Ended<S>> {

@@ -219,7 +219,7 @@ fn hundred_mib_download_is_identical_and_memory_stays_flat() {
     let server = ChildServer::start(&["--protocol", "file", "--root", root.to_str().unwrap()]);
     // Warm up: the loop's buffers are allocated by a first, small transfer.
     let mut warm = Vec::new();
-    download(server.addr, b"small", &mut warm, IO_TIMEOUT).unwrap();
+    download(&server.addr.into(), b"small", &mut warm, IO_TIMEOUT).unwrap();
     assert_eq!(warm, b"hello file\n");
     let baseline = server.rss_kib();
 
@@ -252,7 +252,7 @@ fn hundred_mib_download_is_identical_and_memory_stays_flat() {
         peak_kib: baseline,
         samples: 0,
     };
-    let done = download(server.addr, b"big", &mut watch, IO_TIMEOUT).unwrap();
+    let done = download(&server.addr.into(), b"big", &mut watch, IO_TIMEOUT).unwrap();
     assert_eq!(done.size, SIZE as u64);
     let (peak, samples) = (watch.peak_kib, watch.samples);
     assert_eq!(
@@ -281,7 +281,7 @@ fn queued_output_stays_at_a_couple_of_chunks() {
     )
     .unwrap();
     let server = serve(&dir.root());
-    let done = download(server.addr, b"big", &mut io::sink(), IO_TIMEOUT).unwrap();
+    let done = download(&server.addr.into(), b"big", &mut io::sink(), IO_TIMEOUT).unwrap();
     assert_eq!(done.size, 16 * 1024 * 1024);
     let stats = server.stop();
     // The loop asks for a chunk when at most 64 KiB (one chunk) is queued.
@@ -379,7 +379,7 @@ fn client_load_downloads_concurrently() {
     fs::write(dir.root().join("mib"), pseudo_random_bytes(5, 1024 * 1024)).unwrap();
     let server = serve(&dir.root());
     let config = FileLoadConfig {
-        addr: server.addr,
+        addr: server.addr.into(),
         connections: 8,
         path: b"mib".to_vec(),
         timeout: IO_TIMEOUT,
@@ -400,7 +400,7 @@ fn client_load_reports_refusals() {
     let dir = fixture("refused");
     let server = serve(&dir.root());
     let config = FileLoadConfig {
-        addr: server.addr,
+        addr: server.addr.into(),
         connections: 2,
         path: b"../secret".to_vec(),
         timeout: IO_TIMEOUT,
@@ -419,7 +419,7 @@ fn client_load_reports_refusals() {
             (2, "server refused: outside the root")
         ]
     );
-    let err = download(server.addr, b"missing", &mut Vec::new(), IO_TIMEOUT).unwrap_err();
+    let err = download(&server.addr.into(), b"missing", &mut Vec::new(), IO_TIMEOUT).unwrap_err();
     assert!(
         matches!(&err, DownloadError::Refused(r) if r == "not found"),
         "{err}"
@@ -443,7 +443,7 @@ fn client_detects_short_transfer() {
             conn.write_all(&[b'x'; 50]).unwrap();
         }
     });
-    let err = download(addr, b"file", &mut Vec::new(), IO_TIMEOUT).unwrap_err();
+    let err = download(&addr.into(), b"file", &mut Vec::new(), IO_TIMEOUT).unwrap_err();
     assert!(
         matches!(
             err,
@@ -455,7 +455,7 @@ fn client_detects_short_transfer() {
         "{err}"
     );
     let report = run_file_load(&FileLoadConfig {
-        addr,
+        addr: addr.into(),
         connections: 1,
         path: b"file".to_vec(),
         timeout: IO_TIMEOUT,

@@ -6,93 +6,27 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, ExitStatus};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{limit_child, spawn_bin, TestServer, IO_TIMEOUT};
+use common::{
+    client, json, limit_child, read_all_in_background, serve_http_requests, spawn_bin, TestServer,
+    IO_TIMEOUT,
+};
 use multiconn::client::{
-    run_load, LoadConfig, LoadControl, LoadProtocol, LoadReport, StopAt, Workload,
+    run_load, HttpRequest, HttpWorkload, LoadConfig, LoadControl, LoadReport, StopAt, Workload,
 };
 use multiconn::protocol::echo::Echo;
 
 fn config(addr: SocketAddr, connections: usize, stop: StopAt) -> LoadConfig {
-    LoadConfig {
-        addr,
-        connections,
-        stop,
-        warmup: Duration::ZERO,
-        pipeline: 1,
-        rate: None,
-        workload: Workload {
-            protocol: LoadProtocol::Echo,
-            size: 64,
-            host: addr.to_string(),
-            seed: 42,
-        },
-        connect_timeout: Duration::from_secs(3),
-        timeout: Duration::from_secs(10),
-        threads: 1,
-    }
+    LoadConfig::new(addr, connections, stop, Workload::echo(64, 42))
 }
 
 fn run(config: &LoadConfig) -> LoadReport {
     run_load(config, &LoadControl::new(), None).expect("load run")
-}
-
-/// What a finished binary printed.
-struct Output {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-/// Runs `multiconn-client` with `args` to the end; kills it and fails if it takes longer
-/// than the test timeout (so a hang is a failure, not a stuck test run).
-fn client(args: &[&str]) -> Output {
-    let started = Instant::now();
-    let mut child = spawn_bin("multiconn-client", args);
-    let stdout = read_all_in_background(child.stdout.take().unwrap());
-    let (stderr_tx, stderr_rx) = mpsc::channel();
-    let mut stderr_pipe = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr_pipe.read_to_string(&mut text);
-        let _ = stderr_tx.send(text);
-    });
-    // stderr reaches EOF when the process exits.
-    let stderr = match stderr_rx.recv_timeout(IO_TIMEOUT) {
-        Ok(text) => text,
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("multiconn-client {args:?} did not finish within {IO_TIMEOUT:?}");
-        }
-    };
-    let status = child.wait().expect("wait");
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr,
-        elapsed: started.elapsed(),
-    }
-}
-
-fn read_all_in_background(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text);
-        text
-    })
-}
-
-fn json(output: &Output) -> serde_json::Value {
-    serde_json::from_str(output.stdout.trim())
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", output.stdout))
 }
 
 /// A blocking test double on 127.0.0.1:0 that serves `connections` connections, each on
@@ -568,7 +502,7 @@ fn unavailable_or_misplaced_options_are_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stderr.contains("invalid duration"), "{}", out.stderr);
     let out = client(&["127.0.0.1", "9", "1", "--requests", "5", "--pipeline", "0"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     assert_eq!(out.stderr, "error: --pipeline must be between 1 and 1024\n");
 }
 
@@ -625,30 +559,19 @@ fn ctrl_c_gives_a_partial_report_and_exit_130() {
 /// responses; requests are counted across its connections.
 fn http_double(connections: usize, requests_seen: Arc<AtomicU64>) -> SocketAddr {
     double(connections, move |_, mut stream| {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let request: Vec<u8> = buf.drain(..end + 4).collect();
-                assert!(
-                    request.starts_with(b"GET / HTTP/1.1\r\nHost: "),
-                    "{request:?}"
-                );
-                // Counted across connections, so exactly one answer in ten is a 503.
-                let response: &[u8] = match requests_seen.fetch_add(1, Ordering::SeqCst) % 10 {
-                    9 => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy",
-                    n if n % 2 == 0 => b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nHello, World!",
-                    _ => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\nHello, \r\n6\r\nWorld!\r\n0\r\n\r\n",
-                };
-                if stream.write_all(response).is_err() {
-                    return;
-                }
-            }
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
+        serve_http_requests(&mut stream, |stream, request| {
+            assert!(
+                request.starts_with(b"GET / HTTP/1.1\r\nHost: "),
+                "{request:?}"
+            );
+            // Counted across connections, so exactly one answer in ten is a 503.
+            let response: &[u8] = match requests_seen.fetch_add(1, Ordering::SeqCst) % 10 {
+                9 => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy",
+                n if n % 2 == 0 => b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nHello, World!",
+                _ => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\nHello, \r\n6\r\nWorld!\r\n0\r\n\r\n",
+            };
+            stream.write_all(response).map(|()| true)
+        })
     })
 }
 
@@ -659,7 +582,7 @@ fn http_protocol_against_a_test_double() {
     let seen = Arc::new(AtomicU64::new(0));
     let addr = http_double(4, seen.clone());
     let mut config = config(addr, 4, StopAt::Requests(400));
-    config.workload.protocol = LoadProtocol::Http;
+    config.workload = Workload::http(HttpWorkload::new(&HttpRequest::get("h", "/")));
     config.pipeline = 4;
     let report = run(&config);
     assert_eq!(report.requests.completed, 400);

@@ -9,11 +9,10 @@ mod counting_alloc;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::Child;
-use std::time::Duration;
 
 use common::spawn_bin;
 use counting_alloc::{allocations, CountingAllocator};
-use multiconn::client::{run_load, LoadConfig, LoadControl, LoadProtocol, StopAt, Workload};
+use multiconn::client::{run_load, LoadConfig, LoadControl, StopAt, Workload};
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
@@ -45,23 +44,9 @@ fn start_server() -> (ServerProcess, SocketAddr) {
 }
 
 fn allocations_for(addr: SocketAddr, requests: u64, rate: Option<f64>) -> u64 {
-    let config = LoadConfig {
-        addr,
-        connections: 10,
-        stop: StopAt::Requests(requests),
-        warmup: Duration::ZERO,
-        pipeline: 4,
-        rate,
-        workload: Workload {
-            protocol: LoadProtocol::Echo,
-            size: 64,
-            host: addr.to_string(),
-            seed: 1,
-        },
-        connect_timeout: Duration::from_secs(3),
-        timeout: Duration::from_secs(10),
-        threads: 1,
-    };
+    let mut config = LoadConfig::new(addr, 10, StopAt::Requests(requests), Workload::echo(64, 1));
+    config.pipeline = 4;
+    config.rate = rate;
     let control = LoadControl::new();
     let before = allocations();
     let report = run_load(&config, &control, None).expect("load run");

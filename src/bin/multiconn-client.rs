@@ -1,25 +1,35 @@
 //! `multiconn-client HOST PORT NUM_CONNS`: the tutorial's multi-connection echo client; with
-//! `--duration` or `--requests` a load generator; with `--protocol file --path PATH` a file
-//! downloader (the loops live in `multiconn::client`).
+//! `--duration` or `--requests` a load generator (also `multiconn-client URL NUM_CONNS`);
+//! with `--protocol file --path PATH` a file downloader (the loops live in
+//! `multiconn::client`). Usage errors exit 2, failures 1, Ctrl-C 130.
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use multiconn::cli::{die, init_client_logging};
+use multiconn::client::driver::{ClientTls, Endpoint};
 use multiconn::client::file::{download, run_file_load, FileLoadConfig};
+use multiconn::client::url::Url;
 use multiconn::client::{
-    parse_duration, run_load, run_scenario, LoadConfig, LoadControl, LoadError, LoadProtocol,
-    ScenarioConfig, StopAt, Workload,
+    check_open_files, parse_duration, run_load, run_scenario, HttpRequest, HttpWorkload,
+    LoadConfig, LoadControl, LoadError, LoadProtocol, LoadReport, ScenarioConfig, StatusSet,
+    StopAt, Workload,
 };
 use multiconn::launch::describe;
-use multiconn::net::resolve;
+use multiconn::net::{resolve, ListenAddr};
+use multiconn::tls::{client_config, server_name, ClientTlsOptions};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 /// Exit code of a run stopped by Ctrl-C, as shells report a SIGINT death.
 const EXIT_INTERRUPTED: i32 = 130;
+/// Exit code of a usage error (clap's too).
+const EXIT_USAGE: i32 = 2;
+/// Failed connections listed one per line before the rest are summed up.
+const FAILURES_LISTED: usize = 10;
 
 /// The protocols `--protocol` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -28,7 +38,7 @@ enum ProtocolArg {
     Echo,
     /// The tutorial's JSON-header protocol: search requests, answers checked.
     App,
-    /// `GET /` over HTTP/1.1 with keep-alive.
+    /// HTTP/1.1 requests (GET / unless -m, a URL's path, -H, -d say otherwise).
     Http,
     /// Download --path from a `--protocol file` server on every connection (not a load mode:
     /// each connection downloads once; size and rate are reported, the byte count checked).
@@ -39,21 +49,28 @@ enum ProtocolArg {
 #[command(
     version,
     about = "The tutorial's multi-connection client; with --duration or --requests, a load generator",
+    override_usage = "multiconn-client [OPTIONS] HOST PORT NUM_CONNS\n       \
+                      multiconn-client [OPTIONS] http[s]://HOST[:PORT][/PATH] NUM_CONNS\n       \
+                      multiconn-client [OPTIONS] --unix PATH [URL] NUM_CONNS",
     long_about = "Without load flags, each of NUM_CONNS connections sends the tutorial's two messages and \
                   waits for their echo, printing the tutorial's transcript.\n\n\
                   With --duration or --requests, NUM_CONNS connections send requests as fast as the server \
                   answers (or at --rate), verify every answer, and print a report: throughput, latency \
-                  percentiles and errors by kind. Exit code 1 when any request failed (unless \
-                  --allow-errors), 130 when interrupted by Ctrl-C (the report is then partial; a second \
-                  Ctrl-C exits at once)."
+                  percentiles, connect times, statuses and errors by kind. A URL target means HTTP (https: \
+                  with TLS). A connection the server closes is opened again and the run goes on \
+                  (--no-reconnect: it is not). Exit code 1 when any request failed (unless --allow-errors) \
+                  or none completed, 2 for a usage error, 130 when interrupted by Ctrl-C (the report is \
+                  then partial; a second Ctrl-C exits at once)."
 )]
 struct Args {
-    /// Server address: IPv4, IPv6 (::1) or a name (localhost).
-    host: String,
-    /// Server port.
-    port: u16,
-    /// How many connections to open.
-    num_conns: usize,
+    /// HOST PORT NUM_CONNS, or URL NUM_CONNS, or with --unix [URL] NUM_CONNS.
+    #[arg(value_name = "TARGET", num_args = 1..=3, required = true)]
+    target: Vec<String>,
+
+    /// Connect to this Unix socket instead of TCP (any protocol; with a URL, the URL gives
+    /// the Host header and path).
+    #[arg(long, value_name = "PATH")]
+    unix: Option<PathBuf>,
 
     /// Load mode: measure for this long (e.g. 10s, 1m, 500ms), after the warm-up.
     #[arg(long, value_name = "D", value_parser = parse_duration, group = "load")]
@@ -74,15 +91,62 @@ struct Args {
     /// counts from each request's scheduled send time, so a stall shows (no coordinated omission).
     #[arg(long, value_name = "R", requires = "load")]
     rate: Option<f64>,
-    /// What to send (echo, app and http with --duration/--requests; file with --path).
-    #[arg(long, value_enum, default_value_t = ProtocolArg::Echo)]
-    protocol: ProtocolArg,
+    /// What to send (echo, app and http with --duration/--requests; file with --path)
+    /// [default: http for a URL, echo otherwise].
+    #[arg(long, value_enum)]
+    protocol: Option<ProtocolArg>,
     /// file: the path to download, relative to the server's root.
     #[arg(long, value_name = "PATH")]
     path: Option<String>,
     /// file: write the downloaded bytes to OUT (one connection only).
     #[arg(short, long, value_name = "OUT", requires = "path")]
-    output: Option<std::path::PathBuf>,
+    output: Option<PathBuf>,
+
+    /// http: the request method.
+    #[arg(short, long, value_name = "METHOD", requires = "load")]
+    method: Option<String>,
+    /// http: a header field to send, "Name: value" (repeatable).
+    #[arg(short = 'H', long = "header", value_name = "HEADER", requires = "load")]
+    headers: Vec<String>,
+    /// http: the request body.
+    #[arg(
+        short = 'd',
+        long,
+        value_name = "STRING",
+        requires = "load",
+        conflicts_with = "body_file"
+    )]
+    body: Option<String>,
+    /// http: the request body, read from FILE once.
+    #[arg(long, value_name = "FILE", requires = "load")]
+    body_file: Option<PathBuf>,
+    /// http: statuses that count as success, e.g. 200,301-302,4xx [default: 2xx].
+    #[arg(long, value_name = "CODES", requires = "load")]
+    expect_status: Option<StatusSet>,
+    /// http: every response body must be exactly this.
+    #[arg(long, value_name = "STRING", requires = "load")]
+    expect_body: Option<String>,
+
+    /// TLS over TCP or --unix for any protocol (implied by https:// URLs).
+    #[arg(long)]
+    tls: bool,
+    /// TLS: also trust the certificates in this PEM file.
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+    /// TLS: accept any certificate (self-signed test servers).
+    #[arg(long, short = 'k')]
+    insecure: bool,
+
+    /// Load mode: a connection the server closes, or that fails, is not opened again.
+    #[arg(long, requires = "load")]
+    no_reconnect: bool,
+    /// Load mode: a new connection for every request (http asks with Connection: close).
+    #[arg(long, requires = "load", conflicts_with = "no_reconnect")]
+    disable_keepalive: bool,
+    /// Load mode: open at most N connections per second (at the start and when reconnecting).
+    #[arg(long, value_name = "N", requires = "load")]
+    connect_rate: Option<f64>,
+
     /// Give up on a connection that is not established within this.
     #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "3s", requires = "load")]
     connect_timeout: Duration,
@@ -111,31 +175,59 @@ struct Args {
     quiet: bool,
 }
 
+/// What the positional arguments named.
+struct Target {
+    endpoint: Endpoint,
+    /// The target as the report names it.
+    name: String,
+    /// From a URL: the request's host header and path.
+    url: Option<Url>,
+    /// HOST as given, and PORT, for the Host header of HOST PORT targets.
+    host_port: Option<(String, u16)>,
+    connections: usize,
+}
+
 fn main() {
     let args = Args::parse();
     init_client_logging(args.verbose, args.quiet);
-    let addr = resolve(&args.host, args.port)
-        .unwrap_or_else(|e| die(format!("cannot resolve {}: {e}", args.host), 1));
     let load_mode = args.duration.is_some() || args.requests.is_some();
-    match (args.protocol, load_mode) {
+    if !load_mode && args.target.iter().any(|t| Url::looks_like(t)) {
+        die(
+            "a URL is a load target: add --duration or --requests",
+            EXIT_USAGE,
+        );
+    }
+    let target = target(&args);
+    if load_mode {
+        check_open_files(target.connections, args.threads.min(target.connections))
+            .unwrap_or_else(|e| die(e, EXIT_USAGE));
+    } else {
+        check_open_files(target.connections, 1).unwrap_or_else(|e| die(e, EXIT_USAGE));
+    }
+    let protocol = match (args.protocol, &target.url) {
+        (Some(p), _) => p,
+        (None, Some(_)) => ProtocolArg::Http,
+        (None, None) => ProtocolArg::Echo,
+    };
+    match (protocol, load_mode) {
         (ProtocolArg::File, true) => die(
             "--protocol file downloads once per connection: drop --duration/--requests",
-            2,
+            EXIT_USAGE,
         ),
-        (ProtocolArg::File, false) => files(&args, addr),
-        (_, _) if args.path.is_some() => die("--path goes with --protocol file", 2),
-        (ProtocolArg::Echo, false) => tutorial(&args, addr),
+        (ProtocolArg::File, false) => files(&args, &target),
+        (_, _) if args.path.is_some() => die("--path goes with --protocol file", EXIT_USAGE),
+        (ProtocolArg::Echo, false) => tutorial(&args, &target),
         (other, false) => die(
             format!(
                 "--protocol {} is a load mode: add --duration or --requests",
                 other.name()
             ),
-            2,
+            EXIT_USAGE,
         ),
-        (_, true) => match (args.duration, args.requests) {
-            (Some(d), _) => load(&args, addr, StopAt::Duration(d)),
-            (None, Some(n)) => load(&args, addr, StopAt::Requests(n)),
-            (None, None) => die("load mode needs --duration or --requests", 2),
+        (protocol, true) => match (args.duration, args.requests) {
+            (Some(d), _) => load(&args, target, protocol, StopAt::Duration(d)),
+            (None, Some(n)) => load(&args, target, protocol, StopAt::Requests(n)),
+            (None, None) => die("load mode needs --duration or --requests", EXIT_USAGE),
         },
     }
 }
@@ -151,14 +243,100 @@ impl ProtocolArg {
     }
 }
 
+/// Reads HOST PORT NUM_CONNS, URL NUM_CONNS, or (with --unix) [URL] NUM_CONNS, and sets
+/// up where to connect. A mistake is a usage error.
+fn target(args: &Args) -> Target {
+    let usage = |message: String| -> ! { die(message, EXIT_USAGE) };
+    let positional: Vec<&str> = args.target.iter().map(String::as_str).collect();
+    let (url, host_port, count) = match (&args.unix, positional.as_slice()) {
+        (_, [url, count]) if Url::looks_like(url) => (
+            Some(Url::parse(url).unwrap_or_else(|e| usage(e))),
+            None,
+            *count,
+        ),
+        (None, [host, port, count]) => {
+            let port = port.parse::<u16>().unwrap_or_else(|_| {
+                usage(format!(
+                    "PORT must be a number from 0 to 65535, not {port:?}"
+                ))
+            });
+            (None, Some((host.to_string(), port)), *count)
+        }
+        (Some(_), [count]) => (None, None, *count),
+        (Some(_), _) => usage("with --unix PATH, give [URL] NUM_CONNS".into()),
+        (None, [first, ..]) if Url::looks_like(first) => usage("give URL NUM_CONNS".into()),
+        (None, _) => usage("give HOST PORT NUM_CONNS, or URL NUM_CONNS".into()),
+    };
+    let connections = match count.parse::<usize>() {
+        Ok(0) => usage("NUM_CONNS must be at least 1".into()),
+        Ok(n) => n,
+        Err(_) => usage(format!("NUM_CONNS must be a number, not {count:?}")),
+    };
+    let tls_wanted = args.tls || url.as_ref().is_some_and(|u| u.tls);
+    if !tls_wanted && (args.insecure || args.cacert.is_some()) {
+        usage("--insecure and --cacert go with TLS: an https:// URL or --tls".into());
+    }
+    let (addr, mut name) = match (&args.unix, &url, &host_port) {
+        (Some(path), _, _) => (
+            ListenAddr::Unix(path.clone()),
+            format!("unix:{}", path.display()),
+        ),
+        (None, Some(url), _) => {
+            let addr = resolve(&url.host, url.port)
+                .unwrap_or_else(|e| die(format!("cannot resolve {}: {e}", url.host), 1));
+            (ListenAddr::Tcp(addr), addr.to_string())
+        }
+        (None, None, Some((host, port))) => {
+            let addr = resolve(host, *port)
+                .unwrap_or_else(|e| die(format!("cannot resolve {host}: {e}"), 1));
+            (ListenAddr::Tcp(addr), addr.to_string())
+        }
+        (None, None, None) => unreachable!("a target without an address was refused above"),
+    };
+    if let Some(url) = &url {
+        name = if args.unix.is_some() {
+            format!("{} via {name}", url_text(url))
+        } else {
+            url_text(url)
+        };
+    }
+    let tls = tls_wanted.then(|| {
+        let host = match (&url, &host_port) {
+            (Some(url), _) => url.host.clone(),
+            (None, Some((host, _))) => host.clone(),
+            (None, None) => "localhost".to_string(),
+        };
+        let options = ClientTlsOptions {
+            cacert: args.cacert.clone(),
+            insecure: args.insecure,
+        };
+        ClientTls {
+            config: client_config(&options).unwrap_or_else(|e| die(e, 1)),
+            name: server_name(&host).unwrap_or_else(|e| usage(e)),
+        }
+    });
+    Target {
+        endpoint: Endpoint { addr, tls },
+        name,
+        url,
+        host_port,
+        connections,
+    }
+}
+
+fn url_text(url: &Url) -> String {
+    let scheme = if url.tls { "https" } else { "http" };
+    format!("{scheme}://{}{}", url.authority, url.path)
+}
+
 /// `--protocol file`: every connection downloads `--path`; with `-o`, one download to a file.
-fn files(args: &Args, addr: std::net::SocketAddr) {
+fn files(args: &Args, target: &Target) {
     let Some(path) = &args.path else {
-        die("--protocol file needs --path PATH", 2)
+        die("--protocol file needs --path PATH", EXIT_USAGE)
     };
     if let Some(out) = &args.output {
-        if args.num_conns != 1 {
-            die("-o writes one download: use NUM_CONNS 1", 2);
+        if target.connections != 1 {
+            die("-o writes one download: use NUM_CONNS 1", EXIT_USAGE);
         }
         let mut file = std::fs::File::create(out).unwrap_or_else(|e| {
             die(
@@ -166,7 +344,7 @@ fn files(args: &Args, addr: std::net::SocketAddr) {
                 1,
             )
         });
-        match download(addr, path.as_bytes(), &mut file, args.timeout) {
+        match download(&target.endpoint, path.as_bytes(), &mut file, args.timeout) {
             Ok(done) => println!(
                 "{path}: {} bytes in {:.3} s ({:.1} MiB/s) -> {}",
                 done.size,
@@ -179,8 +357,8 @@ fn files(args: &Args, addr: std::net::SocketAddr) {
         return;
     }
     let config = FileLoadConfig {
-        addr,
-        connections: args.num_conns,
+        addr: target.endpoint.clone(),
+        connections: target.connections,
         path: path.as_bytes().to_vec(),
         timeout: args.timeout,
     };
@@ -192,8 +370,8 @@ fn files(args: &Args, addr: std::net::SocketAddr) {
     }
 }
 
-fn tutorial(args: &Args, addr: std::net::SocketAddr) {
-    let mut config = ScenarioConfig::tutorial(addr, args.num_conns);
+fn tutorial(args: &Args, target: &Target) {
+    let mut config = ScenarioConfig::tutorial(target.endpoint.clone(), target.connections);
     config.timeout = args.timeout;
     let mut transcript: Box<dyn std::io::Write> = if args.quiet {
         Box::new(std::io::sink())
@@ -203,53 +381,119 @@ fn tutorial(args: &Args, addr: std::net::SocketAddr) {
     let report = run_scenario(&config, &mut transcript).unwrap_or_else(|e| die(e, 1));
     if !report.failures.is_empty() {
         let failed = report.failures.len();
-        fail_connections(&report.failures, failed, args.num_conns, "connections");
+        fail_connections(&report.failures, failed, target.connections, "connections");
     }
 }
 
-/// One line per failed connection, a total, and exit 1.
+/// A line per failed connection (the first few), a total, and exit 1.
 fn fail_connections(failures: &[(usize, String)], failed: usize, total: usize, what: &str) -> ! {
-    for (number, reason) in failures {
+    for (number, reason) in failures.iter().take(FAILURES_LISTED) {
         eprintln!("error: connection {number}: {reason}");
+    }
+    if failures.len() > FAILURES_LISTED {
+        eprintln!(
+            "error: ... and {} more connections failed",
+            failures.len() - FAILURES_LISTED
+        );
     }
     eprintln!("error: {failed} of {total} {what} failed");
     std::process::exit(1);
 }
 
-fn load(args: &Args, addr: std::net::SocketAddr, stop: StopAt) {
-    let protocol = match args.protocol {
-        ProtocolArg::Echo => LoadProtocol::Echo,
-        ProtocolArg::Http => LoadProtocol::Http,
-        ProtocolArg::App => LoadProtocol::App,
-        ProtocolArg::File => die("--protocol file is not a load mode", 2),
+/// The HTTP request the flags describe.
+fn http_workload(args: &Args, target: &Target) -> HttpWorkload {
+    let usage = |message: String| -> ! { die(message, EXIT_USAGE) };
+    let (host, path) = match (&target.url, &target.host_port) {
+        (Some(url), _) => (url.authority.clone(), url.path.clone()),
+        (None, Some((host, 80))) => (host.clone(), "/".to_string()),
+        (None, Some((host, port))) => (format!("{host}:{port}"), "/".to_string()),
+        (None, None) => ("localhost".to_string(), "/".to_string()),
     };
-    let host = if args.port == 80 {
-        args.host.clone()
-    } else {
-        format!("{}:{}", args.host, args.port)
-    };
-    let config = LoadConfig {
-        addr,
-        connections: args.num_conns,
-        stop,
-        warmup: args.warmup.unwrap_or(match stop {
-            StopAt::Duration(_) => Duration::from_secs(1),
-            StopAt::Requests(_) => Duration::ZERO,
+    let mut headers = Vec::with_capacity(args.headers.len());
+    for header in &args.headers {
+        match header.split_once(':') {
+            Some((name, value)) if !name.trim().is_empty() && !name.contains(' ') => {
+                headers.push((name.trim().to_string(), value.trim().to_string()))
+            }
+            _ => usage(format!("-H {header:?}: expected \"Name: value\"")),
+        }
+    }
+    let body = match (&args.body, &args.body_file) {
+        (Some(body), _) => body.clone().into_bytes(),
+        (None, Some(file)) => std::fs::read(file).unwrap_or_else(|e| {
+            die(
+                format!("cannot read {}: {}", file.display(), describe(&e)),
+                1,
+            )
         }),
-        pipeline: args.pipeline,
-        rate: args.rate,
-        workload: Workload {
-            protocol,
-            size: args.size,
-            host,
-            seed: seed(),
-        },
-        connect_timeout: args.connect_timeout,
-        timeout: args.timeout,
-        threads: args.threads,
+        (None, None) => Vec::new(),
     };
+    let method = args
+        .method
+        .clone()
+        .unwrap_or_else(|| if body.is_empty() { "GET" } else { "POST" }.to_string());
+    if method.is_empty()
+        || !method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        usage(format!("-m {method:?} is not an HTTP method"));
+    }
+    let request = HttpRequest {
+        method,
+        path,
+        host,
+        headers,
+        body,
+        keep_alive: !args.disable_keepalive,
+    };
+    let mut workload = HttpWorkload::new(&request);
+    if let Some(statuses) = &args.expect_status {
+        workload.expect_status = statuses.clone();
+    }
+    workload.expect_body = args.expect_body.as_ref().map(|b| Arc::from(b.as_bytes()));
+    workload
+}
+
+fn load(args: &Args, target: Target, protocol: ProtocolArg, stop: StopAt) {
+    let http_only = !args.headers.is_empty()
+        || args.method.is_some()
+        || args.body.is_some()
+        || args.body_file.is_some()
+        || args.expect_status.is_some()
+        || args.expect_body.is_some();
+    if http_only && protocol != ProtocolArg::Http {
+        die(
+            "-m, -H, -d, --body-file, --expect-status and --expect-body go with HTTP",
+            EXIT_USAGE,
+        );
+    }
+    let workload = match protocol {
+        ProtocolArg::Echo => Workload::echo(args.size, seed()),
+        ProtocolArg::App => Workload::app(),
+        ProtocolArg::Http => Workload::http(http_workload(args, &target)),
+        ProtocolArg::File => die("--protocol file is not a load mode", EXIT_USAGE),
+    };
+    debug_assert!(matches!(
+        workload.protocol,
+        LoadProtocol::Echo | LoadProtocol::App | LoadProtocol::Http
+    ));
+    let mut config = LoadConfig::new(target.endpoint, target.connections, stop, workload);
+    config.target = target.name;
+    config.warmup = args.warmup.unwrap_or(match stop {
+        StopAt::Duration(_) => Duration::from_secs(1),
+        StopAt::Requests(_) => Duration::ZERO,
+    });
+    config.pipeline = args.pipeline;
+    config.rate = args.rate;
+    config.connect_timeout = args.connect_timeout;
+    config.timeout = args.timeout;
+    config.threads = args.threads;
+    config.reconnect = !args.no_reconnect;
+    config.keep_alive = !args.disable_keepalive;
+    config.connect_rate = args.connect_rate;
     if let Err(message) = config.validate() {
-        die(message, 1);
+        die(message, EXIT_USAGE);
     }
     let control = LoadControl::new();
     watch_signals(control.clone());
@@ -260,7 +504,14 @@ fn load(args: &Args, addr: std::net::SocketAddr, stop: StopAt) {
     } else {
         None
     };
-    let report = run_load(&config, &control, progress).unwrap_or_else(|e: LoadError| die(e, 1));
+    let report = run_load(&config, &control, progress).unwrap_or_else(|e: LoadError| {
+        let code = if matches!(e, LoadError::Config(_)) {
+            EXIT_USAGE
+        } else {
+            1
+        };
+        die(e, code)
+    });
     let text = if args.json {
         serde_json::to_string(&report)
             .unwrap_or_else(|e| die(format!("cannot write the report: {e}"), 1))
@@ -276,6 +527,9 @@ fn load(args: &Args, addr: std::net::SocketAddr, stop: StopAt) {
     if report.partial {
         std::process::exit(EXIT_INTERRUPTED);
     }
+    if report.requests.completed == 0 {
+        die(nothing_completed(&report), 1);
+    }
     if report.has_failures() && !args.allow_errors {
         eprintln!(
             "error: {} errors, {} requests failed{}",
@@ -289,6 +543,37 @@ fn load(args: &Args, addr: std::net::SocketAddr, stop: StopAt) {
         );
         std::process::exit(1);
     }
+}
+
+/// Why a run completed no request in its measured window, in one sentence.
+fn nothing_completed(report: &LoadReport) -> String {
+    let window = match report.options.duration_s {
+        Some(_) => format!(
+            "in the measured {}",
+            multiconn::client::format_duration(Duration::from_secs_f64(report.elapsed_s))
+        ),
+        None => "at all".to_string(),
+    };
+    let why = match (
+        &report.first_error,
+        report.requests.in_flight,
+        report.requests.sent,
+    ) {
+        (Some(first), _, _) => format!("first error: {first}"),
+        (None, n, _) if n > 0 => format!(
+            "{n} requests were sent and never answered (the server took the connections but \
+             did not answer within the run; --timeout is {})",
+            multiconn::client::format_duration(Duration::from_secs_f64(report.options.timeout_s))
+        ),
+        (None, _, 0) if report.options.warmup_s > 0.0 => format!(
+            "nothing was sent in it because the requests of the warm-up were never answered \
+             (the server took {} connections and did not answer on any)",
+            report.connections.connected
+        ),
+        (None, _, 0) => "no request was sent".to_string(),
+        (None, _, _) => "no answer came".to_string(),
+    };
+    format!("no request completed {window}: {why}")
 }
 
 /// First Ctrl-C (or SIGTERM): stop and report what was measured. Second: exit at once.

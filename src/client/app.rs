@@ -150,7 +150,7 @@ pub fn run_app_client(config: &AppClientConfig) -> Result<AppResponse, AppClient
     let timeouts = client_timeouts(config.timeout, Some(config.timeout));
     let io_error = |e| AppClientError::Io("running the event loop", e);
     let mut driver = Driver::new(exchange, timeouts).map_err(io_error)?;
-    driver.connect(config.addr).map_err(io_error)?;
+    driver.connect(&config.addr.into()).map_err(io_error)?;
     driver.run().map_err(io_error)?;
     driver.into_protocol().outcome.unwrap_or_else(|| {
         Err(AppClientError::Malformed(

@@ -3,24 +3,74 @@
 //! with the server's [`Schedule`]. Connect → write → read → protocol → interest, like
 //! the server loop but connecting instead of accepting. A client is a [`Client`]: a
 //! [`Protocol`] that is also told how each of its connections ended. The caller turns
-//! the loop ([`Driver::turn`]) and decides when it is done.
+//! the loop ([`Driver::turn`]) and decides when it is done. Connections go to an
+//! [`Endpoint`]: TCP or a Unix socket, either of them under TLS.
 
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use mio::net::TcpStream;
+use mio::net::{TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Registry, Token};
+use rustls::pki_types::ServerName;
 use slab::Slab;
 
 use crate::clock::Tick;
 use crate::config::{Limits, Timeouts, READ_CHUNK};
-use crate::connection::{CloseReason, Connection, Ended, Failure, Readiness, Turn};
-use crate::net::{describe, Peer, Stream};
+use crate::connection::{CloseReason, Connection, Ended, Failure, Phase, Readiness, Turn};
+use crate::net::{describe, AnyStream, ListenAddr, Peer, Stream, Transport};
 use crate::outbound::Reply;
 use crate::protocol::{Produced, Protocol};
 use crate::schedule::{remove_ended, ConnRef, Schedule};
 use crate::stats::Stats;
+use crate::tls::TlsStream;
+
+/// Where a client connects: a TCP address or a Unix socket, and TLS over it if asked.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub addr: ListenAddr,
+    pub tls: Option<ClientTls>,
+}
+
+/// A client's TLS: its configuration (shared by every connection, so its session cache
+/// lets a reconnect resume) and the name the server's certificate must carry (its SNI).
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: ServerName<'static>,
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(addr: SocketAddr) -> Self {
+        Endpoint {
+            addr: ListenAddr::Tcp(addr),
+            tls: None,
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.addr, &self.tls) {
+            (ListenAddr::Tcp(addr), Some(_)) => write!(f, "{addr} (TLS)"),
+            (ListenAddr::Unix(path), Some(_)) => write!(f, "unix:{} (TLS)", path.display()),
+            (ListenAddr::Tcp(addr), None) => write!(f, "{addr}"),
+            (ListenAddr::Unix(path), None) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// A step of establishing a connection, told to the client as it completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Established {
+    /// The connect completed.
+    Connected,
+    /// The TLS handshake completed (only for TLS endpoints; `resumed`: an earlier
+    /// session was resumed, without a certificate exchange).
+    Secured { resumed: bool },
+}
 
 /// Events taken from one `epoll_wait`.
 const EVENTS_CAPACITY: usize = 1024;
@@ -37,6 +87,9 @@ pub trait Client: Protocol {
     /// closed it, a socket error, or a timeout; `ended` says which. A connect that failed
     /// at once ends here too, without ever being polled.
     fn on_ended(&mut self, ended: Ended<Self::Session>);
+
+    /// A connection got one step further in being established.
+    fn on_established(&mut self, _session: &mut Self::Session, _step: Established) {}
 }
 
 /// The timeouts of a client's connections: the connect and (an answer awaited) the frame
@@ -56,7 +109,7 @@ pub fn client_timeouts(connect: Duration, frame: Option<Duration>) -> Timeouts {
 pub struct Driver<P: Client> {
     poll: Poll,
     events: Events,
-    conns: Slab<Connection<P::Session>>,
+    conns: Slab<Connection<P::Session, AnyStream>>,
     protocol: P,
     limits: Limits,
     timeouts: Timeouts,
@@ -128,22 +181,25 @@ impl<P: Client> Driver<P> {
         self.conns.is_empty()
     }
 
-    pub fn connections(&self) -> impl Iterator<Item = &Connection<P::Session>> {
+    pub fn connections(&self) -> impl Iterator<Item = &Connection<P::Session, AnyStream>> {
         self.conns.iter().map(|(_, conn)| conn)
     }
 
-    /// Starts a connection to `addr`: the protocol opens its session (what it produces
-    /// waits until the connect completes) and the connect timeout starts. A connect the
-    /// OS refuses at once is ended like any other, through `on_ended`, and gives `None`.
-    /// The error is the poll's, fatal for the loop.
-    pub fn connect(&mut self, addr: SocketAddr) -> io::Result<Option<ConnRef>> {
+    /// Starts a connection to `endpoint`: the protocol opens its session (what it produces
+    /// waits until the connect completes, and under TLS until the handshake has) and the
+    /// connect timeout starts. A connect the OS refuses at once is ended like any other,
+    /// through `on_ended`, and gives `None`. The error is the poll's, fatal for the loop.
+    pub fn connect(&mut self, endpoint: &Endpoint) -> io::Result<Option<ConnRef>> {
         self.now = Tick::now();
-        let peer = Peer::Tcp(addr);
+        let peer = match &endpoint.addr {
+            ListenAddr::Tcp(addr) => Peer::Tcp(*addr),
+            ListenAddr::Unix(_) => Peer::Unix,
+        };
         let session = {
             let mut out = self.produced.output_for(0, self.limits.max_outbound);
             self.protocol.open(&peer, &mut out)
         };
-        let mut stream = match TcpStream::connect(addr) {
+        let mut stream = match start_connect(endpoint) {
             Ok(stream) => stream,
             Err(e) => {
                 self.produced.reply.clear();
@@ -161,10 +217,6 @@ impl<P: Client> Driver<P> {
                 return Ok(None);
             }
         };
-        // Requests leave at once instead of waiting for Nagle's algorithm.
-        if let Err(e) = stream.set_nodelay(true) {
-            log::debug!("cannot set TCP_NODELAY: {e}");
-        }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         // A non-blocking connect completes as writability (or fails as an error event).
@@ -175,13 +227,7 @@ impl<P: Client> Driver<P> {
         )?;
         self.next_id += 1;
         let id = self.next_id;
-        entry.insert(Connection::connecting(
-            Stream::Tcp(stream),
-            peer,
-            id,
-            session,
-            self.now,
-        ));
+        entry.insert(Connection::connecting(stream, peer, id, session, self.now));
         let (conns, mut turn) = self.parts();
         conns[key].opened(&mut turn);
         self.settle(key);
@@ -249,7 +295,7 @@ impl<P: Client> Driver<P> {
     }
 
     /// Everything a connection borrows from the loop for one turn.
-    fn parts(&mut self) -> (&mut Slab<Connection<P::Session>>, Turn<'_, P>) {
+    fn parts(&mut self) -> (&mut Slab<Connection<P::Session, AnyStream>>, Turn<'_, P>) {
         let Driver {
             conns,
             protocol,
@@ -279,8 +325,36 @@ impl<P: Client> Driver<P> {
         let Some(conn) = conns.get_mut(key) else {
             return;
         };
+        let before = establishing(conn);
         let again = conn.on_event(&mut turn, ready);
+        if before.is_some() {
+            self.note_established(key, before);
+        }
         self.after_serving(key, again);
+    }
+
+    /// Tells the client which steps of establishing connection `key` completed since
+    /// `before` (from [`establishing`]).
+    #[cold]
+    fn note_established(&mut self, key: usize, before: Option<(bool, bool)>) {
+        let conn = &mut self.conns[key];
+        if conn.is_closed() {
+            return;
+        }
+        let (was_connecting, _) = before.unwrap_or_default();
+        let (connecting, handshaking) = establishing(conn).unwrap_or_default();
+        let tls = conn.stream().tls().map(TlsStream::is_resumed);
+        if was_connecting && !connecting {
+            self.protocol
+                .on_established(conn.session_mut(), Established::Connected);
+        }
+        if let (Some(resumed), false, false) = (tls, connecting, handshaking) {
+            self.protocol
+                .on_established(conn.session_mut(), Established::Secured { resumed });
+            // What the client held back until the handshake was done may go out now.
+            let id = conn.id();
+            self.poke((key, id));
+        }
     }
 
     fn serve_again(&mut self) {
@@ -290,7 +364,11 @@ impl<P: Client> Driver<P> {
             let Some(c) = conns.get_mut(conn.0).filter(|c| c.id() == conn.1) else {
                 continue;
             };
+            let before = establishing(c);
             let again = c.serve_deferred(&mut turn);
+            if before.is_some() {
+                self.note_established(conn.0, before);
+            }
             self.after_serving(conn.0, again);
         }
         self.schedule.done_again(batch);
@@ -344,6 +422,37 @@ impl<P: Client> Driver<P> {
             }
         }
         self.stats.requests += std::mem::take(&mut self.produced.requests);
+    }
+}
+
+/// Whether a connection is still being established: `Some((connecting, handshaking))`,
+/// or `None` once it is open (and secured, under TLS).
+#[inline]
+fn establishing<S>(conn: &Connection<S, AnyStream>) -> Option<(bool, bool)> {
+    let connecting = conn.phase() == Phase::Connecting;
+    let handshaking = conn.stream().is_handshaking();
+    (connecting || handshaking).then_some((connecting, handshaking))
+}
+
+/// Starts a non-blocking connect to `endpoint`, with its TLS layer on top if it has one.
+fn start_connect(endpoint: &Endpoint) -> io::Result<AnyStream> {
+    let plain = match &endpoint.addr {
+        ListenAddr::Tcp(addr) => {
+            let stream = TcpStream::connect(*addr)?;
+            // Requests leave at once instead of waiting for Nagle's algorithm.
+            if let Err(e) = stream.set_nodelay(true) {
+                log::debug!("cannot set TCP_NODELAY: {e}");
+            }
+            Stream::Tcp(stream)
+        }
+        ListenAddr::Unix(path) => Stream::Unix(UnixStream::connect(path)?),
+    };
+    match &endpoint.tls {
+        None => Ok(AnyStream::Plain(plain)),
+        Some(tls) => {
+            let layer = TlsStream::client(plain, tls.config.clone(), tls.name.clone())?;
+            Ok(AnyStream::Tls(Box::new(layer)))
+        }
     }
 }
 
@@ -408,7 +517,7 @@ mod tests {
             conn.write_all(b"pong").unwrap();
         });
         let mut driver = ping_driver();
-        assert!(driver.connect(addr).unwrap().is_some());
+        assert!(driver.connect(&addr.into()).unwrap().is_some());
         driver.run().unwrap();
         server.join().unwrap();
         let ping = driver.into_protocol();
@@ -425,7 +534,7 @@ mod tests {
             .local_addr()
             .unwrap();
         let mut driver = ping_driver();
-        driver.connect(refused).unwrap();
+        driver.connect(&refused.into()).unwrap();
         driver.run().unwrap();
         assert_eq!(
             driver.protocol().ended,
@@ -438,7 +547,9 @@ mod tests {
         let silent = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut driver = ping_driver();
         let started = std::time::Instant::now();
-        driver.connect(silent.local_addr().unwrap()).unwrap();
+        driver
+            .connect(&silent.local_addr().unwrap().into())
+            .unwrap();
         driver.run().unwrap();
         assert!(started.elapsed() < Duration::from_secs(3));
         let ping = driver.into_protocol();

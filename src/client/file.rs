@@ -5,10 +5,9 @@
 
 use std::fmt;
 use std::io::{self, Write};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::driver::{client_timeouts, Client, Driver};
+use super::driver::{client_timeouts, Client, Driver, Endpoint};
 use crate::config::Timeouts;
 use crate::connection::{Ended, Failure};
 use crate::launch::describe;
@@ -154,7 +153,7 @@ impl Download {
 /// Downloads `path` over one connection, writing the file's bytes to `sink`. Connecting
 /// gives up after `io_timeout`, and so does the transfer when nothing moves for as long.
 pub fn download(
-    addr: SocketAddr,
+    addr: &Endpoint,
     path: &[u8],
     sink: &mut dyn Write,
     io_timeout: Duration,
@@ -199,7 +198,7 @@ fn closed_early(stage: &Stage) -> DownloadError {
 /// A load test: `connections` concurrent downloads of `path`.
 #[derive(Debug, Clone)]
 pub struct FileLoadConfig {
-    pub addr: SocketAddr,
+    pub addr: Endpoint,
     pub connections: usize,
     /// Relative to the server's root, as bytes (paths need not be UTF-8).
     pub path: Vec<u8>,
@@ -379,7 +378,7 @@ pub fn run_file_load(config: &FileLoadConfig) -> io::Result<FileLoadReport> {
         timeouts(config.timeout),
     )?;
     for _ in 0..config.connections {
-        driver.connect(config.addr)?;
+        driver.connect(&config.addr)?;
     }
     driver.run()?;
     let downloads = driver.into_protocol();

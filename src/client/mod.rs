@@ -4,7 +4,7 @@
 //! ([`app`]), the file downloader ([`file`]), and the load generator (`multiconn-client`
 //! with `--duration` or `--requests`): its loops ([`load`]), what it sends and checks per
 //! protocol ([`workload`]), its report ([`report`]), its schedule timer ([`timer`]) and the
-//! duration syntax of its flags ([`duration`]).
+//! duration syntax of its flags ([`duration`]); a URL as its target ([`url`]).
 
 pub mod app;
 pub mod driver;
@@ -14,6 +14,7 @@ pub mod load;
 pub mod report;
 pub mod scenario;
 pub mod timer;
+pub mod url;
 pub mod workload;
 
 pub use app::{run_app_client, AppClientConfig, AppClientError, AppResponse};
@@ -21,4 +22,28 @@ pub use duration::{format_duration, parse_duration};
 pub use load::{run_load, LoadConfig, LoadControl, LoadError, StopAt};
 pub use report::LoadReport;
 pub use scenario::{run_scenario, ScenarioConfig, ScenarioReport};
-pub use workload::{LoadProtocol, Workload};
+pub use workload::{HttpRequest, HttpWorkload, LoadProtocol, StatusSet, Workload};
+
+/// Descriptors a client process keeps besides its connections: stdio, the signal thread's
+/// pipe, files it reads or writes, and per loop its epoll, waker and timer.
+const FD_HEADROOM: u64 = 16;
+const FDS_PER_LOOP: u64 = 3;
+
+/// Checks, before anything connects, that the open-files limit (raised to its hard
+/// maximum first) holds `connections` sockets for `loops` client loops; the message
+/// names the limit.
+pub fn check_open_files(connections: usize, loops: usize) -> Result<(), String> {
+    let Some(limit) = crate::net::raise_open_files_limit() else {
+        return Ok(());
+    };
+    let needed = connections as u64 + FD_HEADROOM + FDS_PER_LOOP * loops as u64;
+    if needed <= limit {
+        return Ok(());
+    }
+    Err(format!(
+        "NUM_CONNS {connections} needs about {needed} open files, more than this process may \
+         have (its open-files limit, ulimit -n, is {limit} and cannot be raised further): \
+         use at most {} connections, or raise the hard limit",
+        limit.saturating_sub(FD_HEADROOM + FDS_PER_LOOP * loops as u64)
+    ))
+}

@@ -3,6 +3,7 @@
 //! prints for people (`Display`) or serialises as one JSON object (`serde`). Also the
 //! once-a-second progress line.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -30,27 +31,43 @@ pub struct ErrorCounts {
     pub total: u64,
     /// Connections that could not be established (refused, unreachable, timed out).
     pub connect: u64,
-    /// Connections the server reset or closed in the middle of the run.
+    /// TLS handshakes that failed (a certificate not trusted, no common cipher).
+    pub tls: u64,
+    /// Connections the server reset (or, with `--no-reconnect`, closed during the run).
     pub reset: u64,
+    /// Connections the server closed (FIN) in the middle of a response.
+    pub closed: u64,
     /// Requests not answered within `--timeout` (their connection is then closed).
     pub timeout: u64,
     /// Responses that did not match the request (a wrong echoed byte, malformed HTTP);
     /// their connection is then closed, since the stream can no longer be trusted.
     pub mismatched: u64,
-    /// Well-formed responses reporting a failure (HTTP 4xx/5xx); the connection goes on.
+    /// Well-formed responses reporting a failure (an HTTP status outside
+    /// `--expect-status`, 2xx by default; an app error reply); the connection goes on.
     pub status: u64,
 }
 
 impl ErrorCounts {
     fn merge(&mut self, other: &ErrorCounts) {
         self.connect += other.connect;
+        self.tls += other.tls;
         self.reset += other.reset;
+        self.closed += other.closed;
         self.timeout += other.timeout;
         self.mismatched += other.mismatched;
         self.status += other.status;
-        self.total = self.connect + self.reset + self.timeout + self.mismatched + self.status;
+        self.total = self.connect
+            + self.tls
+            + self.reset
+            + self.closed
+            + self.timeout
+            + self.mismatched
+            + self.status;
     }
 }
+
+/// HTTP status codes are three digits.
+const STATUS_CODES: usize = 1000;
 
 /// Everything one loop counted during the measured window; merged across loops.
 #[derive(Debug, Clone)]
@@ -76,6 +93,16 @@ pub struct Tally {
     pub uncorrected: Histogram<u64>,
     /// The first error seen, for the report.
     pub first_error: Option<String>,
+    /// Answers by HTTP status code (index: the code; empty for other protocols).
+    pub statuses: Vec<u64>,
+    /// Connections re-established after one ended.
+    pub reconnects: u64,
+    /// From starting a connect to its completion, every connection of the run.
+    pub connect_time: Histogram<u64>,
+    /// From the connect's completion to the TLS handshake's.
+    pub tls_handshake: Histogram<u64>,
+    /// Of those handshakes, how many resumed an earlier session.
+    pub tls_resumed: u64,
 }
 
 impl Default for Tally {
@@ -93,6 +120,11 @@ impl Default for Tally {
             latency: new_histogram(),
             uncorrected: new_histogram(),
             first_error: None,
+            statuses: vec![0; STATUS_CODES],
+            reconnects: 0,
+            connect_time: new_histogram(),
+            tls_handshake: new_histogram(),
+            tls_resumed: 0,
         }
     }
 }
@@ -111,8 +143,25 @@ impl Tally {
         // Same bounds everywhere (new_histogram), so adding cannot fail.
         let _ = self.latency.add(&other.latency);
         let _ = self.uncorrected.add(&other.uncorrected);
+        let _ = self.connect_time.add(&other.connect_time);
+        let _ = self.tls_handshake.add(&other.tls_handshake);
         if self.first_error.is_none() {
             self.first_error.clone_from(&other.first_error);
+        }
+        for (mine, theirs) in self.statuses.iter_mut().zip(&other.statuses) {
+            *mine += theirs;
+        }
+        self.reconnects += other.reconnects;
+        self.tls_resumed += other.tls_resumed;
+    }
+
+    /// Counts an answer's HTTP status (0: a protocol without statuses, not counted).
+    #[inline]
+    pub fn count_status(&mut self, code: u16) {
+        if code != 0 {
+            if let Some(n) = self.statuses.get_mut(usize::from(code)) {
+                *n += 1;
+            }
         }
     }
 
@@ -190,6 +239,13 @@ fn round2(x: f64) -> f64 {
 pub struct ReportOptions {
     pub address: String,
     pub protocol: &'static str,
+    /// HTTP: `METHOD path`.
+    pub request: Option<String>,
+    pub tls: bool,
+    pub reconnect: bool,
+    pub keep_alive: bool,
+    /// Connections opened per second at most, if paced.
+    pub connect_rate: Option<f64>,
     pub connections: usize,
     pub threads: usize,
     /// Measured duration asked for (`--duration`), if any.
@@ -209,9 +265,13 @@ pub struct ReportOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ConnectionCounts {
     pub requested: usize,
+    /// Established at the start.
     pub connected: u64,
     /// Established, then closed by an error during the run.
     pub lost: u64,
+    /// Re-established after the server closed one (or after an error), or after each
+    /// request with `--disable-keepalive`: not errors.
+    pub reconnects: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -261,6 +321,14 @@ pub struct LoadReport {
     /// With `--rate` only: from each request's actual send, for comparison.
     pub latency_uncorrected_us: Option<LatencySummary>,
     pub errors: ErrorCounts,
+    /// HTTP: answers by status code, `{"200": n, ...}`.
+    pub status: Option<BTreeMap<String, u64>>,
+    /// From starting each connect to its completion (every connection of the run).
+    pub connect_us: LatencySummary,
+    /// TLS only: from each connect's completion to its handshake's.
+    pub tls_handshake_us: Option<LatencySummary>,
+    /// TLS only: handshakes that resumed an earlier session (reconnects do).
+    pub tls_resumed: Option<u64>,
     /// The first error's message, if any.
     pub first_error: Option<String>,
     pub client_cpu: CpuTime,
@@ -284,6 +352,15 @@ impl LoadReport {
             }
         };
         let open_loop = options.rate.is_some();
+        let status = (options.protocol == "http").then(|| {
+            tally
+                .statuses
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(code, n)| (code.to_string(), *n))
+                .collect()
+        });
         LoadReport {
             partial,
             elapsed_s: (secs * 1e6).round() / 1e6,
@@ -291,6 +368,7 @@ impl LoadReport {
                 requested: options.connections,
                 connected: tally.connected,
                 lost: tally.lost,
+                reconnects: tally.reconnects,
             },
             requests: RequestCounts {
                 sent: tally.sent,
@@ -308,6 +386,12 @@ impl LoadReport {
             latency_us: LatencySummary::of(&tally.latency),
             latency_uncorrected_us: open_loop.then(|| LatencySummary::of(&tally.uncorrected)),
             errors: tally.errors,
+            status,
+            connect_us: LatencySummary::of(&tally.connect_time),
+            tls_handshake_us: options
+                .tls
+                .then(|| LatencySummary::of(&tally.tls_handshake)),
+            tls_resumed: options.tls.then_some(tally.tls_resumed),
             first_error: tally.first_error.clone(),
             client_cpu: cpu,
             options,
@@ -374,12 +458,18 @@ impl fmt::Display for LoadReport {
         if self.partial {
             writeln!(f, "INTERRUPTED: partial report for the time measured")?;
         }
-        let what = match o.protocol {
-            "echo" => format!("{}-byte messages", o.size),
-            "http" => "HTTP GET /".to_string(),
-            other => other.to_string(),
+        let what = match (o.protocol, &o.request) {
+            ("echo", _) => format!("{}-byte messages", o.size),
+            ("http", Some(request)) => format!("HTTP {request}"),
+            (other, _) => other.to_string(),
         };
         let mut header = format!("{} connections, {what}", o.connections);
+        if o.tls {
+            header += " over TLS";
+        }
+        if !o.keep_alive {
+            header += ", a connection per request";
+        }
         if o.threads > 1 {
             header += &format!(", {} threads", o.threads);
         }
@@ -442,14 +532,15 @@ impl fmt::Display for LoadReport {
             None => writeln!(f, "latency    {}", latency_line(&self.latency_us))?,
         }
         let e = &self.errors;
-        let mut errors = format!(
-            "errors     {} (connect {}, reset {}, timeout {}, mismatched {}",
-            thousands(e.total),
-            e.connect,
-            e.reset,
-            e.timeout,
-            e.mismatched
-        );
+        let mut errors = format!("errors     {} (connect {}", thousands(e.total), e.connect);
+        if o.tls || e.tls > 0 {
+            errors += &format!(", tls {}", e.tls);
+        }
+        errors += &format!(", reset {}", e.reset);
+        if e.closed > 0 {
+            errors += &format!(", closed mid-response {}", e.closed);
+        }
+        errors += &format!(", timeout {}, mismatched {}", e.timeout, e.mismatched);
         if o.protocol == "http" || e.status > 0 {
             errors += &format!(", status {}", e.status);
         }
@@ -463,6 +554,48 @@ impl fmt::Display for LoadReport {
         writeln!(f, "{errors}")?;
         if let Some(first) = &self.first_error {
             writeln!(f, "first error: {first}")?;
+        }
+        if let Some(status) = self.status.as_ref().filter(|s| !s.is_empty()) {
+            let counts: Vec<String> = status
+                .iter()
+                .map(|(code, n)| format!("{code} {}", thousands(*n)))
+                .collect();
+            writeln!(f, "status     {}", counts.join("  "))?;
+        }
+        let c = &self.connect_us;
+        if self.connections.reconnects > 0 || o.tls || o.connect_rate.is_some() {
+            let mut line = format!(
+                "connects   {} at the start, {} reconnects",
+                thousands(self.connections.connected),
+                thousands(self.connections.reconnects)
+            );
+            if c.count > 0 {
+                line += &format!("; connect p50 {}  p99 {}", us(c.p50), us(c.p99));
+            }
+            writeln!(f, "{line}")?;
+        }
+        if let Some(tls) = &self.tls_handshake_us {
+            let resumed = self.tls_resumed.unwrap_or(0);
+            let mut line = format!(
+                "tls        {} handshakes ({} resumed)",
+                thousands(tls.count),
+                thousands(resumed)
+            );
+            if tls.count > 0 {
+                line += &format!("; handshake p50 {}  p99 {}", us(tls.p50), us(tls.p99));
+            }
+            writeln!(f, "{line}")?;
+        }
+        if let (Some(rate), Some(duration)) = (o.rate, o.duration_s) {
+            let sent = self.requests.sent as f64 / duration.max(1e-9);
+            if sent < 0.9 * rate && !self.partial {
+                writeln!(
+                    f,
+                    "open loop  asked {} req/s, sent {}/s: the schedule fell behind (latency counts from it)",
+                    thousands(rate.round() as u64),
+                    thousands(sent.round() as u64)
+                )?;
+            }
         }
         let cpu = &self.client_cpu;
         write!(
@@ -532,6 +665,11 @@ mod tests {
         ReportOptions {
             address: "127.0.0.1:54321".into(),
             protocol: "echo",
+            request: None,
+            tls: false,
+            reconnect: true,
+            keep_alive: true,
+            connect_rate: None,
             connections: 50,
             threads: 1,
             duration_s: Some(10.0),

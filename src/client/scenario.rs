@@ -4,10 +4,9 @@
 //! does the I/O, asking for WRITABLE only while a connection has something to send.
 
 use std::io::{self, Write};
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::driver::{client_timeouts, Client, Driver};
+use super::driver::{client_timeouts, Client, Driver, Endpoint};
 use crate::connection::{Ended, Failure};
 use crate::net::Peer;
 use crate::protocol::{ByteStr, Flow, Output, Protocol, Timeout};
@@ -15,7 +14,7 @@ use crate::protocol::{ByteStr, Flow, Output, Protocol, Timeout};
 /// What the scenario does.
 #[derive(Debug, Clone)]
 pub struct ScenarioConfig {
-    pub addr: SocketAddr,
+    pub addr: Endpoint,
     pub connections: usize,
     /// Sent in order on every connection.
     pub messages: Vec<Vec<u8>>,
@@ -25,7 +24,7 @@ pub struct ScenarioConfig {
 
 impl ScenarioConfig {
     /// The tutorial's two messages.
-    pub fn tutorial(addr: SocketAddr, connections: usize) -> Self {
+    pub fn tutorial(addr: Endpoint, connections: usize) -> Self {
         ScenarioConfig {
             addr,
             connections,
@@ -226,7 +225,7 @@ pub fn run_scenario(
     let timeouts = client_timeouts(config.timeout, Some(config.timeout));
     let mut driver = Driver::new(scenario, timeouts)?;
     for _ in 0..config.connections {
-        driver.connect(config.addr)?;
+        driver.connect(&config.addr)?;
     }
     driver.run()?;
     let scenario = driver.into_protocol();

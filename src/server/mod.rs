@@ -24,7 +24,7 @@ use slab::Slab;
 use crate::clock::Tick;
 use crate::config::{ServerConfig, READ_CHUNK};
 use crate::connection::{CloseReason, Connection, Readiness, Turn};
-use crate::net::{configure_accepted, ListenAddr, Listener, Peer, Stream};
+use crate::net::{configure_accepted, ListenAddr, Listener, Peer, Stream, Transport};
 use crate::protocol::{Broadcasts, Produced, Protocol, Receive};
 use crate::schedule::{earliest, remove_ended, ConnRef, Schedule};
 use crate::stats::Stats;

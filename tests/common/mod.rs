@@ -4,9 +4,10 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use multiconn::protocol::Protocol;
 use multiconn::{ListenAddr, Server, ServerConfig, ServerHandle, Stats};
@@ -293,5 +294,80 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What a finished binary printed.
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// Runs `multiconn-client` with `args` to the end; kills it and fails if it takes longer
+/// than the test timeout (so a hang is a failure, not a stuck test run).
+pub fn client(args: &[&str]) -> Output {
+    let started = Instant::now();
+    let mut child = spawn_bin("multiconn-client", args);
+    let stdout = read_all_in_background(child.stdout.take().unwrap());
+    let (stderr_tx, stderr_rx) = mpsc::channel();
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr_pipe.read_to_string(&mut text);
+        let _ = stderr_tx.send(text);
+    });
+    // stderr reaches EOF when the process exits.
+    let stderr = match stderr_rx.recv_timeout(IO_TIMEOUT) {
+        Ok(text) => text,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("multiconn-client {args:?} did not finish within {IO_TIMEOUT:?}");
+        }
+    };
+    let status = child.wait().expect("wait");
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr,
+        elapsed: started.elapsed(),
+    }
+}
+
+pub fn read_all_in_background(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    })
+}
+
+pub fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_str(output.stdout.trim())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", output.stdout))
+}
+
+/// Reads HTTP request heads from `stream` (bodies are not expected) and hands each to
+/// `answer`, which writes the response; stops when it returns false, the peer closes,
+/// or a write fails.
+pub fn serve_http_requests(
+    stream: &mut TcpStream,
+    mut answer: impl FnMut(&mut TcpStream, &[u8]) -> std::io::Result<bool>,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let request: Vec<u8> = buf.drain(..end + 4).collect();
+            if !matches!(answer(stream, &request), Ok(true)) {
+                return;
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
     }
 }

@@ -4,18 +4,24 @@
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::client::driver::Endpoint;
 use crate::client::report::ReportOptions;
-use crate::client::workload::Workload;
-use crate::launch::describe;
+use crate::client::workload::{LoadProtocol, Workload};
+use crate::net::describe;
 
 /// Largest `--size`: every connection holds one message (plus the pipeline's copies in
 /// its output buffer), so this bounds memory per connection.
 pub const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 /// Largest `--pipeline`: bounds the per-connection queue of outstanding requests.
 pub const MAX_PIPELINE: usize = 1024;
+/// Largest `--rate`, requests per second: far past what one machine's loopback carries
+/// (a few hundred thousand), so a larger value is a typo, and the schedule's slots
+/// would only be counted through, not sent.
+pub const MAX_RATE: f64 = 10_000_000.0;
+/// Largest `--connect-rate`, connections per second.
+pub const MAX_CONNECT_RATE: f64 = 1_000_000.0;
 /// When a run ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopAt {
@@ -28,7 +34,10 @@ pub enum StopAt {
 /// Everything a load run needs, as plain values (the binary builds it from its flags).
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
-    pub addr: SocketAddr,
+    /// Where to connect (TCP or Unix, TLS or not).
+    pub endpoint: Endpoint,
+    /// How the target is named in the report (a URL, or the address).
+    pub target: String,
     pub connections: usize,
     pub stop: StopAt,
     /// Run this long before measuring; nothing in it is counted.
@@ -43,9 +52,43 @@ pub struct LoadConfig {
     pub timeout: Duration,
     /// Independent loops, each with its own share of the connections.
     pub threads: usize,
+    /// A connection that ends (the server closed it, or an error) is opened again and
+    /// the run goes on (false: `--no-reconnect`, it is gone for the rest of the run).
+    pub reconnect: bool,
+    /// False: one request per connection (`--disable-keepalive`), then a new connection.
+    pub keep_alive: bool,
+    /// Connections opened per second at most, in total (`--connect-rate`).
+    pub connect_rate: Option<f64>,
 }
 
 impl LoadConfig {
+    /// A closed-loop run with the defaults: one request in flight per connection, no
+    /// warm-up, one thread, reconnecting, keep-alive, 3 s to connect, 10 s per request.
+    pub fn new(
+        endpoint: impl Into<Endpoint>,
+        connections: usize,
+        stop: StopAt,
+        workload: Workload,
+    ) -> Self {
+        let endpoint = endpoint.into();
+        LoadConfig {
+            target: endpoint.to_string(),
+            endpoint,
+            connections,
+            stop,
+            warmup: Duration::ZERO,
+            pipeline: 1,
+            rate: None,
+            workload,
+            connect_timeout: Duration::from_secs(3),
+            timeout: Duration::from_secs(10),
+            threads: 1,
+            reconnect: true,
+            keep_alive: true,
+            connect_rate: None,
+        }
+    }
+
     /// Checks the limits; the message names the option at fault.
     pub fn validate(&self) -> Result<(), String> {
         if self.connections == 0 {
@@ -63,6 +106,40 @@ impl LoadConfig {
             if !(rate.is_finite() && rate > 0.0) {
                 return Err("--rate must be a positive number of requests per second".into());
             }
+            if rate > MAX_RATE {
+                return Err(format!(
+                    "--rate {rate} is more than {} requests per second, which no schedule here \
+                     can keep: leave --rate out to send as fast as the server answers",
+                    MAX_RATE as u64
+                ));
+            }
+            if let StopAt::Duration(d) = self.stop {
+                // Slots fall at k / rate from the start; is there one in the measured window?
+                let first = (self.warmup.as_secs_f64() * rate).ceil() / rate;
+                if first >= (self.warmup + d).as_secs_f64() {
+                    return Err(format!(
+                        "--rate {rate} over --duration {d:?} schedules no request in the measured \
+                         time: the first would be due {first:.3}s after the start"
+                    ));
+                }
+            }
+        }
+        if let Some(rate) = self.connect_rate {
+            if !(rate.is_finite() && rate > 0.0 && rate <= MAX_CONNECT_RATE) {
+                return Err(format!(
+                    "--connect-rate must be a number of connections per second above 0 and at \
+                     most {}",
+                    MAX_CONNECT_RATE as u64
+                ));
+            }
+        }
+        if !self.keep_alive && !self.reconnect {
+            return Err("--disable-keepalive needs reconnecting: drop --no-reconnect".into());
+        }
+        if !self.keep_alive && self.pipeline > 1 {
+            return Err(
+                "--disable-keepalive sends one request per connection: drop --pipeline".into(),
+            );
         }
         match self.stop {
             StopAt::Duration(d) if d.is_zero() => {
@@ -82,8 +159,14 @@ impl LoadConfig {
 
     pub(super) fn report_options(&self) -> ReportOptions {
         ReportOptions {
-            address: self.addr.to_string(),
+            address: self.target.clone(),
             protocol: self.workload.protocol.name(),
+            request: (self.workload.protocol == LoadProtocol::Http)
+                .then(|| self.workload.http.label.clone()),
+            tls: self.endpoint.tls.is_some(),
+            reconnect: self.reconnect,
+            keep_alive: self.keep_alive,
+            connect_rate: self.connect_rate,
             connections: self.connections,
             threads: self.threads.min(self.connections),
             duration_s: match self.stop {
@@ -107,7 +190,7 @@ impl LoadConfig {
 /// Why a run could not produce a report.
 #[derive(Debug)]
 pub enum LoadError {
-    /// The configuration is out of bounds.
+    /// The configuration is out of bounds (a usage error).
     Config(String),
     /// Not one connection could be established; the first reason.
     Connect(String),

@@ -25,6 +25,34 @@ impl Rate {
     }
 }
 
+/// Paces connects at a rate: one every `1 / per_second`, never a burst to catch up.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Pacer {
+    interval: Duration,
+    next: Option<Instant>,
+}
+
+impl Pacer {
+    pub fn new(per_second: f64) -> Self {
+        Pacer {
+            interval: Duration::from_secs_f64(1.0 / per_second.max(1e-9)),
+            next: None,
+        }
+    }
+
+    /// Takes the next slot if it has come (`None`), or says how long until it does.
+    pub fn take(&mut self, now: Instant) -> Option<Duration> {
+        match self.next {
+            Some(at) if at > now => Some(at - now),
+            _ => {
+                // Late slots are not made up for: the pace counts from now.
+                self.next = Some(now + self.interval);
+                None
+            }
+        }
+    }
+}
+
 /// The part of `total` that goes to `index` of `parts`: (first item, count), as even as
 /// possible, the first ones taking the remainder.
 pub(super) fn share(total: usize, parts: usize, index: usize) -> (usize, usize) {
@@ -75,5 +103,17 @@ mod tests {
         );
         assert_eq!(rate.slot_of(1, 0), 1);
         assert_eq!(rate.slot_of(1, 2), 9);
+    }
+
+    /// The pacer gives one slot per interval and asks to wait in between.
+    #[test]
+    fn pacer_spaces_connects() {
+        let mut pacer = Pacer::new(100.0);
+        let now = Instant::now();
+        assert_eq!(pacer.take(now), None, "the first goes at once");
+        assert_eq!(pacer.take(now), Some(Duration::from_millis(10)));
+        let later = now + Duration::from_millis(10);
+        assert_eq!(pacer.take(later), None);
+        assert!(pacer.take(later).is_some());
     }
 }

@@ -1,6 +1,7 @@
 //! One thread of a load run: a client loop with its share of the connections. It connects
-//! them, waits at the start line for the other loops, then turns the loop until the run
-//! ends, handing due schedule slots to their connections and publishing progress.
+//! them (at `--connect-rate`, if given), waits at the start line for the other loops, then
+//! turns the loop until the run ends, handing due schedule slots to their connections,
+//! re-establishing the connections that ended, and publishing progress.
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -10,13 +11,14 @@ use std::time::{Duration, Instant};
 use mio::{Token, Waker};
 
 use super::progress::{publish, PROGRESS_INTERVAL};
-use super::rate::{share, Rate};
-use super::requests::{Requests, Window};
+use super::rate::{share, Pacer, Rate};
+use super::requests::{Reopen, Requests, Window};
 use super::{LoopResult, Shared, StopAt};
 use crate::client::driver::{client_timeouts, Driver, FIRST_CALLER_TOKEN};
 use crate::client::report::Interval;
 use crate::client::timer::SlotTimer;
 use crate::connection::Phase;
+use crate::net::Transport;
 use crate::schedule::ConnRef;
 
 /// Longest sleep of a loop with nothing to do: how often it looks at the clock at least.
@@ -39,6 +41,10 @@ struct Worker<'a> {
     is_due: Vec<bool>,
     /// The driver's byte counters when measuring began.
     bytes_at_start: Option<(u64, u64)>,
+    /// With `--connect-rate`: when this loop may open its next connection.
+    pacer: Option<Pacer>,
+    /// The reopen list's spare, swapped with it each turn (no allocation per reconnect).
+    reopen_spare: Vec<Reopen>,
 }
 
 /// Runs loop `index` of `threads` from connecting to the end of the run.
@@ -88,7 +94,7 @@ impl<'a> Worker<'a> {
             StopAt::Requests(n) => Some(share(n as usize, threads, thread).1 as u64),
             StopAt::Duration(_) => None,
         };
-        let mut requests = Requests::new(config, first, budget);
+        let mut requests = Requests::new(config, first, count, budget);
         requests.interval = shared.progress.as_ref().map(|_| Interval::default());
         // This loop's part of the rate, in proportion to its connections.
         requests.rate = config.rate.map(|r| Rate {
@@ -100,14 +106,25 @@ impl<'a> Worker<'a> {
         shared
             .control
             .add_waker(Arc::new(Waker::new(driver.registry(), WAKER)?));
+        let mut pacer = config
+            .connect_rate
+            .map(|r| Pacer::new(r * count as f64 / config.connections as f64));
         let mut by_index = Vec::with_capacity(count);
-        for _ in 0..count {
-            by_index.push(driver.connect(config.addr)?);
+        while by_index.len() < count && !shared.control.is_stopped() {
+            let now = Instant::now();
+            match pacer.as_mut().map(|p| p.take(now)) {
+                Some(Some(wait)) => driver.turn(Some(wait))?,
+                _ => by_index.push(driver.connect(&config.endpoint)?),
+            }
         }
-        let connecting = |driver: &Driver<Requests<'_>>| {
-            driver.connections().any(|c| c.phase() == Phase::Connecting)
+        by_index.resize(count, None);
+        // Connected, and secured under TLS: the run starts with every handshake done.
+        let establishing = |driver: &Driver<Requests<'_>>| {
+            driver
+                .connections()
+                .any(|c| c.phase() == Phase::Connecting || c.stream().is_handshaking())
         };
-        while connecting(&driver) && !shared.control.is_stopped() {
+        while establishing(&driver) && !shared.control.is_stopped() {
             driver.turn(None)?;
         }
         Ok(Worker {
@@ -119,15 +136,44 @@ impl<'a> Worker<'a> {
             due: Vec::with_capacity(count),
             is_due: vec![false; count],
             bytes_at_start: None,
+            pacer,
+            reopen_spare: Vec::with_capacity(count),
         })
     }
 
-    /// Connections that completed their connect and are still open.
+    /// Connections that are established (and secured) and still open.
     fn established(&self) -> u64 {
         self.driver
             .connections()
-            .filter(|c| c.phase() == Phase::Open)
+            .filter(|c| c.phase() == Phase::Open && !c.stream().is_handshaking())
             .count() as u64
+    }
+
+    /// Opens again the connections that ended and are due (after their retry wait, and
+    /// as the connect rate allows); returns when the next one is due, if any waits.
+    fn reopen_due(&mut self, now: Instant) -> io::Result<Option<Instant>> {
+        let mut list = std::mem::replace(
+            &mut self.driver.protocol_mut().reopen,
+            std::mem::take(&mut self.reopen_spare),
+        );
+        let mut next: Option<Instant> = None;
+        let endpoint = &self.shared.config.endpoint;
+        for entry in list.drain(..) {
+            let paced = match (entry.not_before, &mut self.pacer) {
+                (Some(at), _) if at > now => Some(at),
+                (_, Some(pacer)) => pacer.take(now).map(|wait| now + wait),
+                _ => None,
+            };
+            if let Some(at) = paced {
+                next = Some(next.map_or(at, |n| n.min(at)));
+                self.driver.protocol_mut().reopen.push(entry);
+                continue;
+            }
+            self.driver.protocol_mut().reopening = Some(entry.index);
+            self.by_index[entry.index] = self.driver.connect(endpoint)?;
+        }
+        self.reopen_spare = list;
+        Ok(next)
     }
 
     /// The measured run: issue, read, check, record, until the end.
@@ -158,8 +204,13 @@ impl<'a> Worker<'a> {
                     return Ok(self.finish(Some(deadline)));
                 }
             }
+            let reopen_at = if self.driver.protocol().reopen.is_empty() {
+                None
+            } else {
+                self.reopen_due(now)?
+            };
             let requests = self.driver.protocol();
-            if self.driver.is_empty()
+            if (self.driver.is_empty() && requests.reopen.is_empty())
                 || (requests.budget == Some(0)
                     && requests.outstanding == 0
                     && now >= window.measure_start)
@@ -178,6 +229,9 @@ impl<'a> Worker<'a> {
             let mut wake_at = now + MAX_TICK;
             if let Some(deadline) = window.deadline {
                 wake_at = wake_at.min(deadline);
+            }
+            if let Some(at) = reopen_at {
+                wake_at = wake_at.min(at);
             }
             if let Some(at) = rate.and_then(|r| r.slot_time(window.start, self.slot)) {
                 match &mut slot_timer {

@@ -3,7 +3,7 @@
 //! once; a response is checked by comparing bytes, and only one that differs (another
 //! server's JSON spacing, say) is decoded with the app codec and judged by its meaning.
 
-use super::{Exchange, Progress, ResponseError};
+use super::{Answer, Exchange, Progress, ResponseError};
 use crate::protocol::app::{self, Content, Decoder};
 
 /// The queries sent, in turn: the tutorial's three known ones and a miss.
@@ -74,7 +74,10 @@ impl AppExchange {
             None => false,
         };
         self.next_response = (self.next_response + 1) % QUERIES.len();
-        Ok(Progress::Done { used, accepted })
+        Ok(Progress::Done {
+            used,
+            answer: Answer::plain(accepted),
+        })
     }
 }
 
@@ -90,7 +93,7 @@ impl Exchange for AppExchange {
             self.next_response = (self.next_response + 1) % QUERIES.len();
             return Ok(Progress::Done {
                 used: expected.len(),
-                accepted: true,
+                answer: Answer::plain(true),
             });
         }
         if expected.starts_with(input) {
@@ -102,6 +105,15 @@ impl Exchange for AppExchange {
 
     fn max_pending(&self) -> usize {
         2 + usize::from(u16::MAX) + MAX_RESPONSE_CONTENT
+    }
+
+    fn mid_response(&self) -> bool {
+        // A response is consumed only once whole; a part of one is held unconsumed.
+        false
+    }
+
+    fn reset(&mut self) {
+        self.next_response = self.next_request;
     }
 }
 
@@ -139,8 +151,8 @@ mod tests {
                 held.extend_from_slice(piece);
                 loop {
                     match client.read_response(&held).unwrap() {
-                        Progress::Done { used, accepted } => {
-                            assert!(accepted);
+                        Progress::Done { used, answer } => {
+                            assert!(answer.accepted);
                             held.drain(..used);
                             done += 1;
                         }
@@ -172,7 +184,7 @@ mod tests {
             client.read_response(&spaced).unwrap(),
             Progress::Done {
                 used: spaced.len(),
-                accepted: true
+                answer: Answer::plain(true)
             }
         );
         let mut wrong = Vec::new();
@@ -188,7 +200,7 @@ mod tests {
             client.read_response(&error).unwrap(),
             Progress::Done {
                 used: error.len(),
-                accepted: false
+                answer: Answer::plain(false)
             }
         );
     }

@@ -3,7 +3,7 @@
 //! `n` is the window starting at `n % WINDOWS`, so consecutive requests differ (a stale or
 //! reordered echo is caught) while nothing is stored or allocated per request.
 
-use super::{Exchange, Progress, ResponseError};
+use super::{Answer, Exchange, Progress, ResponseError};
 
 /// Distinct requests per connection before the windows repeat; prime, so it does not
 /// line up with pipelines of power-of-two depth.
@@ -81,13 +81,22 @@ impl Exchange for EchoExchange {
         self.response = (self.response + 1) % WINDOWS;
         Ok(Progress::Done {
             used: n,
-            accepted: true,
+            answer: Answer::plain(true),
         })
     }
 
     fn max_pending(&self) -> usize {
         // Every byte is checked as it arrives; nothing is ever held back.
         0
+    }
+
+    fn mid_response(&self) -> bool {
+        self.checked > 0
+    }
+
+    fn reset(&mut self) {
+        self.response = self.next_request;
+        self.checked = 0;
     }
 }
 
@@ -118,8 +127,8 @@ mod tests {
                         assert_eq!(used, rest.len(), "echo never holds bytes back");
                         rest = &[];
                     }
-                    Progress::Done { used, accepted } => {
-                        assert!(accepted);
+                    Progress::Done { used, answer } => {
+                        assert!(answer.accepted);
                         done += 1;
                         rest = &rest[used..];
                     }

@@ -1,10 +1,15 @@
-//! HTTP/1.1 requests: `GET /` with `Host` and keep-alive. Responses are parsed with
-//! `httparse` (status line and headers); the body is skipped by `Content-Length` or by
-//! chunked framing, never buffered. A 4xx/5xx status is a counted failure, not a broken
-//! stream; a malformed or unframed response ends the connection.
+//! HTTP/1.1 requests: any method, path, headers and body, built once per run and shared
+//! by every connection. Responses are parsed with `httparse` (status line and headers);
+//! bodies are framed by `Content-Length`, chunked coding or the close, and skipped, or
+//! compared with `--expect-body` as they arrive, never buffered. 1xx answers are
+//! interim; 204, 304 and answers to HEAD have no body. A status outside `--expect-status`
+//! is a counted failure, not a broken stream; a malformed response ends the connection.
 
-use super::{Exchange, Progress, ResponseError};
-use crate::protocol::http::body::{Body, Framing, FramingError};
+use std::fmt;
+use std::sync::Arc;
+
+use super::{Answer, Exchange, Progress, ResponseError};
+use crate::protocol::http::body::{list_elements, Body, Framing, FramingError};
 use crate::protocol::http::MAX_HEADERS;
 
 /// Largest response head (status line and headers) held while it arrives: real servers
@@ -13,28 +18,186 @@ pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Longest chunk-size line or trailer section held while it arrives.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 
+/// An HTTP request as the user describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub method: String,
+    /// The request target: a path and query (`/`, `/search?q=1`).
+    pub path: String,
+    /// The `Host` header: the URL's authority.
+    pub host: String,
+    /// Extra header fields, in order; one named Host, Connection or Content-Length
+    /// replaces the generator's own.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Ask the server to keep the connection (false: `Connection: close`, one request per
+    /// connection).
+    pub keep_alive: bool,
+}
+
+impl HttpRequest {
+    /// `GET path` with keep-alive.
+    pub fn get(host: &str, path: &str) -> Self {
+        HttpRequest {
+            method: "GET".into(),
+            path: path.into(),
+            host: host.into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            keep_alive: true,
+        }
+    }
+
+    /// The request's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let has = |name: &str| {
+            self.headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name))
+        };
+        let mut out = format!("{} {} HTTP/1.1\r\n", self.method, self.path);
+        if !has("host") {
+            out += &format!("Host: {}\r\n", self.host);
+        }
+        for (name, value) in &self.headers {
+            out += &format!("{name}: {value}\r\n");
+        }
+        if !has("connection") {
+            out += if self.keep_alive {
+                "Connection: keep-alive\r\n"
+            } else {
+                "Connection: close\r\n"
+            };
+        }
+        let sends_body = !self.body.is_empty()
+            || ["POST", "PUT", "PATCH"]
+                .iter()
+                .any(|m| self.method.eq_ignore_ascii_case(m));
+        if sends_body && !has("content-length") && !has("transfer-encoding") {
+            out += &format!("Content-Length: {}\r\n", self.body.len());
+        }
+        out += "\r\n";
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
+}
+
+/// A set of status codes: `200`, `200-299`, `2xx`, comma-separated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusSet(Vec<(u16, u16)>);
+
+impl Default for StatusSet {
+    /// Success is 2xx.
+    fn default() -> Self {
+        StatusSet(vec![(200, 299)])
+    }
+}
+
+impl StatusSet {
+    pub fn contains(&self, code: u16) -> bool {
+        self.0
+            .iter()
+            .any(|&(low, high)| (low..=high).contains(&code))
+    }
+}
+
+impl std::str::FromStr for StatusSet {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let code = |t: &str| -> Result<u16, String> {
+            match t.trim().parse::<u16>() {
+                Ok(c) if (100..=999).contains(&c) => Ok(c),
+                _ => Err(format!("{t:?} is not a status code (100-999)")),
+            }
+        };
+        let mut ranges = Vec::new();
+        for item in text.split(',').map(str::trim) {
+            let range = match item.split_once('-') {
+                Some((low, high)) => (code(low)?, code(high)?),
+                None if item.len() == 3 && item[1..].eq_ignore_ascii_case("xx") => {
+                    let class = code(&format!("{}00", &item[..1]))?;
+                    (class, class + 99)
+                }
+                None => (code(item)?, code(item)?),
+            };
+            if range.0 > range.1 {
+                return Err(format!("{item:?}: the range is empty"));
+            }
+            ranges.push(range);
+        }
+        Ok(StatusSet(ranges))
+    }
+}
+
+impl fmt::Display for StatusSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (low, high)) in self.0.iter().enumerate() {
+            let sep = if i > 0 { "," } else { "" };
+            if low == high {
+                write!(f, "{sep}{low}")?;
+            } else {
+                write!(f, "{sep}{low}-{high}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What every connection of an HTTP run sends and how it judges the answers.
+#[derive(Debug, Clone)]
+pub struct HttpWorkload {
+    request: Box<[u8]>,
+    /// `METHOD path`, for the report.
+    pub label: String,
+    /// HEAD: responses carry no body, whatever their framing fields say.
+    head: bool,
+    pub expect_status: StatusSet,
+    /// Each response's body must be exactly this.
+    pub expect_body: Option<Arc<[u8]>>,
+}
+
+impl HttpWorkload {
+    /// Accepting 2xx answers with any body.
+    pub fn new(request: &HttpRequest) -> Self {
+        HttpWorkload {
+            request: request.encode().into_boxed_slice(),
+            label: format!("{} {}", request.method, request.path),
+            head: request.method.eq_ignore_ascii_case("HEAD"),
+            expect_status: StatusSet::default(),
+            expect_body: None,
+        }
+    }
+}
+
 /// Where the response being read is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
     /// Status line and headers.
     Head,
-    /// The body, skipped by the decoder the responder uses for request bodies.
-    Body { body: Body, accepted: bool },
+    /// The body, skipped by the decoder the responder uses for request bodies; `checked`
+    /// bytes of it matched `--expect-body` so far.
+    Body {
+        body: Body,
+        answer: Answer,
+        checked: usize,
+    },
+    /// A body without a length: everything until the server closes.
+    UntilClose { answer: Answer, checked: usize },
 }
 
 /// One connection's requests and the framing state of the response being read.
 #[derive(Debug)]
 pub struct HttpExchange {
-    /// The request, built once per connection.
-    request: Box<[u8]>,
+    workload: Arc<HttpWorkload>,
     stage: Stage,
 }
 
 impl HttpExchange {
-    pub fn new(host: &str) -> Self {
-        let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: keep-alive\r\n\r\n");
+    pub fn new(workload: Arc<HttpWorkload>) -> Self {
         HttpExchange {
-            request: request.into_bytes().into_boxed_slice(),
+            workload,
             stage: Stage::Head,
         }
     }
@@ -55,33 +218,98 @@ impl HttpExchange {
             Err(e) => return Err(ResponseError(format!("malformed HTTP response: {e}"))),
         };
         let code = response.code.unwrap_or(0);
+        if code == 101 {
+            return Err(ResponseError(
+                "the server switched protocols (101), which a load of HTTP requests cannot follow"
+                    .into(),
+            ));
+        }
         if (100..200).contains(&code) {
-            // An interim response (100 Continue): the real one follows.
+            // An interim response (100 Continue, 103 Early Hints): the real one follows.
             return Ok(Progress::NeedMore { used });
         }
-        let accepted = code < 400;
         let mut framing = Framing::default();
+        // HTTP/1.1 keeps the connection unless it says close; HTTP/1.0 closes unless it
+        // says keep-alive (RFC 9112 §9.3).
+        let mut last = response.version == Some(0);
         for header in response.headers.iter() {
-            framing
+            if framing
                 .add(header.name.as_bytes(), header.value)
-                .map_err(framing_error)?;
+                .map_err(framing_error)?
+            {
+                continue;
+            }
+            if header.name.eq_ignore_ascii_case("connection") {
+                for option in list_elements(header.value) {
+                    if option.eq_ignore_ascii_case(b"close") {
+                        last = true;
+                    } else if option.eq_ignore_ascii_case(b"keep-alive") {
+                        last = false;
+                    }
+                }
+            }
         }
-        let body = if code == 204 || code == 304 {
+        let workload = &*self.workload;
+        let mut answer = Answer {
+            accepted: workload.expect_status.contains(code),
+            status: code,
+            last,
+        };
+        let body = if workload.head || code == 204 || code == 304 {
             Body::Done
         } else {
-            framing.body().map_err(framing_error)?.ok_or_else(|| {
-                ResponseError(
-                    "HTTP response without Content-Length or chunked encoding (its end is the \
-                     close, which keep-alive load cannot use)"
-                        .into(),
-                )
-            })?
+            match framing.body().map_err(framing_error)? {
+                Some(body) => body,
+                None => {
+                    // The body is everything until the close.
+                    answer.last = true;
+                    self.stage = Stage::UntilClose { answer, checked: 0 };
+                    return Ok(Progress::NeedMore { used });
+                }
+            }
         };
         if body == Body::Done {
-            return Ok(Progress::Done { used, accepted });
+            self.check_body_end(0)?;
+            return Ok(Progress::Done { used, answer });
         }
-        self.stage = Stage::Body { body, accepted };
+        self.stage = Stage::Body {
+            body,
+            answer,
+            checked: 0,
+        };
         Ok(Progress::NeedMore { used })
+    }
+
+    /// Compares a piece of body data, the `checked` bytes before it having matched.
+    fn check_body(&self, checked: &mut usize, data: &[u8]) -> Result<(), ResponseError> {
+        if let Some(expected) = &self.workload.expect_body {
+            let end = *checked + data.len();
+            if expected.get(*checked..end) != Some(data) {
+                return Err(ResponseError(format!(
+                    "HTTP response body differs from --expect-body ({} bytes) at byte {}",
+                    expected.len(),
+                    *checked
+                        + data
+                            .iter()
+                            .zip(&expected[(*checked).min(expected.len())..])
+                            .take_while(|(a, b)| a == b)
+                            .count()
+                )));
+            }
+        }
+        *checked += data.len();
+        Ok(())
+    }
+
+    /// The body ended after `checked` matching bytes: it must not be short.
+    fn check_body_end(&self, checked: usize) -> Result<(), ResponseError> {
+        match &self.workload.expect_body {
+            Some(expected) if expected.len() != checked => Err(ResponseError(format!(
+                "HTTP response body of {checked} bytes where --expect-body has {}",
+                expected.len()
+            ))),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -91,7 +319,7 @@ fn framing_error(e: FramingError) -> ResponseError {
 
 impl Exchange for HttpExchange {
     fn write_request(&mut self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.request);
+        out.extend_from_slice(&self.workload.request);
     }
 
     fn read_response(&mut self, input: &[u8]) -> Result<Progress, ResponseError> {
@@ -105,23 +333,46 @@ impl Exchange for HttpExchange {
                     Progress::NeedMore { used: 0 } => return Ok(Progress::NeedMore { used }),
                     // A head whose body follows, or an interim (1xx) response.
                     Progress::NeedMore { used: n } => used += n,
-                    Progress::Done { used: n, accepted } => {
+                    Progress::Done { used: n, answer } => {
                         return Ok(Progress::Done {
                             used: used + n,
-                            accepted,
+                            answer,
                         })
                     }
                 },
-                Stage::Body { mut body, accepted } => {
+                Stage::Body {
+                    mut body,
+                    answer,
+                    mut checked,
+                } => {
+                    let mut mismatch = Ok(());
                     used += body
-                        .skip(rest, MAX_CHUNK_LINE)
+                        .read(rest, MAX_CHUNK_LINE, |data| {
+                            if mismatch.is_ok() {
+                                mismatch = self.check_body(&mut checked, data);
+                            }
+                        })
                         .map_err(|e| ResponseError(format!("malformed HTTP response body: {e}")))?;
+                    mismatch?;
                     if body == Body::Done {
                         self.stage = Stage::Head;
-                        return Ok(Progress::Done { used, accepted });
+                        self.check_body_end(checked)?;
+                        return Ok(Progress::Done { used, answer });
                     }
-                    self.stage = Stage::Body { body, accepted };
+                    self.stage = Stage::Body {
+                        body,
+                        answer,
+                        checked,
+                    };
                     return Ok(Progress::NeedMore { used });
+                }
+                Stage::UntilClose {
+                    answer,
+                    mut checked,
+                } => {
+                    self.check_body(&mut checked, rest)?;
+                    self.stage = Stage::UntilClose { answer, checked };
+                    return Ok(Progress::NeedMore { used: input.len() });
                 }
             }
             if used == input.len() {
@@ -132,6 +383,29 @@ impl Exchange for HttpExchange {
 
     fn max_pending(&self) -> usize {
         MAX_RESPONSE_HEAD
+    }
+
+    fn mid_response(&self) -> bool {
+        self.stage != Stage::Head
+    }
+
+    fn finish_at_eof(&mut self) -> Option<Answer> {
+        match self.stage {
+            Stage::UntilClose { answer, checked } => {
+                self.stage = Stage::Head;
+                // A body cut short by the close is not the one expected either.
+                let complete = self.check_body_end(checked).is_ok();
+                Some(Answer {
+                    accepted: answer.accepted && complete,
+                    ..answer
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.stage = Stage::Head;
     }
 }
 
@@ -149,9 +423,28 @@ mod tests {
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
     const NOT_FOUND: &[u8] = b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nnop";
 
+    fn exchange_for(workload: HttpWorkload) -> HttpExchange {
+        HttpExchange::new(Arc::new(workload))
+    }
+
+    fn get() -> HttpExchange {
+        exchange_for(HttpWorkload::new(&HttpRequest::get("h", "/")))
+    }
+
     /// Feeds `stream` in the given pieces the way the generator does (keeping what was not
     /// used and showing it again with the next piece); returns each response's verdict.
     fn feed(exchange: &mut HttpExchange, pieces: &[&[u8]]) -> Result<Vec<bool>, ResponseError> {
+        Ok(answers(exchange, pieces)?
+            .into_iter()
+            .map(|a| a.accepted)
+            .collect())
+    }
+
+    /// Like [`feed`], with each response's whole answer.
+    fn answers(
+        exchange: &mut HttpExchange,
+        pieces: &[&[u8]],
+    ) -> Result<Vec<Answer>, ResponseError> {
         let mut verdicts = Vec::new();
         let mut pending: Vec<u8> = Vec::new();
         for piece in pieces {
@@ -163,8 +456,8 @@ mod tests {
                         at += used;
                         break;
                     }
-                    Progress::Done { used, accepted } => {
-                        verdicts.push(accepted);
+                    Progress::Done { used, answer } => {
+                        verdicts.push(answer);
                         at += used;
                     }
                 }
@@ -182,15 +475,135 @@ mod tests {
 
     const VERDICTS: [bool; 6] = [true, true, true, true, false, true];
 
-    /// The request is a keep-alive `GET /` naming the host.
+    /// The default request is a keep-alive `GET /` naming the host; method, path,
+    /// headers and a body are sent as given, a user's Host or Connection replacing ours.
     #[test]
-    fn request_is_get_with_host() {
+    fn requests_are_built_as_described() {
         let mut out = Vec::new();
-        HttpExchange::new("example.test:8080").write_request(&mut out);
+        exchange_for(HttpWorkload::new(&HttpRequest::get(
+            "example.test:8080",
+            "/",
+        )))
+        .write_request(&mut out);
         assert_eq!(
             out,
             b"GET / HTTP/1.1\r\nHost: example.test:8080\r\nConnection: keep-alive\r\n\r\n"
         );
+        let post = HttpRequest {
+            method: "POST".into(),
+            path: "/api?x=1".into(),
+            headers: vec![
+                ("Content-Type".into(), "application/json".into()),
+                ("host".into(), "other".into()),
+            ],
+            body: b"{}".to_vec(),
+            keep_alive: false,
+            ..HttpRequest::get("h", "/")
+        };
+        assert_eq!(
+            String::from_utf8(post.encode()).unwrap(),
+            "POST /api?x=1 HTTP/1.1\r\nContent-Type: application/json\r\nhost: other\r\n\
+             Connection: close\r\nContent-Length: 2\r\n\r\n{}"
+        );
+    }
+
+    /// Status sets: single codes, ranges and classes; 2xx by default.
+    #[test]
+    fn status_sets() {
+        let set: StatusSet = "200,301-302,4xx".parse().unwrap();
+        for (code, inside) in [
+            (200, true),
+            (201, false),
+            (302, true),
+            (404, true),
+            (500, false),
+        ] {
+            assert_eq!(set.contains(code), inside, "{code}");
+        }
+        assert_eq!(set.to_string(), "200,301-302,400-499");
+        assert!(StatusSet::default().contains(204) && !StatusSet::default().contains(304));
+        for bad in ["", "99", "abc", "300-200", "1000"] {
+            assert!(bad.parse::<StatusSet>().is_err(), "{bad:?}");
+        }
+    }
+
+    /// The answers' statuses, and whether the server closes after them: `Connection:
+    /// close`, HTTP/1.0 without keep-alive, or a body that ends at the close (complete
+    /// only at EOF).
+    #[test]
+    fn statuses_and_last_answers() {
+        let stream = [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx"[..],
+            b"HTTP/1.1 503 Busy\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+        ]
+        .concat();
+        let got: Vec<(u16, bool, bool)> = answers(&mut get(), &[&stream])
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.status, a.accepted, a.last))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (200, true, false),
+                (503, false, true),
+                (200, true, true),
+                (200, true, false)
+            ]
+        );
+        let mut exchange = get();
+        assert_eq!(
+            answers(&mut exchange, &[b"HTTP/1.0 200 OK\r\n\r\nuntil the close"]).unwrap(),
+            []
+        );
+        assert!(exchange.mid_response());
+        let answer = exchange.finish_at_eof().expect("complete at the close");
+        assert!(answer.accepted && answer.last);
+        assert!(!exchange.mid_response());
+    }
+
+    /// HEAD answers carry no body whatever their Content-Length says.
+    #[test]
+    fn head_answers_have_no_body() {
+        let head = HttpRequest {
+            method: "HEAD".into(),
+            ..HttpRequest::get("h", "/")
+        };
+        let mut exchange = exchange_for(HttpWorkload::new(&head));
+        let stream = b"HTTP/1.1 200 OK\r\nContent-Length: 21\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 21\r\n\r\n";
+        assert_eq!(feed(&mut exchange, &[stream]), Ok(vec![true, true]));
+    }
+
+    /// With `--expect-body`, bodies are compared as they arrive, chunked or not, at every
+    /// split point; a different or short body is a mismatch.
+    #[test]
+    fn expected_bodies_are_checked() {
+        let mut workload = HttpWorkload::new(&HttpRequest::get("h", "/"));
+        workload.expect_body = Some(Arc::from(&b"Hello, World!"[..]));
+        let good = [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nHello, World!"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\nHello, \r\n6\r\nWorld!\r\n0\r\n\r\n",
+        ]
+        .concat();
+        for split in 0..=good.len() {
+            let (a, b) = good.split_at(split);
+            let mut exchange = exchange_for(workload.clone());
+            assert_eq!(
+                feed(&mut exchange, &[a, b]),
+                Ok(vec![true, true]),
+                "split at {split}"
+            );
+        }
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nHello, world!"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nHello",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\nHello, World!!",
+        ] {
+            let err = feed(&mut exchange_for(workload.clone()), &[bad]).unwrap_err();
+            assert!(err.0.contains("--expect-body"), "{err}");
+        }
     }
 
     /// Fixed-length, chunked, bodiless and interim responses back to back are all framed
@@ -198,10 +611,7 @@ mod tests {
     #[test]
     fn frames_every_kind_of_response() {
         let stream = all_responses();
-        assert_eq!(
-            feed(&mut HttpExchange::new("h"), &[&stream]),
-            Ok(VERDICTS.to_vec())
-        );
+        assert_eq!(feed(&mut get(), &[&stream]), Ok(VERDICTS.to_vec()));
     }
 
     /// The same stream split at every point into two reads gives the same responses.
@@ -211,7 +621,7 @@ mod tests {
         for split in 0..=stream.len() {
             let (a, b) = stream.split_at(split);
             assert_eq!(
-                feed(&mut HttpExchange::new("h"), &[a, b]),
+                feed(&mut get(), &[a, b]),
                 Ok(VERDICTS.to_vec()),
                 "split at {split}"
             );
@@ -223,18 +633,14 @@ mod tests {
     fn byte_at_a_time() {
         let stream = all_responses();
         let pieces: Vec<&[u8]> = stream.chunks(1).collect();
-        assert_eq!(
-            feed(&mut HttpExchange::new("h"), &pieces),
-            Ok(VERDICTS.to_vec())
-        );
+        assert_eq!(feed(&mut get(), &pieces), Ok(VERDICTS.to_vec()));
     }
 
-    /// Responses whose end cannot be found, or that are not HTTP, end the connection.
+    /// Responses whose framing is broken, or that are not HTTP, end the connection.
     #[test]
     fn refuses_unframed_and_malformed() {
         for bad in [
-            &b"HTTP/1.1 200 OK\r\n\r\nbody until close"[..],
-            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            &b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"[..],
             // The responder's rules: 1*DIGIT lengths, 1*HEXDIG chunk sizes.
             b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n",
@@ -247,7 +653,7 @@ mod tests {
             b"SSH-2.0-OpenSSH\r\n\r\n",
         ] {
             assert!(
-                feed(&mut HttpExchange::new("h"), &[bad]).is_err(),
+                feed(&mut get(), &[bad]).is_err(),
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
@@ -257,7 +663,7 @@ mod tests {
     /// A head that never ends is refused once it passes the cap instead of growing.
     #[test]
     fn endless_head_is_capped() {
-        let mut exchange = HttpExchange::new("h");
+        let mut exchange = get();
         let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
         while head.len() <= MAX_RESPONSE_HEAD {
             head.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
@@ -270,7 +676,7 @@ mod tests {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), split in 0usize..512) {
             let split = split.min(bytes.len());
-            let mut exchange = HttpExchange::new("h");
+            let mut exchange = get();
             let _ = exchange.read_response(&bytes[..split]);
             let _ = exchange.read_response(&bytes);
         }
@@ -294,7 +700,7 @@ mod tests {
                 }
             }
             let pieces: Vec<&[u8]> = stream.chunks(chunk).collect();
-            prop_assert_eq!(feed(&mut HttpExchange::new("h"), &pieces), Ok(vec![true; lengths.len()]));
+            prop_assert_eq!(feed(&mut get(), &pieces), Ok(vec![true; lengths.len()]));
         }
     }
 }

@@ -7,10 +7,11 @@ pub mod echo;
 pub mod http;
 
 use std::fmt;
+use std::sync::Arc;
 
 pub use app::AppExchange;
 pub use echo::EchoExchange;
-pub use http::HttpExchange;
+pub use http::{HttpExchange, HttpRequest, HttpWorkload, StatusSet};
 
 /// How far [`Exchange::read_response`] got with the bytes it was shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,9 +19,32 @@ pub enum Progress {
     /// `used` bytes belonged to the current response, which is not finished. Bytes past
     /// `used` must be shown again, joined with what arrives next (e.g. half an HTTP header).
     NeedMore { used: usize },
-    /// The current response ended after `used` bytes. `accepted` is false when it was
-    /// well formed but reports a failure (an HTTP 5xx): counted, and the connection goes on.
-    Done { used: usize, accepted: bool },
+    /// The current response ended after `used` bytes.
+    Done { used: usize, answer: Answer },
+}
+
+/// What a complete response said, beyond its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    /// False when it was well formed but reports a failure (an HTTP status not expected,
+    /// an app error reply): counted, and the connection goes on.
+    pub accepted: bool,
+    /// The HTTP status code (0 for protocols without one).
+    pub status: u16,
+    /// The server closes the connection after this response (`Connection: close`, an
+    /// HTTP/1.0 answer, a body that ends at the close): nothing after it gets an answer.
+    pub last: bool,
+}
+
+impl Answer {
+    /// A response of a protocol without statuses, judged `accepted`.
+    pub fn plain(accepted: bool) -> Self {
+        Answer {
+            accepted,
+            status: 0,
+            last: false,
+        }
+    }
 }
 
 /// A response that does not match what was asked: the stream cannot be trusted any more
@@ -47,6 +71,19 @@ pub trait Exchange {
     /// The longest unfinished response prefix (`NeedMore { used }` with bytes left over)
     /// the generator may have to hold for this exchange; past it the response is refused.
     fn max_pending(&self) -> usize;
+
+    /// Whether part of the current response was consumed (bytes held back unconsumed are
+    /// the caller's to know): a close now cuts a response short.
+    fn mid_response(&self) -> bool;
+
+    /// The server closed the connection: a response whose end is the close is complete.
+    fn finish_at_eof(&mut self) -> Option<Answer> {
+        None
+    }
+
+    /// The connection was re-established: what was in flight is gone, and the next
+    /// response answers the next request written.
+    fn reset(&mut self);
 }
 
 /// The protocols the generator speaks, as `--protocol` names them.
@@ -57,7 +94,7 @@ pub enum LoadProtocol {
     Echo,
     /// The tutorial's JSON-header protocol: `search` requests, answers checked.
     App,
-    /// `GET /` with keep-alive; any 2xx or 3xx with a body length counts.
+    /// Any HTTP/1.1 request; responses framed, statuses counted.
     Http,
 }
 
@@ -77,13 +114,40 @@ pub struct Workload {
     pub protocol: LoadProtocol,
     /// Echo: bytes per message.
     pub size: usize,
-    /// HTTP: the `Host` header.
-    pub host: String,
+    /// HTTP: the request and what its responses must be, built once and shared.
+    pub http: Arc<HttpWorkload>,
     /// Mixed into every connection's payload so two runs do not send the same bytes.
     pub seed: u64,
 }
 
 impl Workload {
+    /// Echo messages of `size` bytes.
+    pub fn echo(size: usize, seed: u64) -> Self {
+        Workload {
+            protocol: LoadProtocol::Echo,
+            size,
+            http: Arc::new(HttpWorkload::new(&HttpRequest::get("localhost", "/"))),
+            seed,
+        }
+    }
+
+    /// The app protocol's search requests.
+    pub fn app() -> Self {
+        Workload {
+            protocol: LoadProtocol::App,
+            ..Workload::echo(64, 0)
+        }
+    }
+
+    /// HTTP requests as `http` describes them.
+    pub fn http(http: HttpWorkload) -> Self {
+        Workload {
+            protocol: LoadProtocol::Http,
+            http: Arc::new(http),
+            ..Workload::echo(64, 0)
+        }
+    }
+
     /// The exchange of connection number `connection` (unique within the run).
     pub fn exchange(&self, connection: u64) -> ConnExchange {
         match self.protocol {
@@ -92,7 +156,7 @@ impl Workload {
                 self.seed ^ connection.wrapping_mul(0x9e37_79b9_7f4a_7c15),
             )),
             LoadProtocol::App => ConnExchange::App(AppExchange::new()),
-            LoadProtocol::Http => ConnExchange::Http(HttpExchange::new(&self.host)),
+            LoadProtocol::Http => ConnExchange::Http(HttpExchange::new(self.http.clone())),
         }
     }
 }
@@ -127,6 +191,30 @@ impl Exchange for ConnExchange {
             ConnExchange::Echo(e) => e.max_pending(),
             ConnExchange::App(e) => e.max_pending(),
             ConnExchange::Http(e) => e.max_pending(),
+        }
+    }
+
+    fn mid_response(&self) -> bool {
+        match self {
+            ConnExchange::Echo(e) => e.mid_response(),
+            ConnExchange::App(e) => e.mid_response(),
+            ConnExchange::Http(e) => e.mid_response(),
+        }
+    }
+
+    fn finish_at_eof(&mut self) -> Option<Answer> {
+        match self {
+            ConnExchange::Echo(e) => e.finish_at_eof(),
+            ConnExchange::App(e) => e.finish_at_eof(),
+            ConnExchange::Http(e) => e.finish_at_eof(),
+        }
+    }
+
+    fn reset(&mut self) {
+        match self {
+            ConnExchange::Echo(e) => e.reset(),
+            ConnExchange::App(e) => e.reset(),
+            ConnExchange::Http(e) => e.reset(),
         }
     }
 }

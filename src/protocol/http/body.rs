@@ -192,13 +192,30 @@ impl Body {
     /// may hold at most `max_line` bytes.
     #[inline]
     pub fn skip(&mut self, input: &[u8], max_line: usize) -> Result<usize, BodyError> {
+        self.read(input, max_line, |_| {})
+    }
+
+    /// Like [`Self::skip`], handing each piece of the body's data (the content, without
+    /// chunk framing) to `data` in order: how a client checks a body it knows.
+    #[inline]
+    pub fn read(
+        &mut self,
+        input: &[u8],
+        max_line: usize,
+        data: impl FnMut(&[u8]),
+    ) -> Result<usize, BodyError> {
         if *self == Body::Done {
             return Ok(0);
         }
-        self.skip_some(input, max_line)
+        self.read_some(input, max_line, data)
     }
 
-    fn skip_some(&mut self, input: &[u8], max_line: usize) -> Result<usize, BodyError> {
+    fn read_some(
+        &mut self,
+        input: &[u8],
+        max_line: usize,
+        mut data: impl FnMut(&[u8]),
+    ) -> Result<usize, BodyError> {
         let mut used = 0;
         loop {
             let rest = input.get(used..).unwrap_or_default();
@@ -206,6 +223,7 @@ impl Body {
                 Body::Done => return Ok(used),
                 Body::Length(remaining) | Body::Chunked(ChunkStage::Data(remaining)) => {
                     let take = remaining.min(rest.len() as u64);
+                    data(&rest[..take as usize]);
                     used += take as usize;
                     let left = remaining - take;
                     *self = match (*self, left) {
