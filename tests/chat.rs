@@ -360,9 +360,9 @@ fn a_room_spans_the_workers() {
     use multiconn::{ListenAddr, ServerConfig};
     const MEMBERS: usize = 24;
     const LINES: usize = 20;
-    // SO_REUSEPORT listeners, so the kernel spreads the members over the loops; a shared
-    // listener may give them all to whichever loop wakes first.
     let mut config = ServerConfig::new(ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()));
+    // SO_REUSEPORT: the kernel spreads the members over the loops; on one shared listener
+    // whichever loop wakes first may take them all.
     config.socket.reuseport = true;
     let workers = start(LaunchOptions {
         config,
