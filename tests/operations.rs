@@ -503,6 +503,14 @@ fn usage_errors_exit_2() {
             "error: invalid value '2x' for '--idle-timeout <D>'",
         ),
         (
+            &["--metrics", "9100"],
+            "error: --metrics wants HOST:PORT, not \"9100\"",
+        ),
+        (
+            &["--udp", "--unix", "/nonexistent/multiconn.sock"],
+            "error: --udp needs a TCP address, not --unix",
+        ),
+        (
             &[
                 "--protocol",
                 "chat",

@@ -236,16 +236,14 @@ impl<P: Protocol> Server<P> {
             }
             let mut stream = Stream::Tcp(stream);
             let slot = metrics.conns.vacant_key();
-            let token = Token(SCRAPE_TOKENS.start + slot);
-            if let Err(e) = self
-                .poll
-                .registry()
-                .register(&mut stream, token, Interest::READABLE)
+            let peer = Peer::Tcp(addr);
+            if !super::register_accepted(&self.poll, &mut stream, SCRAPE_TOKENS.start + slot, &peer)
             {
-                log::warn!("metrics: cannot register {addr}: {e}");
                 continue;
             }
-            let peer = Peer::Tcp(addr);
+            let Some(metrics) = &mut self.metrics else {
+                return;
+            };
             let session = metrics.protocol.open(&peer, &mut metrics.produced.output());
             metrics.next_id += 1;
             metrics
@@ -255,12 +253,15 @@ impl<P: Protocol> Server<P> {
         }
     }
 
-    /// A readiness event of a scrape connection.
-    #[cold]
-    pub(super) fn scrape_event(&mut self, slot: usize, ready: Readiness, now: Tick) {
-        let Some(metrics) = &mut self.metrics else {
-            return;
-        };
+    /// Calls `f` with scrape connection `slot` (if it is there and is `id`, when given)
+    /// and what it borrows from the loop for a turn.
+    fn with_scrape<T>(
+        &mut self,
+        slot: usize,
+        id: Option<u64>,
+        now: Tick,
+        f: impl FnOnce(&mut Connection<ScrapeSession>, &mut Turn<'_, Scrape>) -> T,
+    ) -> Option<T> {
         let Metrics {
             conns,
             protocol,
@@ -268,10 +269,11 @@ impl<P: Protocol> Server<P> {
             stats,
             limits,
             ..
-        } = &mut **metrics;
-        let Some(conn) = conns.get_mut(slot) else {
-            return; // a stale event
-        };
+        } = &mut **self.metrics.as_mut()?;
+        // A stale event or timer finds nothing, or a successor it does not name.
+        let conn = conns
+            .get_mut(slot)
+            .filter(|c| id.is_none_or(|id| c.id() == id))?;
         let mut turn = Turn {
             protocol,
             produced,
@@ -281,8 +283,19 @@ impl<P: Protocol> Server<P> {
             stats,
             now,
         };
-        conn.on_event(&mut turn, ready);
-        let asked = conn.session().waiting;
+        Some(f(conn, &mut turn))
+    }
+
+    /// A readiness event of a scrape connection.
+    #[cold]
+    pub(super) fn scrape_event(&mut self, slot: usize, ready: Readiness, now: Tick) {
+        let asked = self.with_scrape(slot, None, now, |conn, turn| {
+            conn.on_event(turn, ready);
+            conn.session().waiting
+        });
+        let Some(asked) = asked else {
+            return;
+        };
         self.settle_scrape(slot, now);
         if asked {
             self.begin_collecting(now);
@@ -292,34 +305,11 @@ impl<P: Protocol> Server<P> {
     /// A scrape connection's timer went off.
     #[cold]
     pub(super) fn scrape_timer(&mut self, slot: usize, id: u64, at: Tick, now: Tick) {
-        let Some(metrics) = &mut self.metrics else {
-            return;
-        };
-        let Metrics {
-            conns,
-            protocol,
-            produced,
-            stats,
-            limits,
-            ..
-        } = &mut **metrics;
-        let Some(conn) = conns.get_mut(slot).filter(|c| c.id() == id) else {
-            return;
-        };
-        let mut turn = Turn {
-            protocol,
-            produced,
-            read_buf: &mut self.read_buf,
-            limits,
-            timeouts: &SCRAPE_TIMEOUTS,
-            stats,
-            now,
-        };
-        if let Some(later) = conn.on_timer(at, &mut turn) {
-            self.schedule.arm(later, SCRAPE_TOKENS.start + slot, id);
-            return;
+        match self.with_scrape(slot, Some(id), now, |conn, turn| conn.on_timer(at, turn)) {
+            None => {}
+            Some(Some(later)) => self.schedule.arm(later, SCRAPE_TOKENS.start + slot, id),
+            Some(None) => self.settle_scrape(slot, now),
         }
-        self.settle_scrape(slot, now);
     }
 
     /// Settles a scrape connection as `settle` does a connection; one that is finished is

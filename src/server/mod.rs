@@ -466,12 +466,7 @@ impl<P: Protocol> Server<P> {
 
     fn open(&mut self, mut stream: Stream, peer: Peer, now: Tick) {
         let key = self.conns.vacant_key();
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut stream, Token(key), Interest::READABLE)
-        {
-            log::warn!("cannot register connection from {peer}: {e}");
+        if !register_accepted(&self.poll, &mut stream, key, &peer) {
             return;
         }
         self.stats.accepted += 1;
@@ -504,12 +499,7 @@ impl<P: Protocol> Server<P> {
         };
         let slot = headers.awaiting.vacant_key();
         let token = HEADER_TOKENS.start + slot;
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut stream, Token(token), Interest::READABLE)
-        {
-            log::warn!("cannot register connection from {via}: {e}");
+        if !register_accepted(&self.poll, &mut stream, token, &via) {
             return;
         }
         self.stats.accepted += 1;
@@ -966,6 +956,21 @@ impl<P: Protocol> Server<P> {
                 self.deliver_broadcast(None, now);
             }
             self.flush_delivered(now);
+        }
+    }
+}
+
+/// Registers a connection just accepted, READABLE, under `token`; a failure is logged and
+/// the connection dropped (closed).
+fn register_accepted(poll: &Poll, stream: &mut Stream, token: usize, peer: &Peer) -> bool {
+    match poll
+        .registry()
+        .register(stream, Token(token), Interest::READABLE)
+    {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!("cannot register connection from {peer}: {e}");
+            false
         }
     }
 }
