@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use multiconn::cli::{die, init_client_logging};
+use multiconn::cli::{die, exit_on_ctrl_c, init_client_logging, EXIT_INTERRUPTED};
 use multiconn::client::driver::{ClientTls, Endpoint};
 use multiconn::client::file::{download, run_file_load, FileLoadConfig};
 use multiconn::client::url::Url;
@@ -24,8 +24,6 @@ use multiconn::tls::{client_config, server_name, ClientTlsOptions};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-/// Exit code of a run stopped by Ctrl-C, as shells report a SIGINT death.
-const EXIT_INTERRUPTED: i32 = 130;
 /// Exit code of a usage error (clap's too).
 const EXIT_USAGE: i32 = 2;
 /// Failed connections listed one per line before the rest are summed up.
@@ -373,10 +371,12 @@ fn files(args: &Args, target: &Target) {
 fn tutorial(args: &Args, target: &Target) {
     let mut config = ScenarioConfig::tutorial(target.endpoint.clone(), target.connections);
     config.timeout = args.timeout;
+    exit_on_ctrl_c();
+    // Not `stdout().lock()`: the Ctrl-C thread prints its line on stdout too.
     let mut transcript: Box<dyn std::io::Write> = if args.quiet {
         Box::new(std::io::sink())
     } else {
-        Box::new(std::io::stdout().lock())
+        Box::new(std::io::stdout())
     };
     let report = run_scenario(&config, &mut transcript).unwrap_or_else(|e| die(e, 1));
     if !report.failures.is_empty() {
