@@ -68,9 +68,9 @@ Time flags take 10s, 500ms, 1m30s, or a bare number of seconds.";
     max_term_width = 100,
     about = "The tutorial's multi-connection client; with --duration or --requests, a load generator",
     override_usage = "multiconn-client [OPTIONS] HOST PORT NUM_CONNS\n       \
-                      multiconn-client [OPTIONS] http[s]://HOST[:PORT][/PATH] NUM_CONNS\n       \
+                      multiconn-client [OPTIONS] URL NUM_CONNS\n       \
                       multiconn-client [OPTIONS] --unix PATH [URL] NUM_CONNS\n       \
-                  multiconn-client --udp (--duration D | --requests N) [OPTIONS] HOST PORT NUM_SOCKETS",
+                  multiconn-client --udp [OPTIONS] HOST PORT NUM_SOCKETS",
     long_about = "Without load flags, each of NUM_CONNS connections sends the tutorial's two messages and \
                   waits for their echo, printing the tutorial's transcript.\n\n\
                   With --duration or --requests, NUM_CONNS connections send requests as fast as the server \
