@@ -617,9 +617,14 @@ impl fmt::Display for LoadReport {
         let e = &self.errors;
         if o.protocol == "udp" {
             // Loss is not an error (the datagrams line counts it); a wrong echo is.
+            let sockets = if e.connect > 0 {
+                format!("sockets {}, ", e.connect)
+            } else {
+                String::new()
+            };
             writeln!(
                 f,
-                "errors     {} (mismatched {})",
+                "errors     {} ({sockets}mismatched {})",
                 thousands(e.total),
                 e.mismatched
             )?;
@@ -894,6 +899,69 @@ mod tests {
             "{text}"
         );
         assert!(serde_json::to_value(&report).unwrap()["latency_uncorrected_us"]["p99"].is_u64());
+    }
+
+    /// A UDP report counts the datagrams (lost: neither received nor in flight) and
+    /// judges the loss against --max-loss.
+    #[test]
+    fn udp_report_counts_loss() {
+        let mut tally = Tally {
+            connected: 2,
+            sent: 200,
+            completed: 180,
+            in_flight: 4,
+            datagrams_late: 3,
+            datagrams_duplicate: 1,
+            ..Tally::default()
+        };
+        tally.record(Duration::from_micros(40), Duration::from_micros(40));
+        let mut udp = options();
+        udp.protocol = "udp";
+        udp.connections = 2;
+        udp.max_loss = Some(0.1);
+        let report = LoadReport::new(
+            udp.clone(),
+            &tally,
+            Duration::from_secs(10),
+            false,
+            CpuTime::default(),
+        );
+        let d = report.datagrams.expect("datagram counts");
+        assert_eq!((d.sent, d.received, d.lost), (200, 180, 16));
+        assert_eq!(d.loss_percent, 8.0);
+        assert_eq!(report.loss_exceeded(), None, "8% is within 10%");
+        let text = report.to_string();
+        assert!(
+            text.starts_with("2 sockets, 64-byte UDP datagrams"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "datagrams  sent 200  received 180  lost 16 (8.00%)  late 3  duplicates 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("errors     0 (mismatched 0)"), "{text}");
+        udp.max_loss = Some(0.05);
+        let report = LoadReport::new(
+            udp,
+            &tally,
+            Duration::from_secs(10),
+            false,
+            CpuTime::default(),
+        );
+        assert_eq!(
+            report.loss_exceeded().as_deref(),
+            Some("lost 16 of 200 datagrams (8.00%), more than --max-loss 5%")
+        );
+        let tcp = LoadReport::new(
+            options(),
+            &tally,
+            Duration::from_secs(10),
+            false,
+            CpuTime::default(),
+        );
+        assert!(tcp.datagrams.is_none() && tcp.loss_exceeded().is_none());
     }
 
     /// The progress line shows the interval's rate and percentiles.
