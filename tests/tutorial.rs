@@ -199,3 +199,47 @@ fn ctrl_c_prints_the_tutorial_line() {
     );
     assert!(stderr.is_empty(), "{stderr}");
 }
+
+/// A connection the server drops holds no barrier up: the others still send both
+/// messages and finish; the dropped one is reported, and the exit is 1.
+#[test]
+fn a_dropped_connection_does_not_stall_the_others() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        for number in 0..3 {
+            let Ok((mut stream, _)) = listener.accept() else {
+                return;
+            };
+            if number == 1 {
+                drop(stream); // closed at once, before any message
+                continue;
+            }
+            stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            kept.push(std::thread::spawn(move || {
+                let mut echo = vec![0u8; 2 * MESSAGE_LEN];
+                if stream.read_exact(&mut echo).is_ok() {
+                    let _ = stream.write_all(&echo);
+                }
+                let _ = stream.read(&mut [0u8; 1]); // until the client closes
+            }));
+        }
+        for thread in kept {
+            let _ = thread.join();
+        }
+    });
+    let out = client(&["127.0.0.1", &port, "3"]);
+    assert_eq!(out.status.code(), Some(1), "{}\n{}", out.stdout, out.stderr);
+    let closing = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("Closing connection "))
+        .count();
+    assert_eq!(closing, 2, "{}", out.stdout);
+    assert!(
+        out.stderr.ends_with("error: 1 of 3 connections failed\n"),
+        "{}",
+        out.stderr
+    );
+}
