@@ -1,5 +1,6 @@
-//! What the binaries share: logging set up from `-v`/`-q`/`RUST_LOG`, and turning an
-//! error into one line on stderr with a non-zero exit code.
+//! What the binaries share: logging set up from `-v`/`-q`/`RUST_LOG`, turning an
+//! error into one line on stderr with a non-zero exit code, and the tutorial clients'
+//! Ctrl-C line.
 
 use std::fmt::Display;
 use std::io::Write;
@@ -49,4 +50,28 @@ fn init_logging_with(verbose: u8, quiet: bool, default: &str) {
 pub fn die(e: impl Display, code: i32) -> ! {
     eprintln!("error: {e}");
     std::process::exit(code)
+}
+
+/// Exit status of a client stopped by Ctrl-C, as shells report a SIGINT death.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// Ctrl-C ends a tutorial client as the tutorial's do (`except KeyboardInterrupt`), with
+/// its line on stdout rather than the shell's bare `^C`, and exit status 130. A thread
+/// waits for the signal, so whatever the main thread is doing (a poll, a blocking
+/// connect) is not in the way; stdout must not be held locked by the main thread.
+pub fn exit_on_ctrl_c() {
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT]) else {
+        return; // without the handler, Ctrl-C still ends the process, only silently
+    };
+    let spawned = std::thread::Builder::new()
+        .name("ctrl-c".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                println!("Caught keyboard interrupt, exiting");
+                std::process::exit(EXIT_INTERRUPTED);
+            }
+        });
+    if let Err(e) = spawned {
+        log::debug!("no Ctrl-C thread ({e}): Ctrl-C ends the process silently");
+    }
 }

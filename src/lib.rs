@@ -29,9 +29,10 @@
 //!   waker each) and to other servers through Redis pub/sub.
 //! - [`client`]: the client loop (the same connection core and schedule, connecting
 //!   instead of accepting) and, as client protocols on it, the tutorial's multi-connection
-//!   client, the app client, the file downloader and the load generator.
+//!   client, the app client, the file downloader and the load generator (with `--udp`,
+//!   its own small loop over UDP sockets sharing the load's schedule and report).
 //! - [`launch`]: protocol choice, worker loops and signals, as `multiconn-server` runs them.
-//! - [`cli`]: what the binaries share (logging setup, error exit).
+//! - [`cli`]: what the binaries share (logging setup, error exit, the Ctrl-C line).
 
 pub mod cli;
 pub mod client;

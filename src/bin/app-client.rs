@@ -6,12 +6,10 @@
 use std::time::Duration;
 
 use clap::Parser;
-use multiconn::cli::{die, init_client_logging};
+use multiconn::cli::{die, exit_on_ctrl_c, init_client_logging};
 use multiconn::client::{run_app_client, AppClientConfig};
 use multiconn::duration::parse_duration;
 use multiconn::net::resolve;
-use signal_hook::consts::SIGINT;
-use signal_hook::iterator::Signals;
 
 const EXAMPLES: &str = r#"Examples (against `multiconn-server --protocol app 127.0.0.1 65432`):
   app-client 127.0.0.1 65432 search morpheus    Got result: Follow the white rabbit. 🐰
@@ -42,20 +40,6 @@ struct Args {
     /// Show the headers and the bytes sent and received.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
-}
-
-/// Ctrl-C ends the client as the tutorial's does (`except KeyboardInterrupt`), with its
-/// line rather than the shell's bare `^C`; the exit status says it was interrupted.
-fn exit_on_ctrl_c() {
-    let Ok(mut signals) = Signals::new([SIGINT]) else {
-        return; // without the handler, Ctrl-C still ends the process, only silently
-    };
-    std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
-            println!("Caught keyboard interrupt, exiting");
-            std::process::exit(130);
-        }
-    });
 }
 
 fn main() {

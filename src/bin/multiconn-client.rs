@@ -1,7 +1,8 @@
 //! `multiconn-client HOST PORT NUM_CONNS`: the tutorial's multi-connection echo client; with
 //! `--duration` or `--requests` a load generator (also `multiconn-client URL NUM_CONNS`);
 //! with `--protocol file --path PATH` a file downloader (the loops live in
-//! `multiconn::client`). Usage errors exit 2, failures 1, Ctrl-C 130.
+//! `multiconn::client`); with `--udp` a UDP echo load generator. Usage errors exit 2,
+//! failures 1, Ctrl-C 130.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -9,9 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use multiconn::cli::{die, init_client_logging};
+use multiconn::cli::{die, exit_on_ctrl_c, init_client_logging, EXIT_INTERRUPTED};
 use multiconn::client::driver::{ClientTls, Endpoint};
 use multiconn::client::file::{download, run_file_load, FileLoadConfig};
+use multiconn::client::load::DEFAULT_MAX_LOSS;
 use multiconn::client::url::Url;
 use multiconn::client::{
     check_open_files, parse_duration, run_load, run_scenario, HttpRequest, HttpWorkload,
@@ -24,8 +26,6 @@ use multiconn::tls::{client_config, server_name, ClientTlsOptions};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-/// Exit code of a run stopped by Ctrl-C, as shells report a SIGINT death.
-const EXIT_INTERRUPTED: i32 = 130;
 /// Exit code of a usage error (clap's too).
 const EXIT_USAGE: i32 = 2;
 /// Failed connections listed one per line before the rest are summed up.
@@ -45,20 +45,40 @@ enum ProtocolArg {
     File,
 }
 
+const EXAMPLES: &str = "\
+Examples:
+  multiconn-client 127.0.0.1 54321 3
+      the tutorial: 3 connections send its two messages and print its transcript
+  multiconn-client 127.0.0.1 54321 50 --duration 10s
+      echo load: 50 connections for 10 s, a report of throughput and latency
+  multiconn-client http://127.0.0.1:8080/ 100 --duration 30s --threads 2
+      HTTP load against a URL (https:// with TLS; -k for a self-signed server)
+  multiconn-client 127.0.0.1 54321 10 --duration 10s --rate 5000
+      open loop: 5000 requests/s in total, latency from each one's scheduled time
+  multiconn-client 127.0.0.1 54321 4 --udp --requests 10000 --max-loss 0.5%
+      UDP echo (multiconn-server --udp): 4 sockets, loss counted, exit 1 above 0.5%
+
+Time flags take 10s, 500ms, 1m30s, or a bare number of seconds.";
+
 #[derive(Parser, Debug)]
 #[command(
+    name = "multiconn-client",
     version,
+    after_help = EXAMPLES,
+    max_term_width = 100,
     about = "The tutorial's multi-connection client; with --duration or --requests, a load generator",
     override_usage = "multiconn-client [OPTIONS] HOST PORT NUM_CONNS\n       \
-                      multiconn-client [OPTIONS] http[s]://HOST[:PORT][/PATH] NUM_CONNS\n       \
-                      multiconn-client [OPTIONS] --unix PATH [URL] NUM_CONNS",
+                      multiconn-client [OPTIONS] URL NUM_CONNS\n       \
+                      multiconn-client [OPTIONS] --unix PATH [URL] NUM_CONNS\n       \
+                  multiconn-client --udp [OPTIONS] HOST PORT NUM_SOCKETS",
     long_about = "Without load flags, each of NUM_CONNS connections sends the tutorial's two messages and \
                   waits for their echo, printing the tutorial's transcript.\n\n\
                   With --duration or --requests, NUM_CONNS connections send requests as fast as the server \
                   answers (or at --rate), verify every answer, and print a report: throughput, latency \
                   percentiles, connect times, statuses and errors by kind. A URL target means HTTP (https: \
                   with TLS). A connection the server closes is opened again and the run goes on \
-                  (--no-reconnect: it is not). Exit code 1 when any request failed (unless --allow-errors) \
+                  (--no-reconnect: it is not). With --udp, NUM_CONNS UDP sockets echo datagrams: loss is \
+                  counted, and fails the run only above --max-loss. Exit code 1 when any request failed (unless --allow-errors) \
                   or none completed, 2 for a usage error, 130 when interrupted by Ctrl-C (the report is \
                   then partial; a second Ctrl-C exits at once)."
 )]
@@ -69,44 +89,74 @@ struct Args {
 
     /// Connect to this Unix socket instead of TCP (any protocol; with a URL, the URL gives
     /// the Host header and path).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", help_heading = "Target")]
     unix: Option<PathBuf>,
 
     /// Load mode: measure for this long (e.g. 10s, 1m, 500ms), after the warm-up.
-    #[arg(long, value_name = "D", value_parser = parse_duration, group = "load")]
+    #[arg(long, value_name = "D", value_parser = parse_duration, group = "load", help_heading = "Load")]
     duration: Option<Duration>,
     /// Load mode: send this many requests in total (after any warm-up), then stop.
-    #[arg(long, value_name = "N", group = "load", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", group = "load", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Load")]
     requests: Option<u64>,
     /// Run this long before measuring; nothing in it is counted [default: 1s with --duration, 0 with --requests].
-    #[arg(long, value_name = "D", value_parser = parse_duration, requires = "load")]
+    #[arg(long, value_name = "D", value_parser = parse_duration, requires = "load", help_heading = "Load")]
     warmup: Option<Duration>,
     /// Message size in bytes (echo): random content, different per request, every byte verified.
-    #[arg(long, value_name = "BYTES", default_value_t = 64, requires = "load")]
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = 64,
+        requires = "load",
+        help_heading = "Load"
+    )]
     size: usize,
     /// Requests outstanding per connection (1 = closed loop: the next one when the answer is back).
-    #[arg(long, value_name = "K", default_value_t = 1, requires = "load")]
+    #[arg(
+        long,
+        value_name = "K",
+        default_value_t = 1,
+        requires = "load",
+        help_heading = "Load"
+    )]
     pipeline: usize,
     /// Open loop: requests per second in total, spread evenly over the connections. Latency then
     /// counts from each request's scheduled send time, so a stall shows (no coordinated omission).
-    #[arg(long, value_name = "R", requires = "load")]
+    #[arg(long, value_name = "R", requires = "load", help_heading = "Load")]
     rate: Option<f64>,
     /// What to send (echo, app and http with --duration/--requests; file with --path)
     /// [default: http for a URL, echo otherwise].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, help_heading = "Load")]
     protocol: Option<ProtocolArg>,
     /// file: the path to download, relative to the server's root.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", help_heading = "File")]
     path: Option<String>,
     /// file: write the downloaded bytes to OUT (one connection only).
-    #[arg(short, long, value_name = "OUT", requires = "path")]
+    #[arg(
+        short,
+        long,
+        value_name = "OUT",
+        requires = "path",
+        help_heading = "File"
+    )]
     output: Option<PathBuf>,
 
     /// http: the request method.
-    #[arg(short, long, value_name = "METHOD", requires = "load")]
+    #[arg(
+        short,
+        long,
+        value_name = "METHOD",
+        requires = "load",
+        help_heading = "HTTP"
+    )]
     method: Option<String>,
     /// http: a header field to send, "Name: value" (repeatable).
-    #[arg(short = 'H', long = "header", value_name = "HEADER", requires = "load")]
+    #[arg(
+        short = 'H',
+        long = "header",
+        value_name = "HEADER",
+        requires = "load",
+        help_heading = "HTTP"
+    )]
     headers: Vec<String>,
     /// http: the request body.
     #[arg(
@@ -114,64 +164,86 @@ struct Args {
         long,
         value_name = "STRING",
         requires = "load",
-        conflicts_with = "body_file"
+        conflicts_with = "body_file",
+        help_heading = "HTTP"
     )]
     body: Option<String>,
     /// http: the request body, read from FILE once.
-    #[arg(long, value_name = "FILE", requires = "load")]
+    #[arg(long, value_name = "FILE", requires = "load", help_heading = "HTTP")]
     body_file: Option<PathBuf>,
     /// http: statuses that count as success, e.g. 200,301-302,4xx [default: 2xx].
-    #[arg(long, value_name = "CODES", requires = "load")]
+    #[arg(long, value_name = "CODES", requires = "load", help_heading = "HTTP")]
     expect_status: Option<StatusSet>,
     /// http: every response body must be exactly this.
-    #[arg(long, value_name = "STRING", requires = "load")]
+    #[arg(long, value_name = "STRING", requires = "load", help_heading = "HTTP")]
     expect_body: Option<String>,
 
     /// TLS over TCP or --unix for any protocol (implied by https:// URLs).
-    #[arg(long)]
+    #[arg(long, help_heading = "TLS")]
     tls: bool,
     /// TLS: also trust the certificates in this PEM file.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
     cacert: Option<PathBuf>,
     /// TLS: accept any certificate (self-signed test servers).
-    #[arg(long, short = 'k')]
+    #[arg(long, short = 'k', help_heading = "TLS")]
     insecure: bool,
 
     /// Load mode: a connection the server closes, or that fails, is not opened again.
-    #[arg(long, requires = "load")]
+    #[arg(long, requires = "load", help_heading = "Load")]
     no_reconnect: bool,
     /// Load mode: a new connection for every request (http asks with Connection: close).
-    #[arg(long, requires = "load", conflicts_with = "no_reconnect")]
+    #[arg(
+        long,
+        requires = "load",
+        conflicts_with = "no_reconnect",
+        help_heading = "Load"
+    )]
     disable_keepalive: bool,
     /// Load mode: open at most N connections per second (at the start and when reconnecting).
-    #[arg(long, value_name = "N", requires = "load")]
+    #[arg(long, value_name = "N", requires = "load", help_heading = "Load")]
     connect_rate: Option<f64>,
 
     /// Give up on a connection that is not established within this.
-    #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "3s", requires = "load")]
+    #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "3s", requires = "load", help_heading = "Load")]
     connect_timeout: Duration,
-    /// Load mode: a request unanswered this long is a timeout error. Tutorial mode: the whole
-    /// run must finish within this. A bare number means seconds.
-    #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "10s")]
-    timeout: Duration,
+    /// Load mode: a request unanswered this long is a timeout error; --udp: a datagram
+    /// unanswered this long is lost. Tutorial mode: the whole run must finish within this
+    /// [default: 10s; 1s with --udp].
+    #[arg(long, value_name = "D", value_parser = parse_duration, help_heading = "Load")]
+    timeout: Option<Duration>,
+
+    /// Echo UDP datagrams instead of TCP (the server's --udp): NUM_CONNS sockets, each
+    /// datagram a sequence number and --size bytes in all, lost past --timeout.
+    #[arg(long, requires = "load", help_heading = "UDP")]
+    udp: bool,
+    /// --udp: the run fails (exit 1) when more datagrams than this are lost: 1%, 0.5%, or
+    /// a fraction (0.01) [default: 1%].
+    #[arg(long, value_name = "LOSS", value_parser = parse_loss, requires = "udp", help_heading = "UDP")]
+    max_loss: Option<f64>,
     /// Write the final report as one JSON object on stdout (latencies in microseconds).
-    #[arg(long, requires = "load")]
+    #[arg(long, requires = "load", help_heading = "Output")]
     json: bool,
     /// Print a progress line on stderr every second (the default when stderr is a terminal).
-    #[arg(long, requires = "load")]
+    #[arg(long, requires = "load", help_heading = "Output")]
     progress: bool,
     /// Independent event loops (threads), the connections split between them.
-    #[arg(long, value_name = "T", default_value_t = 1, requires = "load")]
+    #[arg(
+        long,
+        value_name = "T",
+        default_value_t = 1,
+        requires = "load",
+        help_heading = "Load"
+    )]
     threads: usize,
     /// Exit 0 even when requests failed (the report still counts them).
-    #[arg(long, requires = "load")]
+    #[arg(long, requires = "load", help_heading = "Load")]
     allow_errors: bool,
 
     /// More log output.
-    #[arg(short, long, action = clap::ArgAction::Count)]
+    #[arg(short, long, action = clap::ArgAction::Count, help_heading = "Output")]
     verbose: u8,
     /// Errors only (no transcript).
-    #[arg(short, long, conflicts_with = "verbose")]
+    #[arg(short, long, conflicts_with = "verbose", help_heading = "Output")]
     quiet: bool,
 }
 
@@ -187,8 +259,40 @@ struct Target {
     connections: usize,
 }
 
+/// `--max-loss`: `1%`, `0.5%`, or a fraction from 0 to 1.
+fn parse_loss(text: &str) -> Result<f64, String> {
+    let (number, scale) = match text.trim().strip_suffix('%') {
+        Some(percent) => (percent.trim(), 100.0),
+        None => (text.trim(), 1.0),
+    };
+    let value = number
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
+        .map(|v| v / scale)
+        .ok_or_else(|| format!("expected a percentage (1%) or a fraction (0.01), not {text:?}"))?;
+    if !(0.0..=1.0).contains(&value) {
+        return Err(format!(
+            "{text:?} is not between 0 and 100% (a fraction is at most 1: write 10% for ten percent)"
+        ));
+    }
+    Ok(value)
+}
+
+/// The default `--timeout`: a UDP datagram is given up on sooner than a TCP request.
+fn timeout(args: &Args) -> Duration {
+    args.timeout.unwrap_or(if args.udp {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(10)
+    })
+}
+
 fn main() {
     let args = Args::parse();
+    if args.timeout.is_some_and(|t| t.is_zero()) {
+        die("--timeout must be longer than 0", EXIT_USAGE);
+    }
     init_client_logging(args.verbose, args.quiet);
     let load_mode = args.duration.is_some() || args.requests.is_some();
     if !load_mode && args.target.iter().any(|t| Url::looks_like(t)) {
@@ -344,7 +448,7 @@ fn files(args: &Args, target: &Target) {
                 1,
             )
         });
-        match download(&target.endpoint, path.as_bytes(), &mut file, args.timeout) {
+        match download(&target.endpoint, path.as_bytes(), &mut file, timeout(args)) {
             Ok(done) => println!(
                 "{path}: {} bytes in {:.3} s ({:.1} MiB/s) -> {}",
                 done.size,
@@ -360,7 +464,7 @@ fn files(args: &Args, target: &Target) {
         addr: target.endpoint.clone(),
         connections: target.connections,
         path: path.as_bytes().to_vec(),
-        timeout: args.timeout,
+        timeout: timeout(args),
     };
     let report = run_file_load(&config).unwrap_or_else(|e| die(describe(&e), 1));
     println!("{path}: {report}");
@@ -372,11 +476,13 @@ fn files(args: &Args, target: &Target) {
 
 fn tutorial(args: &Args, target: &Target) {
     let mut config = ScenarioConfig::tutorial(target.endpoint.clone(), target.connections);
-    config.timeout = args.timeout;
+    config.timeout = timeout(args);
+    exit_on_ctrl_c();
+    // Not `stdout().lock()`: the Ctrl-C thread prints its line on stdout too.
     let mut transcript: Box<dyn std::io::Write> = if args.quiet {
         Box::new(std::io::sink())
     } else {
-        Box::new(std::io::stdout().lock())
+        Box::new(std::io::stdout())
     };
     let report = run_scenario(&config, &mut transcript).unwrap_or_else(|e| die(e, 1));
     if !report.failures.is_empty() {
@@ -468,6 +574,9 @@ fn load(args: &Args, target: Target, protocol: ProtocolArg, stop: StopAt) {
             EXIT_USAGE,
         );
     }
+    if args.udp {
+        udp_conflicts(args, &target, protocol);
+    }
     let workload = match protocol {
         ProtocolArg::Echo => Workload::echo(args.size, seed()),
         ProtocolArg::App => Workload::app(),
@@ -487,11 +596,13 @@ fn load(args: &Args, target: Target, protocol: ProtocolArg, stop: StopAt) {
     config.pipeline = args.pipeline;
     config.rate = args.rate;
     config.connect_timeout = args.connect_timeout;
-    config.timeout = args.timeout;
+    config.timeout = timeout(args);
     config.threads = args.threads;
     config.reconnect = !args.no_reconnect;
     config.keep_alive = !args.disable_keepalive;
     config.connect_rate = args.connect_rate;
+    config.udp = args.udp;
+    config.max_loss = args.max_loss.unwrap_or(DEFAULT_MAX_LOSS);
     if let Err(message) = config.validate() {
         die(message, EXIT_USAGE);
     }
@@ -530,6 +641,9 @@ fn load(args: &Args, target: Target, protocol: ProtocolArg, stop: StopAt) {
     if report.requests.completed == 0 {
         die(nothing_completed(&report), 1);
     }
+    if let Some(exceeded) = report.loss_exceeded() {
+        die(exceeded, 1);
+    }
     if report.has_failures() && !args.allow_errors {
         eprintln!(
             "error: {} errors, {} requests failed{}",
@@ -542,6 +656,22 @@ fn load(args: &Args, target: Target, protocol: ProtocolArg, stop: StopAt) {
                 .unwrap_or_default()
         );
         std::process::exit(1);
+    }
+}
+
+/// The flags that mean nothing for UDP datagrams are refused rather than ignored.
+fn udp_conflicts(args: &Args, target: &Target, protocol: ProtocolArg) {
+    let refuse = |what: &str| -> ! { die(format!("--udp echoes datagrams: {what}"), EXIT_USAGE) };
+    if target.url.is_some() || args.unix.is_some() || args.tls {
+        refuse("give HOST PORT NUM_SOCKETS, without a URL, --unix or --tls");
+    }
+    if args.protocol.is_some() && protocol != ProtocolArg::Echo {
+        refuse("no --protocol");
+    }
+    if args.no_reconnect || args.disable_keepalive || args.connect_rate.is_some() {
+        refuse(
+            "there are no connections for --no-reconnect, --disable-keepalive or --connect-rate",
+        );
     }
 }
 

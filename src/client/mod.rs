@@ -2,7 +2,7 @@
 //! schedule, connecting instead of accepting), each a client protocol over bytes: the
 //! tutorial's multi-connection scenario ([`scenario`]), the app protocol's one-shot client
 //! ([`app`]), the file downloader ([`file`]), and the load generator (`multiconn-client`
-//! with `--duration` or `--requests`): its loops ([`load`]), what it sends and checks per
+//! with `--duration` or `--requests`): its loops ([`load`], TCP or `--udp`), what it sends and checks per
 //! protocol ([`workload`]), its report ([`report`]), its schedule timer ([`timer`]) and the
 //! duration syntax of its flags ([`duration`]); a URL as its target ([`url`]).
 

@@ -103,6 +103,10 @@ pub struct Tally {
     pub tls_handshake: Histogram<u64>,
     /// Of those handshakes, how many resumed an earlier session.
     pub tls_resumed: u64,
+    /// `--udp`: echoes that came after their datagram's timeout (it stays lost).
+    pub datagrams_late: u64,
+    /// `--udp`: second echoes of a datagram already answered (ignored).
+    pub datagrams_duplicate: u64,
 }
 
 impl Default for Tally {
@@ -125,6 +129,8 @@ impl Default for Tally {
             connect_time: new_histogram(),
             tls_handshake: new_histogram(),
             tls_resumed: 0,
+            datagrams_late: 0,
+            datagrams_duplicate: 0,
         }
     }
 }
@@ -153,6 +159,8 @@ impl Tally {
         }
         self.reconnects += other.reconnects;
         self.tls_resumed += other.tls_resumed;
+        self.datagrams_late += other.datagrams_late;
+        self.datagrams_duplicate += other.datagrams_duplicate;
     }
 
     /// Counts an answer's HTTP status (0: a protocol without statuses, not counted).
@@ -260,6 +268,24 @@ pub struct ReportOptions {
     pub rate: Option<f64>,
     pub connect_timeout_s: f64,
     pub timeout_s: f64,
+    /// `--udp`: the fraction of datagrams that may be lost.
+    pub max_loss: Option<f64>,
+}
+
+/// `--udp`: what became of the datagrams sent in the measured window.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct DatagramCounts {
+    pub sent: u64,
+    /// Echoed within their timeout (each matched once).
+    pub received: u64,
+    /// Sent, not received, and not still in flight: `sent - received - in_flight`.
+    pub lost: u64,
+    /// `lost` as a percentage of `sent`.
+    pub loss_percent: f64,
+    /// Echoes after their datagram's timeout (the datagram stays lost).
+    pub late: u64,
+    /// Second echoes of one datagram (ignored).
+    pub duplicates: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -331,6 +357,8 @@ pub struct LoadReport {
     pub tls_resumed: Option<u64>,
     /// The first error's message, if any.
     pub first_error: Option<String>,
+    /// `--udp` only: datagrams sent, received, lost.
+    pub datagrams: Option<DatagramCounts>,
     pub client_cpu: CpuTime,
 }
 
@@ -393,6 +421,24 @@ impl LoadReport {
                 .then(|| LatencySummary::of(&tally.tls_handshake)),
             tls_resumed: options.tls.then_some(tally.tls_resumed),
             first_error: tally.first_error.clone(),
+            datagrams: (options.protocol == "udp").then(|| {
+                let lost = tally
+                    .sent
+                    .saturating_sub(tally.completed)
+                    .saturating_sub(tally.in_flight);
+                DatagramCounts {
+                    sent: tally.sent,
+                    received: tally.completed,
+                    lost,
+                    loss_percent: if tally.sent > 0 {
+                        round2(100.0 * lost as f64 / tally.sent as f64)
+                    } else {
+                        0.0
+                    },
+                    late: tally.datagrams_late,
+                    duplicates: tally.datagrams_duplicate,
+                }
+            }),
             client_cpu: cpu,
             options,
         }
@@ -401,6 +447,25 @@ impl LoadReport {
     /// Whether anything failed: an error of any kind or a request lost with its connection.
     pub fn has_failures(&self) -> bool {
         self.errors.total > 0 || self.requests.failed > 0
+    }
+
+    /// `--udp`: why the loss is more than `--max-loss` allows, if it is.
+    pub fn loss_exceeded(&self) -> Option<String> {
+        let (d, max) = (self.datagrams.as_ref()?, self.options.max_loss?);
+        let fraction = if d.sent > 0 {
+            d.lost as f64 / d.sent as f64
+        } else {
+            0.0
+        };
+        (fraction > max).then(|| {
+            format!(
+                "lost {} of {} datagrams ({:.2}%), more than --max-loss {}%",
+                thousands(d.lost),
+                thousands(d.sent),
+                d.loss_percent,
+                round2(max * 100.0)
+            )
+        })
     }
 }
 
@@ -460,10 +525,16 @@ impl fmt::Display for LoadReport {
         }
         let what = match (o.protocol, &o.request) {
             ("echo", _) => format!("{}-byte messages", o.size),
+            ("udp", _) => format!("{}-byte UDP datagrams", o.size),
             ("http", Some(request)) => format!("HTTP {request}"),
             (other, _) => other.to_string(),
         };
-        let mut header = format!("{} connections, {what}", o.connections);
+        let sockets = if o.protocol == "udp" {
+            "sockets"
+        } else {
+            "connections"
+        };
+        let mut header = format!("{} {sockets}, {what}", o.connections);
         if o.tls {
             header += " over TLS";
         }
@@ -509,6 +580,18 @@ impl fmt::Display for LoadReport {
             human_bytes(b.out_per_second),
             human_bytes(b.in_per_second),
         )?;
+        if let Some(d) = &self.datagrams {
+            writeln!(
+                f,
+                "datagrams  sent {}  received {}  lost {} ({:.2}%)  late {}  duplicates {}",
+                thousands(d.sent),
+                thousands(d.received),
+                thousands(d.lost),
+                d.loss_percent,
+                thousands(d.late),
+                thousands(d.duplicates)
+            )?;
+        }
         if self.requests.in_flight > 0 {
             writeln!(
                 f,
@@ -532,6 +615,29 @@ impl fmt::Display for LoadReport {
             None => writeln!(f, "latency    {}", latency_line(&self.latency_us))?,
         }
         let e = &self.errors;
+        if o.protocol == "udp" {
+            // Loss is not an error (the datagrams line counts it); a wrong echo is.
+            let sockets = if e.connect > 0 {
+                format!("sockets {}, ", e.connect)
+            } else {
+                String::new()
+            };
+            writeln!(
+                f,
+                "errors     {} ({sockets}mismatched {})",
+                thousands(e.total),
+                e.mismatched
+            )?;
+            if let Some(first) = &self.first_error {
+                writeln!(f, "first error: {first}")?;
+            }
+            let cpu = &self.client_cpu;
+            return write!(
+                f,
+                "client cpu {:.2}s user + {:.2}s system",
+                cpu.user_s, cpu.system_s
+            );
+        }
         let mut errors = format!("errors     {} (connect {}", thousands(e.total), e.connect);
         if o.tls || e.tls > 0 {
             errors += &format!(", tls {}", e.tls);
@@ -680,6 +786,7 @@ mod tests {
             rate: None,
             connect_timeout_s: 3.0,
             timeout_s: 10.0,
+            max_loss: None,
         }
     }
 
@@ -792,6 +899,69 @@ mod tests {
             "{text}"
         );
         assert!(serde_json::to_value(&report).unwrap()["latency_uncorrected_us"]["p99"].is_u64());
+    }
+
+    /// A UDP report counts the datagrams (lost: neither received nor in flight) and
+    /// judges the loss against --max-loss.
+    #[test]
+    fn udp_report_counts_loss() {
+        let mut tally = Tally {
+            connected: 2,
+            sent: 200,
+            completed: 180,
+            in_flight: 4,
+            datagrams_late: 3,
+            datagrams_duplicate: 1,
+            ..Tally::default()
+        };
+        tally.record(Duration::from_micros(40), Duration::from_micros(40));
+        let mut udp = options();
+        udp.protocol = "udp";
+        udp.connections = 2;
+        udp.max_loss = Some(0.1);
+        let report = LoadReport::new(
+            udp.clone(),
+            &tally,
+            Duration::from_secs(10),
+            false,
+            CpuTime::default(),
+        );
+        let d = report.datagrams.expect("datagram counts");
+        assert_eq!((d.sent, d.received, d.lost), (200, 180, 16));
+        assert_eq!(d.loss_percent, 8.0);
+        assert_eq!(report.loss_exceeded(), None, "8% is within 10%");
+        let text = report.to_string();
+        assert!(
+            text.starts_with("2 sockets, 64-byte UDP datagrams"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "datagrams  sent 200  received 180  lost 16 (8.00%)  late 3  duplicates 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("errors     0 (mismatched 0)"), "{text}");
+        udp.max_loss = Some(0.05);
+        let report = LoadReport::new(
+            udp,
+            &tally,
+            Duration::from_secs(10),
+            false,
+            CpuTime::default(),
+        );
+        assert_eq!(
+            report.loss_exceeded().as_deref(),
+            Some("lost 16 of 200 datagrams (8.00%), more than --max-loss 5%")
+        );
+        let tcp = LoadReport::new(
+            options(),
+            &tally,
+            Duration::from_secs(10),
+            false,
+            CpuTime::default(),
+        );
+        assert!(tcp.datagrams.is_none() && tcp.loss_exceeded().is_none());
     }
 
     /// The progress line shows the interval's rate and percentiles.

@@ -2,6 +2,8 @@
 //! connections, each sends its messages, reads until every byte it sent has come back
 //! (verifying them), and closes. The checks are a client protocol; the connection core
 //! does the I/O, asking for WRITABLE only while a connection has something to send.
+//! Messages go out in the tutorial's transcript order: message 1 on every connection
+//! (once all are connected) before message 2 on any, a barrier per message index.
 
 use std::io::{self, Write};
 use std::time::Duration;
@@ -10,6 +12,7 @@ use super::driver::{client_timeouts, Client, Driver, Endpoint};
 use crate::connection::{Ended, Failure};
 use crate::net::Peer;
 use crate::protocol::{ByteStr, Flow, Output, Protocol, Timeout};
+use crate::schedule::ConnRef;
 
 /// What the scenario does.
 #[derive(Debug, Clone)]
@@ -56,12 +59,23 @@ struct Scenario<'a> {
     transcript_error: Option<io::Error>,
     report: ScenarioReport,
     opened: usize,
+    /// Per message index, the connections that reached its barrier (ready to send it:
+    /// connected, and every earlier message written) or ended before it.
+    passed: Vec<usize>,
+    /// Messages every connection may send now: index `k` goes out once `passed[k]`
+    /// counts all the connections.
+    released: usize,
+    /// A barrier opened: the run loop serves every connection, in number order, so each
+    /// sends the released message (the transcript's order).
+    release_pending: bool,
 }
 
 /// One connection's progress.
 struct Conn {
     number: usize,
     next_message: usize,
+    /// Barriers this connection has reached (counted in `passed`).
+    arrived: usize,
     /// Bytes of the echo received (and verified) so far.
     received: usize,
     /// Everything came back: reported as completed.
@@ -75,6 +89,21 @@ impl Scenario<'_> {
     fn line(&mut self, line: std::fmt::Arguments<'_>) {
         if let Err(e) = writeln!(self.transcript, "{line}") {
             self.transcript_error.get_or_insert(e);
+        }
+    }
+
+    /// Counts `conn` at barriers `from..to` and opens those now passed by every connection.
+    fn pass(&mut self, from: usize, to: usize) {
+        for passed in &mut self.passed[from..to] {
+            *passed += 1;
+        }
+        while self
+            .passed
+            .get(self.released)
+            .is_some_and(|&n| n >= self.config.connections)
+        {
+            self.released += 1;
+            self.release_pending = true;
         }
     }
 
@@ -101,6 +130,7 @@ impl Protocol for Scenario<'_> {
         Conn {
             number,
             next_message: 0,
+            arrived: 0,
             received: 0,
             done: false,
             failure: None,
@@ -133,12 +163,20 @@ impl Protocol for Scenario<'_> {
 
     const STREAMS: bool = true;
 
-    /// Connected, or the last message was taken: the next message goes out.
+    /// Connected, or the last message was taken: this connection is ready for its next
+    /// message, which goes out once every connection is (a poke from the run loop).
     fn on_drained(&mut self, conn: &mut Conn, out: &mut Output<'_>) -> Flow {
+        if conn.done || conn.failure.is_some() {
+            return Flow::Continue;
+        }
         let Some(message) = self.config.messages.get(conn.next_message) else {
             return Flow::Continue;
         };
-        if conn.done || conn.failure.is_some() {
+        if conn.next_message >= self.released {
+            if conn.arrived == conn.next_message {
+                conn.arrived += 1;
+                self.pass(conn.next_message, conn.next_message + 1);
+            }
             return Flow::Continue;
         }
         let _ = writeln!(
@@ -176,6 +214,9 @@ impl Protocol for Scenario<'_> {
 impl Client for Scenario<'_> {
     fn on_ended(&mut self, ended: Ended<Conn>) {
         let conn = ended.session;
+        // A connection gone holds no barrier up: the others send on without it.
+        let barriers = self.passed.len();
+        self.pass(conn.arrived.min(barriers), barriers);
         if conn.done {
             return;
         }
@@ -220,14 +261,30 @@ pub fn run_scenario(
         transcript_error: None,
         report: ScenarioReport::default(),
         opened: 0,
+        passed: vec![0; config.messages.len()],
+        released: 0,
+        release_pending: false,
     };
     // Connect and echo both bounded from the start: the whole run ends within the timeout.
     let timeouts = client_timeouts(config.timeout, Some(config.timeout));
     let mut driver = Driver::new(scenario, timeouts)?;
+    let mut conns: Vec<ConnRef> = Vec::with_capacity(config.connections);
     for _ in 0..config.connections {
-        driver.connect(&config.addr)?;
+        conns.extend(driver.connect(&config.addr)?);
     }
-    driver.run()?;
+    loop {
+        // Serving a connection may open the next barrier at once (its message was
+        // written in full), so serve again until none opens.
+        while std::mem::take(&mut driver.protocol_mut().release_pending) {
+            for &conn in &conns {
+                driver.poke(conn);
+            }
+        }
+        if driver.is_empty() {
+            break;
+        }
+        driver.turn(None)?;
+    }
     let scenario = driver.into_protocol();
     if let Some(e) = scenario.transcript_error {
         return Err(e);

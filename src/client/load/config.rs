@@ -22,6 +22,10 @@ pub const MAX_PIPELINE: usize = 1024;
 pub const MAX_RATE: f64 = 10_000_000.0;
 /// Largest `--connect-rate`, connections per second.
 pub const MAX_CONNECT_RATE: f64 = 1_000_000.0;
+/// `--udp`: the fraction of datagrams that may be lost before the run fails (1%:
+/// loopback and a healthy LAN lose none, so this flags real trouble, not a stray drop).
+pub const DEFAULT_MAX_LOSS: f64 = 0.01;
+
 /// When a run ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopAt {
@@ -59,6 +63,11 @@ pub struct LoadConfig {
     pub keep_alive: bool,
     /// Connections opened per second at most, in total (`--connect-rate`).
     pub connect_rate: Option<f64>,
+    /// `--udp`: echo datagrams on `connections` UDP sockets instead (`timeout` is then
+    /// each datagram's: past it, it is lost).
+    pub udp: bool,
+    /// `--udp`: the fraction of datagrams that may be lost (0 to 1).
+    pub max_loss: f64,
 }
 
 impl LoadConfig {
@@ -86,6 +95,8 @@ impl LoadConfig {
             reconnect: true,
             keep_alive: true,
             connect_rate: None,
+            udp: false,
+            max_loss: DEFAULT_MAX_LOSS,
         }
     }
 
@@ -96,6 +107,26 @@ impl LoadConfig {
         }
         if !(1..=MAX_PIPELINE).contains(&self.pipeline) {
             return Err(format!("--pipeline must be between 1 and {MAX_PIPELINE}"));
+        }
+        if self.udp {
+            if !matches!(self.endpoint.addr, crate::net::ListenAddr::Tcp(_))
+                || self.endpoint.tls.is_some()
+            {
+                return Err("--udp sends to HOST PORT: no --unix, --tls or https://".into());
+            }
+            if self.workload.protocol != LoadProtocol::Echo {
+                return Err("--udp echoes datagrams: no --protocol".into());
+            }
+            if !(super::SEQ_LEN..=super::MAX_DATAGRAM).contains(&self.workload.size) {
+                return Err(format!(
+                    "--size with --udp must be between {} (the sequence number) and {} bytes",
+                    super::SEQ_LEN,
+                    super::MAX_DATAGRAM
+                ));
+            }
+            if !(self.max_loss.is_finite() && (0.0..=1.0).contains(&self.max_loss)) {
+                return Err("--max-loss must be between 0 and 100%".into());
+            }
         }
         if !(1..=MAX_MESSAGE_SIZE).contains(&self.workload.size) {
             return Err(format!(
@@ -160,7 +191,11 @@ impl LoadConfig {
     pub(super) fn report_options(&self) -> ReportOptions {
         ReportOptions {
             address: self.target.clone(),
-            protocol: self.workload.protocol.name(),
+            protocol: if self.udp {
+                "udp"
+            } else {
+                self.workload.protocol.name()
+            },
             request: (self.workload.protocol == LoadProtocol::Http)
                 .then(|| self.workload.http.label.clone()),
             tls: self.endpoint.tls.is_some(),
@@ -183,6 +218,7 @@ impl LoadConfig {
             rate: self.rate,
             connect_timeout_s: self.connect_timeout.as_secs_f64(),
             timeout_s: self.timeout.as_secs_f64(),
+            max_loss: self.udp.then_some(self.max_loss),
         }
     }
 }

@@ -3,12 +3,15 @@
 //! recorded, is a client protocol ([`requests`]) over the [`crate::client::workload`]
 //! exchanges. Closed loop by default; with a rate, requests follow a fixed schedule
 //! ([`rate`]) and latency counts from the scheduled time, so a stalled server cannot hide.
+//! With `--udp`, each thread runs a UDP echo loop instead ([`udp`]), on the same start
+//! line, schedule, progress and report.
 //! This file starts the loops, prints progress ([`progress`]) and merges their results.
 
 mod config;
 mod progress;
 mod rate;
 mod requests;
+mod udp;
 mod worker;
 
 use std::io::{self, Write};
@@ -20,7 +23,8 @@ use std::time::{Duration, Instant};
 use mio::Waker;
 
 use super::report::{CpuTime, Interval, LoadReport, Tally};
-pub use config::{LoadConfig, LoadError, StopAt, MAX_MESSAGE_SIZE, MAX_PIPELINE};
+pub use config::{LoadConfig, LoadError, StopAt, DEFAULT_MAX_LOSS, MAX_MESSAGE_SIZE, MAX_PIPELINE};
+pub use udp::{MAX_DATAGRAM, SEQ_LEN};
 
 /// Stops a run from another thread (the Ctrl-C handler, a test): the loops end at once
 /// and the report covers what was measured, marked partial.
@@ -117,6 +121,7 @@ pub fn run_load(
                 .name(format!("load-{index}"))
                 .spawn_scoped(scope, move || {
                     let result = match go_rx.recv() {
+                        Ok(()) if shared.config.udp => udp::run(shared, index, threads),
                         Ok(()) => worker::run(shared, index, threads),
                         Err(_) => Err(io::Error::other("called off")),
                     };
