@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use multiconn::cli::{die, init_client_logging};
+use multiconn::client::chat::{run_chat_client, ChatEnd};
 use multiconn::client::driver::{ClientTls, Endpoint};
 use multiconn::client::file::{download, run_file_load, FileLoadConfig};
 use multiconn::client::url::Url;
@@ -43,6 +44,10 @@ enum ProtocolArg {
     /// Download --path from a `--protocol file` server on every connection (not a load mode:
     /// each connection downloads once; size and rate are reported, the byte count checked).
     File,
+    /// The seeds' chat: with NUM_CONNS 1, an interactive client (stdin to the room, the
+    /// room to stdout); with --duration, the fan-out load mode (delivery latency to every
+    /// member, lost lines).
+    Chat,
 }
 
 #[derive(Parser, Debug)]
@@ -95,6 +100,13 @@ struct Args {
     /// [default: http for a URL, echo otherwise].
     #[arg(long, value_enum)]
     protocol: Option<ProtocolArg>,
+    /// chat: join this room first (/join ROOM) [default: the server's lobby].
+    #[arg(long, value_name = "ROOM")]
+    room: Option<String>,
+    /// chat load: how many of the NUM_CONNS members send lines (the others only receive).
+    #[arg(long, value_name = "K", default_value_t = 1, requires = "load")]
+    senders: usize,
+
     /// file: the path to download, relative to the server's root.
     #[arg(long, value_name = "PATH")]
     path: Option<String>,
@@ -216,6 +228,15 @@ fn main() {
         ),
         (ProtocolArg::File, false) => files(&args, &target),
         (_, _) if args.path.is_some() => die("--path goes with --protocol file", EXIT_USAGE),
+        (_, _) if args.room.is_some() && protocol != ProtocolArg::Chat => {
+            die("--room goes with --protocol chat", EXIT_USAGE)
+        }
+        (ProtocolArg::Chat, false) if target.connections == 1 => chat(&args, &target),
+        (ProtocolArg::Chat, false) => die(
+            "--protocol chat with NUM_CONNS above 1 is the fan-out load mode: add --duration",
+            EXIT_USAGE,
+        ),
+        (ProtocolArg::Chat, true) => fanout(&args, target),
         (ProtocolArg::Echo, false) => tutorial(&args, &target),
         (other, false) => die(
             format!(
@@ -239,6 +260,7 @@ impl ProtocolArg {
             ProtocolArg::App => "app",
             ProtocolArg::Http => "http",
             ProtocolArg::File => "file",
+            ProtocolArg::Chat => "chat",
         }
     }
 }
@@ -385,6 +407,32 @@ fn tutorial(args: &Args, target: &Target) {
     }
 }
 
+/// `--protocol chat` with one connection: the interactive client on stdin and stdout.
+fn chat(args: &Args, target: &Target) {
+    if let Some(room) = &args.room {
+        if !multiconn::protocol::chat::valid_name(room) {
+            die(
+                format!("--room {room:?}: a room is 1 to 32 letters, digits, '-', '_' or '.'"),
+                EXIT_USAGE,
+            );
+        }
+    }
+    let stdout = std::io::stdout();
+    match run_chat_client(
+        &target.endpoint,
+        args.room.as_deref(),
+        0,
+        stdout.lock(),
+        args.connect_timeout,
+        args.timeout,
+    ) {
+        Ok(ChatEnd::Left) => {}
+        Ok(ChatEnd::ServerClosed) => eprintln!("{}: the server closed the connection", target.name),
+        Ok(ChatEnd::Failed(why)) => die(format!("{}: {why}", target.name), 1),
+        Err(e) => die(describe(&e), 1),
+    }
+}
+
 /// A line per failed connection (the first few), a total, and exit 1.
 fn fail_connections(failures: &[(usize, String)], failed: usize, total: usize, what: &str) -> ! {
     for (number, reason) in failures.iter().take(FAILURES_LISTED) {
@@ -473,6 +521,7 @@ fn load(args: &Args, target: Target, protocol: ProtocolArg, stop: StopAt) {
         ProtocolArg::App => Workload::app(),
         ProtocolArg::Http => Workload::http(http_workload(args, &target)),
         ProtocolArg::File => die("--protocol file is not a load mode", EXIT_USAGE),
+        ProtocolArg::Chat => unreachable!("chat load runs in fanout()"),
     };
     debug_assert!(matches!(
         workload.protocol,
@@ -600,4 +649,11 @@ fn seed() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     nanos ^ (u64::from(std::process::id()) << 32)
+}
+
+fn fanout(_args: &Args, _target: Target) {
+    die(
+        "--protocol chat --duration: the fan-out load mode is not wired yet",
+        1,
+    )
 }

@@ -7,6 +7,7 @@
 //! duration syntax of its flags ([`duration`]); a URL as its target ([`url`]).
 
 pub mod app;
+pub mod chat;
 pub mod driver;
 pub mod duration;
 pub mod file;
