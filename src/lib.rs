@@ -29,7 +29,8 @@
 //!   waker each) and to other servers through Redis pub/sub.
 //! - [`client`]: the client loop (the same connection core and schedule, connecting
 //!   instead of accepting) and, as client protocols on it, the tutorial's multi-connection
-//!   client, the app client, the file downloader and the load generator.
+//!   client, the app client, the file downloader, the chat client, the load generator
+//!   and the chat fan-out load mode.
 //! - [`launch`]: protocol choice, worker loops and signals, as `multiconn-server` runs them.
 //! - [`cli`]: what the binaries share (logging setup, error exit).
 

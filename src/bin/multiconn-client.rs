@@ -12,6 +12,7 @@ use clap::Parser;
 use multiconn::cli::{die, init_client_logging};
 use multiconn::client::chat::{run_chat_client, ChatEnd};
 use multiconn::client::driver::{ClientTls, Endpoint};
+use multiconn::client::fanout::{run_fanout, FanoutConfig};
 use multiconn::client::file::{download, run_file_load, FileLoadConfig};
 use multiconn::client::url::Url;
 use multiconn::client::{
@@ -651,9 +652,81 @@ fn seed() -> u64 {
     nanos ^ (u64::from(std::process::id()) << 32)
 }
 
-fn fanout(_args: &Args, _target: Target) {
-    die(
-        "--protocol chat --duration: the fan-out load mode is not wired yet",
-        1,
-    )
+/// `--protocol chat --duration D`: the fan-out load mode.
+fn fanout(args: &Args, target: Target) {
+    let usage = |message: &str| -> ! { die(message, EXIT_USAGE) };
+    let Some(duration) = args.duration else {
+        usage("the chat load mode sends lines for --duration D (not --requests)")
+    };
+    if args.pipeline != 1 || args.threads != 1 || args.warmup.is_some() {
+        usage("--pipeline, --threads and --warmup do not go with --protocol chat");
+    }
+    if args.no_reconnect || args.disable_keepalive || args.connect_rate.is_some() {
+        usage(
+            "--no-reconnect, --disable-keepalive and --connect-rate do not go with --protocol chat",
+        );
+    }
+    let config = FanoutConfig {
+        endpoint: target.endpoint,
+        target: target.name,
+        members: target.connections,
+        senders: args.senders,
+        rate: args.rate.unwrap_or(multiconn::client::fanout::DEFAULT_RATE),
+        duration,
+        size: args.size,
+        room: args.room.clone(),
+        connect_timeout: args.connect_timeout,
+        timeout: args.timeout,
+    };
+    if let Err(message) = config.validate() {
+        usage(&message);
+    }
+    let control = LoadControl::new();
+    watch_signals(control.clone());
+    let report = run_fanout(&config, &control).unwrap_or_else(|e| die(describe(&e), 1));
+    let text = if args.json {
+        serde_json::to_string(&report)
+            .unwrap_or_else(|e| die(format!("cannot write the report: {e}"), 1))
+    } else {
+        report.to_string()
+    };
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{text}") {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            die(format!("cannot write the report: {e}"), 1);
+        }
+    }
+    if report.partial {
+        std::process::exit(EXIT_INTERRUPTED);
+    }
+    if report.deliveries.delivered == 0 {
+        die(
+            format!(
+                "no line was delivered ({} sent){}",
+                report.lines.sent,
+                report
+                    .first_error
+                    .as_deref()
+                    .map(|e| format!("; first error: {e}"))
+                    .unwrap_or_default()
+            ),
+            1,
+        );
+    }
+    if report.has_failures() && !args.allow_errors {
+        let d = &report.deliveries;
+        eprintln!(
+            "error: {} of {} deliveries lost, {} out of order, {} garbled lines, {} members lost{}",
+            d.lost,
+            d.expected,
+            d.out_of_order,
+            report.garbled,
+            report.members.lost,
+            report
+                .first_error
+                .as_deref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default()
+        );
+        std::process::exit(1);
+    }
 }

@@ -294,25 +294,6 @@ impl<P: Client> Driver<P> {
         self.after_serving(key, again);
     }
 
-    /// Stops reading a connection until [`release`](Self::release): what the server sends
-    /// piles up in the kernel's buffers and then in the server's queue, as it would for a
-    /// peer that stopped reading (a slow consumer made on purpose).
-    pub fn hold(&mut self, (key, id): ConnRef) {
-        if let Some(conn) = self.conns.get_mut(key).filter(|c| c.id() == id) {
-            conn.hold();
-            self.settle(key);
-        }
-    }
-
-    /// Reads a held connection again, from the next turn (whatever it holds is read then,
-    /// an error the socket kept included).
-    pub fn release(&mut self, (key, id): ConnRef) {
-        if let Some(conn) = self.conns.get_mut(key).filter(|c| c.id() == id) {
-            conn.release();
-            self.settle(key);
-        }
-    }
-
     /// Everything a connection borrows from the loop for one turn.
     fn parts(&mut self) -> (&mut Slab<Connection<P::Session, AnyStream>>, Turn<'_, P>) {
         let Driver {

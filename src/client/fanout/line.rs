@@ -90,7 +90,13 @@ pub fn parse(line: &[u8], size: usize) -> Received {
     }
     let field = |from: usize, len: usize| get_hex(&text[from..from + len]);
     let dots = text[9] == b'.' && text[22] == b'.' && text[35] == b'.';
-    match (dots, field(1, 8), field(10, 12), field(23, 12), field(36, 12)) {
+    match (
+        dots,
+        field(1, 8),
+        field(10, 12),
+        field(23, 12),
+        field(36, 12),
+    ) {
         (true, Some(sender), Some(seq), Some(intended_ns), Some(sent_ns)) => {
             Received::Line(Header {
                 sender: sender as u32,

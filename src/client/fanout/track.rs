@@ -36,8 +36,8 @@ pub enum Retired {
     /// Every member it should reach has it: the intended send time, and the last receipt.
     Complete { intended_ns: u64, last_ns: u64 },
     /// Given up before every member had it (pushed out of the ring, timed out, or still
-    /// in flight at the end).
-    Incomplete,
+    /// in flight at the end): `missing` of the members it should reach never had it.
+    Incomplete { missing: u32 },
 }
 
 /// What retiring a line reports: whether it was counted, and how it went.
@@ -112,33 +112,19 @@ impl SenderTrack {
         seq
     }
 
-    /// A member received line `seq` at `now_ns`. A line no longer tracked (retired, or
-    /// never sent by this run) is ignored.
-    pub fn receive(&mut self, seq: u64, now_ns: u64, retired: &mut impl FnMut(Outcome)) {
+    /// A member received line `seq` at `now_ns`; returns whether the line was still
+    /// tracked (a line retired, or never sent by this run, is not counted).
+    pub fn receive(&mut self, seq: u64, now_ns: u64, retired: &mut impl FnMut(Outcome)) -> bool {
         let slot = &mut self.ring[(seq & self.mask) as usize];
-        if slot.seq != seq {
-            return;
+        if slot.seq != seq || slot.received >= slot.expected {
+            return false;
         }
         slot.received += 1;
         slot.last_ns = slot.last_ns.max(now_ns);
         if slot.received >= slot.expected {
             self.complete(seq, retired);
         }
-    }
-
-    /// A member that should have received the lines from `from` on is gone: they no
-    /// longer wait for it (those it got are kept; the ones it missed are not delivered).
-    pub fn forget_member(&mut self, from: u64, retired: &mut impl FnMut(Outcome)) {
-        for seq in from.max(self.oldest)..self.next {
-            let slot = &mut self.ring[(seq & self.mask) as usize];
-            if slot.seq != seq {
-                continue;
-            }
-            slot.expected = slot.expected.saturating_sub(1);
-            if slot.received >= slot.expected {
-                self.complete(seq, retired);
-            }
-        }
+        true
     }
 
     /// Gives up the oldest line in flight if it was due before `before_ns`; returns
@@ -166,7 +152,9 @@ impl SenderTrack {
             retired(Outcome {
                 seq: slot.seq,
                 counted: slot.counted,
-                retired: Retired::Incomplete,
+                retired: Retired::Incomplete {
+                    missing: slot.expected - slot.received,
+                },
             });
             slot.seq = EMPTY;
         }
@@ -250,54 +238,64 @@ mod tests {
             track.push(t, 1, t > 0, &mut note);
         }
         assert_eq!(track.in_flight(), 2);
-        track.receive(0, 10, &mut note);
-        track.receive(2, 10, &mut note);
+        assert!(!track.receive(0, 10, &mut note), "line 0 was given up");
+        assert!(track.receive(2, 10, &mut note));
         assert_eq!(
             done.iter()
-                .map(|o| (o.seq, o.counted, o.retired == Retired::Incomplete))
+                .map(|o| (o.seq, o.counted, o.retired))
                 .collect::<Vec<_>>(),
-            [(0, false, true), (2, true, false)]
+            [
+                (0, false, Retired::Incomplete { missing: 1 }),
+                (
+                    2,
+                    true,
+                    Retired::Complete {
+                        intended_ns: 2,
+                        last_ns: 10
+                    }
+                )
+            ]
         );
         assert_eq!(track.in_flight(), 2, "line 1 is the oldest now");
     }
 
-    /// A member that leaves stops holding the lines it had not received; one it had
-    /// received is unaffected, and a line for nobody completes at once.
+    /// A line for nobody completes at once; a receipt beyond what a line expects (a
+    /// duplicate) is refused rather than counted.
     #[test]
-    fn a_departed_member_holds_nothing() {
+    fn nobody_and_duplicates() {
         let mut done = Vec::new();
         let mut note = |o: Outcome| done.push(o.seq);
         let mut track = SenderTrack::new(8);
-        for t in 0..3 {
-            track.push(t, 2, true, &mut note);
-        }
-        // Member A got 0 and 1, member B got 0 only, then B leaves.
-        for seq in [0, 1, 0] {
-            track.receive(seq, 5, &mut note);
-        }
-        assert_eq!(done, [0]);
-        track.forget_member(1, &mut note);
-        assert_eq!(done, [0, 1], "line 1 had A; line 2 waits for A");
-        track.receive(2, 6, &mut note);
-        assert_eq!(done, [0, 1, 2]);
-        track.push(9, 0, true, &mut note);
-        assert_eq!(done, [0, 1, 2, 3]);
+        track.push(0, 0, true, &mut note);
+        track.push(1, 2, true, &mut note);
+        assert!(track.receive(1, 5, &mut note));
+        assert!(track.receive(1, 6, &mut note));
+        assert!(!track.receive(1, 7, &mut note));
+        assert_eq!(done, [0, 1]);
         assert_eq!(track.in_flight(), 0);
     }
 
-    /// Expiry takes the oldest line only once it is overdue; the end retires the rest.
+    /// Expiry takes the oldest line only once it is overdue; the end retires the rest,
+    /// each with the members it missed.
     #[test]
     fn expiry_and_the_end() {
         let mut done = Vec::new();
-        let mut note = |o: Outcome| done.push(o.seq);
+        let mut note = |o: Outcome| done.push((o.seq, o.retired));
         let mut track = SenderTrack::new(8);
         track.push(100, 1, true, &mut note);
-        track.push(200, 1, true, &mut note);
+        track.push(200, 3, true, &mut note);
+        track.receive(1, 250, &mut note);
         assert!(!track.expire(100, &mut note));
         assert!(track.expire(150, &mut note));
         assert_eq!(track.oldest_intended(), Some(200));
         track.retire_all(&mut note);
-        assert_eq!(done, [0, 1]);
+        assert_eq!(
+            done,
+            [
+                (0, Retired::Incomplete { missing: 1 }),
+                (1, Retired::Incomplete { missing: 2 })
+            ]
+        );
         assert_eq!(track.oldest_intended(), None);
     }
 }
