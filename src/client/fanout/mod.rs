@@ -553,15 +553,13 @@ pub fn run_fanout(config: &FanoutConfig, control: &LoadControl) -> io::Result<Fa
             break;
         }
         protocol.expire(now_ns.saturating_sub(timeout_ns));
-        let due: Vec<ConnRef> = (0..k)
-            .filter_map(|s| {
-                let sender = &protocol.senders[s];
-                let at = protocol.slot_ns(start_ns, s, sender.slot);
-                sender.conn.filter(|_| at <= now_ns)
-            })
-            .collect();
-        for conn in due {
-            driver.poke(conn);
+        for s in 0..k {
+            let protocol = driver.protocol();
+            let sender = &protocol.senders[s];
+            let at = protocol.slot_ns(start_ns, s, sender.slot);
+            if let Some(conn) = sender.conn.filter(|_| at <= now_ns) {
+                driver.poke(conn);
+            }
         }
         let protocol = driver.protocol();
         let now = Instant::now();
