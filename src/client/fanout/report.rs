@@ -220,7 +220,7 @@ impl fmt::Display for FanoutReport {
             f,
             "lines      {} sent ({}/s), {} reached every member, {} did not",
             thousands(l.sent),
-            l.per_second,
+            thousands(l.per_second.round() as u64),
             thousands(l.complete),
             thousands(l.incomplete)
         )?;
