@@ -88,6 +88,7 @@ struct Args {
     #[arg(long, value_name = "D", value_parser = parse_duration, requires = "load")]
     warmup: Option<Duration>,
     /// Message size in bytes (echo): random content, different per request, every byte verified.
+    /// chat: each line's length (at least 49, its header).
     #[arg(long, value_name = "BYTES", default_value_t = 64, requires = "load")]
     size: usize,
     /// Requests outstanding per connection (1 = closed loop: the next one when the answer is back).
@@ -95,6 +96,7 @@ struct Args {
     pipeline: usize,
     /// Open loop: requests per second in total, spread evenly over the connections. Latency then
     /// counts from each request's scheduled send time, so a stall shows (no coordinated omission).
+    /// chat: lines per second per sender [default: 10].
     #[arg(long, value_name = "R", requires = "load")]
     rate: Option<f64>,
     /// What to send (echo, app and http with --duration/--requests; file with --path)
@@ -164,7 +166,8 @@ struct Args {
     #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "3s", requires = "load")]
     connect_timeout: Duration,
     /// Load mode: a request unanswered this long is a timeout error. Tutorial mode: the whole
-    /// run must finish within this. A bare number means seconds.
+    /// run must finish within this. chat: a delivery later than this is lost; after quit, the
+    /// server has this long to close. A bare number means seconds.
     #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "10s")]
     timeout: Duration,
     /// Write the final report as one JSON object on stdout (latencies in microseconds).
@@ -661,9 +664,10 @@ fn fanout(args: &Args, target: Target) {
     if args.pipeline != 1 || args.threads != 1 || args.warmup.is_some() {
         usage("--pipeline, --threads and --warmup do not go with --protocol chat");
     }
-    if args.no_reconnect || args.disable_keepalive || args.connect_rate.is_some() {
+    if args.no_reconnect || args.disable_keepalive || args.connect_rate.is_some() || args.progress {
         usage(
-            "--no-reconnect, --disable-keepalive and --connect-rate do not go with --protocol chat",
+            "--no-reconnect, --disable-keepalive, --connect-rate and --progress do not go with \
+             --protocol chat",
         );
     }
     let config = FanoutConfig {

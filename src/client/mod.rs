@@ -3,8 +3,8 @@
 //! tutorial's multi-connection scenario ([`scenario`]), the app protocol's one-shot client
 //! ([`app`]), the file downloader ([`file`]), the interactive chat client ([`chat`]), the
 //! chat fan-out load mode ([`fanout`]: delivery latency to every member of a room), and
-//! the load generator (`multiconn-client`
-//! with `--duration` or `--requests`): its loops ([`load`]), what it sends and checks per
+//! the load generator (`multiconn-client` with
+//! `--duration` or `--requests`): its loops ([`load`]), what it sends and checks per
 //! protocol ([`workload`]), its report ([`report`]), its schedule timer ([`timer`]) and the
 //! duration syntax of its flags ([`duration`]); a URL as its target ([`url`]).
 
