@@ -240,6 +240,32 @@ struct Fanout {
 }
 
 impl Fanout {
+    fn new(config: &FanoutConfig) -> Self {
+        Fanout {
+            epoch: Instant::now(),
+            size: config.size,
+            period_ns: 1e9 / config.rate,
+            join: config
+                .room
+                .as_ref()
+                .map(|r| format!("/join {r}\n").into_bytes()),
+            stage: Stage::Setup,
+            senders: (0..config.senders)
+                .map(|_| Sender {
+                    track: SenderTrack::new(config.ring_capacity()),
+                    conn: None,
+                    slot: 0,
+                    probe_due: false,
+                })
+                .collect(),
+            opened: 0,
+            live: 0,
+            heard: vec![false; config.members * config.senders],
+            accounts: Accounts::new(),
+            buf: Vec::with_capacity(config.size + 1),
+        }
+    }
+
     fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
@@ -445,29 +471,7 @@ impl Client for Fanout {
 pub fn run_fanout(config: &FanoutConfig, control: &LoadControl) -> io::Result<FanoutReport> {
     let cpu_before = super::load::cpu_time();
     let k = config.senders;
-    let protocol = Fanout {
-        epoch: Instant::now(),
-        size: config.size,
-        period_ns: 1e9 / config.rate,
-        join: config
-            .room
-            .as_ref()
-            .map(|r| format!("/join {r}\n").into_bytes()),
-        stage: Stage::Setup,
-        senders: (0..k)
-            .map(|_| Sender {
-                track: SenderTrack::new(config.ring_capacity()),
-                conn: None,
-                slot: 0,
-                probe_due: false,
-            })
-            .collect(),
-        opened: 0,
-        live: 0,
-        heard: vec![false; config.members * k],
-        accounts: Accounts::new(),
-        buf: Vec::with_capacity(config.size + 1),
-    };
+    let protocol = Fanout::new(config);
     let mut driver = Driver::new(protocol, client_timeouts(config.connect_timeout, None))?;
     control.add_waker(Arc::new(Waker::new(driver.registry(), WAKER)?));
     let mut members = Vec::with_capacity(config.members);
@@ -612,4 +616,100 @@ pub fn run_fanout(config: &FanoutConfig, control: &LoadControl) -> io::Result<Fa
             system_s: cpu_after.system_s - cpu_before.system_s,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(members: usize, senders: usize) -> FanoutConfig {
+        FanoutConfig {
+            endpoint: "127.0.0.1:9"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+            target: "test".into(),
+            members,
+            senders,
+            rate: 10.0,
+            duration: Duration::from_secs(1),
+            size: 64,
+            room: None,
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn member(index: usize, senders: usize) -> Member {
+        Member {
+            index,
+            sender: (index < senders).then_some(index as u32),
+            established: true,
+            last_seq: vec![NONE; senders].into_boxed_slice(),
+        }
+    }
+
+    fn relayed(sender: u32, seq: u64, at: u64) -> Vec<u8> {
+        let mut line = b"[127.0.0.1:4000] ".to_vec();
+        let header = Header {
+            sender,
+            seq,
+            intended_ns: at,
+            sent_ns: at,
+        };
+        line::encode(&header, 64, &mut line);
+        line.pop();
+        line
+    }
+
+    /// Two receivers of one sender: each line completes at its second receipt with the
+    /// latency to it; a repeat or an older line is out of order, not a delivery; the
+    /// sender's own line coming back is ignored; a probe is heard; junk is garbled.
+    #[test]
+    fn receipts_are_counted_once_and_in_order() {
+        let mut fanout = Fanout::new(&config(3, 1));
+        let (mut sender, mut a, mut b) = (member(0, 1), member(1, 1), member(2, 1));
+        for at in [1_000, 2_000] {
+            let accounts = &mut fanout.accounts;
+            fanout.senders[0]
+                .track
+                .push(at, 2, true, &mut |o| accounts.retired(o));
+        }
+        fanout.on_line(&mut a, &relayed(0, 0, 1_000), 5_000);
+        fanout.on_line(&mut sender, &relayed(0, 0, 1_000), 5_000);
+        fanout.on_line(&mut a, &relayed(0, 0, 1_000), 6_000);
+        assert_eq!(fanout.accounts.out_of_order, 1);
+        assert_eq!(fanout.accounts.delivered, 1);
+        fanout.on_line(&mut b, &relayed(0, 0, 1_000), 9_000);
+        assert_eq!(fanout.accounts.lines_complete, 1);
+        assert_eq!(fanout.accounts.to_last.max(), 8, "8 µs after its due time");
+        fanout.on_line(&mut a, &relayed(0, 1, 2_000), 9_000);
+        fanout.on_line(&mut b, &relayed(0, 1, 2_000), 9_000);
+        fanout.on_line(&mut b, &relayed(0, 0, 1_000), 9_500);
+        assert_eq!(fanout.accounts.delivered, 4);
+        assert_eq!(fanout.accounts.out_of_order, 2);
+        assert_eq!(fanout.in_flight(), 0);
+
+        fanout.on_line(&mut b, b"[x] #p00000000", 0);
+        assert!(fanout.heard[2]);
+        fanout.on_line(&mut b, b"[x] #p00000009", 0);
+        fanout.on_line(&mut b, b"[x] #zz", 0);
+        fanout.on_line(&mut b, &relayed(5, 0, 0), 0);
+        fanout.on_line(&mut b, b"* x joined", 0);
+        fanout.on_line(&mut b, b"[x] hello", 0);
+        assert_eq!(fanout.accounts.garbled, 3);
+        fanout.on_line(&mut b, b"! line too long", 0);
+        assert_eq!(fanout.accounts.server_errors, 1);
+        assert!(fanout.accounts.first_error.is_some());
+    }
+
+    /// Senders' schedules interleave: sender k's slots sit k/K of a period after sender 0's.
+    #[test]
+    fn schedules_interleave() {
+        let fanout = Fanout::new(&config(4, 2));
+        assert_eq!(fanout.slot_ns(0, 0, 0), 0);
+        assert_eq!(fanout.slot_ns(0, 1, 0), 50_000_000);
+        assert_eq!(fanout.slot_ns(0, 0, 1), 100_000_000);
+        assert_eq!(fanout.slot_ns(1_000, 1, 2), 250_001_000);
+    }
 }
