@@ -29,8 +29,9 @@
 //!   waker each) and to other servers through Redis pub/sub.
 //! - [`client`]: the client loop (the same connection core and schedule, connecting
 //!   instead of accepting) and, as client protocols on it, the tutorial's multi-connection
-//!   client, the app client, the file downloader and the load generator (with `--udp`,
-//!   its own small loop over UDP sockets sharing the load's schedule and report).
+//!   client, the app client, the file downloader, the chat client, the chat fan-out load
+//!   mode and the load generator (with `--udp`, its own small loop over UDP sockets
+//!   sharing the load's schedule and report).
 //! - [`launch`]: protocol choice, worker loops and signals, as `multiconn-server` runs them.
 //! - [`cli`]: what the binaries share (logging setup, error exit, the Ctrl-C line).
 

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use multiconn::cli::{die, exit_on_ctrl_c, init_client_logging, EXIT_INTERRUPTED};
+use multiconn::client::chat::{run_chat_client, ChatEnd};
 use multiconn::client::driver::{ClientTls, Endpoint};
+use multiconn::client::fanout::{run_fanout, FanoutConfig};
 use multiconn::client::file::{download, run_file_load, FileLoadConfig};
 use multiconn::client::load::DEFAULT_MAX_LOSS;
 use multiconn::client::url::Url;
@@ -43,6 +45,10 @@ enum ProtocolArg {
     /// Download --path from a `--protocol file` server on every connection (not a load mode:
     /// each connection downloads once; size and rate are reported, the byte count checked).
     File,
+    /// The seeds' chat: with NUM_CONNS 1, an interactive client (stdin to the room, the
+    /// room to stdout); with --duration, the fan-out load mode (delivery latency to every
+    /// member, lost lines).
+    Chat,
 }
 
 const EXAMPLES: &str = "\
@@ -102,6 +108,7 @@ struct Args {
     #[arg(long, value_name = "D", value_parser = parse_duration, requires = "load", help_heading = "Load")]
     warmup: Option<Duration>,
     /// Message size in bytes (echo): random content, different per request, every byte verified.
+    /// chat: each line's length (at least 49, its header).
     #[arg(
         long,
         value_name = "BYTES",
@@ -121,12 +128,26 @@ struct Args {
     pipeline: usize,
     /// Open loop: requests per second in total, spread evenly over the connections. Latency then
     /// counts from each request's scheduled send time, so a stall shows (no coordinated omission).
+    /// chat: lines per second per sender [default: 10].
     #[arg(long, value_name = "R", requires = "load", help_heading = "Load")]
     rate: Option<f64>,
     /// What to send (echo, app and http with --duration/--requests; file with --path)
     /// [default: http for a URL, echo otherwise].
     #[arg(long, value_enum, help_heading = "Load")]
     protocol: Option<ProtocolArg>,
+    /// chat: join this room first (/join ROOM) [default: the server's lobby].
+    #[arg(long, value_name = "ROOM", help_heading = "Chat")]
+    room: Option<String>,
+    /// chat load: how many of the NUM_CONNS members send lines (the others only receive).
+    #[arg(
+        long,
+        value_name = "K",
+        default_value_t = 1,
+        requires = "load",
+        help_heading = "Chat"
+    )]
+    senders: usize,
+
     /// file: the path to download, relative to the server's root.
     #[arg(long, value_name = "PATH", help_heading = "File")]
     path: Option<String>,
@@ -207,8 +228,9 @@ struct Args {
     #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "3s", requires = "load", help_heading = "Load")]
     connect_timeout: Duration,
     /// Load mode: a request unanswered this long is a timeout error; --udp: a datagram
-    /// unanswered this long is lost. Tutorial mode: the whole run must finish within this
-    /// [default: 10s; 1s with --udp].
+    /// unanswered this long is lost. Tutorial mode: the whole run must finish within this.
+    /// chat: a delivery later than this is lost; after quit, the server has this long to
+    /// close [default: 10s; 1s with --udp].
     #[arg(long, value_name = "D", value_parser = parse_duration, help_heading = "Load")]
     timeout: Option<Duration>,
 
@@ -320,6 +342,19 @@ fn main() {
         ),
         (ProtocolArg::File, false) => files(&args, &target),
         (_, _) if args.path.is_some() => die("--path goes with --protocol file", EXIT_USAGE),
+        (_, _) if args.room.is_some() && protocol != ProtocolArg::Chat => {
+            die("--room goes with --protocol chat", EXIT_USAGE)
+        }
+        (ProtocolArg::Chat, _) if args.udp => die(
+            "--udp echoes datagrams: not with --protocol chat",
+            EXIT_USAGE,
+        ),
+        (ProtocolArg::Chat, false) if target.connections == 1 => chat(&args, &target),
+        (ProtocolArg::Chat, false) => die(
+            "--protocol chat with NUM_CONNS above 1 is the fan-out load mode: add --duration",
+            EXIT_USAGE,
+        ),
+        (ProtocolArg::Chat, true) => fanout(&args, target),
         (ProtocolArg::Echo, false) => tutorial(&args, &target),
         (other, false) => die(
             format!(
@@ -343,6 +378,7 @@ impl ProtocolArg {
             ProtocolArg::App => "app",
             ProtocolArg::Http => "http",
             ProtocolArg::File => "file",
+            ProtocolArg::Chat => "chat",
         }
     }
 }
@@ -491,6 +527,32 @@ fn tutorial(args: &Args, target: &Target) {
     }
 }
 
+/// `--protocol chat` with one connection: the interactive client on stdin and stdout.
+fn chat(args: &Args, target: &Target) {
+    if let Some(room) = &args.room {
+        if !multiconn::protocol::chat::valid_name(room) {
+            die(
+                format!("--room {room:?}: a room is 1 to 32 letters, digits, '-', '_' or '.'"),
+                EXIT_USAGE,
+            );
+        }
+    }
+    let stdout = std::io::stdout();
+    match run_chat_client(
+        &target.endpoint,
+        args.room.as_deref(),
+        0,
+        stdout.lock(),
+        args.connect_timeout,
+        timeout(args),
+    ) {
+        Ok(ChatEnd::Left) => {}
+        Ok(ChatEnd::ServerClosed) => eprintln!("{}: the server closed the connection", target.name),
+        Ok(ChatEnd::Failed(why)) => die(format!("{}: {why}", target.name), 1),
+        Err(e) => die(describe(&e), 1),
+    }
+}
+
 /// A line per failed connection (the first few), a total, and exit 1.
 fn fail_connections(failures: &[(usize, String)], failed: usize, total: usize, what: &str) -> ! {
     for (number, reason) in failures.iter().take(FAILURES_LISTED) {
@@ -582,6 +644,7 @@ fn load(args: &Args, target: Target, protocol: ProtocolArg, stop: StopAt) {
         ProtocolArg::App => Workload::app(),
         ProtocolArg::Http => Workload::http(http_workload(args, &target)),
         ProtocolArg::File => die("--protocol file is not a load mode", EXIT_USAGE),
+        ProtocolArg::Chat => unreachable!("chat load runs in fanout()"),
     };
     debug_assert!(matches!(
         workload.protocol,
@@ -730,4 +793,84 @@ fn seed() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     nanos ^ (u64::from(std::process::id()) << 32)
+}
+
+/// `--protocol chat --duration D`: the fan-out load mode.
+fn fanout(args: &Args, target: Target) {
+    let usage = |message: &str| -> ! { die(message, EXIT_USAGE) };
+    let Some(duration) = args.duration else {
+        usage("the chat load mode sends lines for --duration D (not --requests)")
+    };
+    if args.pipeline != 1 || args.threads != 1 || args.warmup.is_some() {
+        usage("--pipeline, --threads and --warmup do not go with --protocol chat");
+    }
+    if args.no_reconnect || args.disable_keepalive || args.connect_rate.is_some() || args.progress {
+        usage(
+            "--no-reconnect, --disable-keepalive, --connect-rate and --progress do not go with \
+             --protocol chat",
+        );
+    }
+    let config = FanoutConfig {
+        endpoint: target.endpoint,
+        target: target.name,
+        members: target.connections,
+        senders: args.senders,
+        rate: args.rate.unwrap_or(multiconn::client::fanout::DEFAULT_RATE),
+        duration,
+        size: args.size,
+        room: args.room.clone(),
+        connect_timeout: args.connect_timeout,
+        timeout: timeout(args),
+    };
+    if let Err(message) = config.validate() {
+        usage(&message);
+    }
+    let control = LoadControl::new();
+    watch_signals(control.clone());
+    let report = run_fanout(&config, &control).unwrap_or_else(|e| die(describe(&e), 1));
+    let text = if args.json {
+        serde_json::to_string(&report)
+            .unwrap_or_else(|e| die(format!("cannot write the report: {e}"), 1))
+    } else {
+        report.to_string()
+    };
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{text}") {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            die(format!("cannot write the report: {e}"), 1);
+        }
+    }
+    if report.partial {
+        std::process::exit(EXIT_INTERRUPTED);
+    }
+    if report.deliveries.delivered == 0 {
+        die(
+            format!(
+                "no line was delivered ({} sent){}",
+                report.lines.sent,
+                report
+                    .first_error
+                    .as_deref()
+                    .map(|e| format!("; first error: {e}"))
+                    .unwrap_or_default()
+            ),
+            1,
+        );
+    }
+    if report.has_failures() && !args.allow_errors {
+        let d = &report.deliveries;
+        eprintln!(
+            "error: {} of {} deliveries lost, {} out of order, {} garbled lines, {} members lost{}",
+            d.lost,
+            d.expected,
+            d.out_of_order,
+            report.garbled,
+            report.members.lost,
+            report
+                .first_error
+                .as_deref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default()
+        );
+        std::process::exit(1);
+    }
 }

@@ -1,14 +1,18 @@
 //! Clients, all on one client loop ([`driver`]: the server's connection core and
 //! schedule, connecting instead of accepting), each a client protocol over bytes: the
 //! tutorial's multi-connection scenario ([`scenario`]), the app protocol's one-shot client
-//! ([`app`]), the file downloader ([`file`]), and the load generator (`multiconn-client`
-//! with `--duration` or `--requests`): its loops ([`load`], TCP or `--udp`), what it sends and checks per
+//! ([`app`]), the file downloader ([`file`]), the interactive chat client ([`chat`]), the
+//! chat fan-out load mode ([`fanout`]: delivery latency to every member of a room), and
+//! the load generator (`multiconn-client` with `--duration` or `--requests`): its loops
+//! ([`load`], TCP or `--udp`), what it sends and checks per
 //! protocol ([`workload`]), its report ([`report`]), its schedule timer ([`timer`]) and the
 //! duration syntax of its flags ([`duration`]); a URL as its target ([`url`]).
 
 pub mod app;
+pub mod chat;
 pub mod driver;
 pub mod duration;
+pub mod fanout;
 pub mod file;
 pub mod load;
 pub mod report;

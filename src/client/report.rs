@@ -195,7 +195,7 @@ impl Tally {
 
 /// Whole microseconds, at least 1 (the histogram's lowest value): a sub-microsecond
 /// round trip is reported as 1 µs rather than dropped.
-fn micros(d: Duration) -> u64 {
+pub(crate) fn micros(d: Duration) -> u64 {
     (d.as_micros().min(u128::from(MAX_LATENCY_US)) as u64).max(1)
 }
 
@@ -238,7 +238,7 @@ impl LatencySummary {
     }
 }
 
-fn round2(x: f64) -> f64 {
+pub(crate) fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
@@ -498,11 +498,11 @@ pub fn human_bytes(n: f64) -> String {
     }
 }
 
-fn us(value: u64) -> String {
+pub(crate) fn us(value: u64) -> String {
     format_duration(Duration::from_micros(value))
 }
 
-fn latency_line(s: &LatencySummary) -> String {
+pub(crate) fn latency_line(s: &LatencySummary) -> String {
     if s.count == 0 {
         return "no answers measured".to_string();
     }

@@ -56,7 +56,7 @@ impl LoadControl {
         self.stopped.load(Ordering::SeqCst)
     }
 
-    fn add_waker(&self, waker: Arc<Waker>) {
+    pub(crate) fn add_waker(&self, waker: Arc<Waker>) {
         self.wakers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -208,7 +208,7 @@ fn round3(x: f64) -> f64 {
 }
 
 /// CPU time used so far by this process (all threads).
-fn cpu_time() -> CpuTime {
+pub(crate) fn cpu_time() -> CpuTime {
     // SAFETY: getrusage only writes the struct it is given, which is zeroed and ours.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
