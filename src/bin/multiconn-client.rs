@@ -15,8 +15,8 @@ use multiconn::client::file::{download, run_file_load, FileLoadConfig};
 use multiconn::client::url::Url;
 use multiconn::client::{
     check_open_files, parse_duration, run_load, run_scenario, HttpRequest, HttpWorkload,
-    LoadConfig, LoadControl, LoadError, LoadProtocol, LoadReport, ScenarioConfig, StatusSet,
-    StopAt, Workload,
+    LoadConfig, LoadControl, LoadError, LoadProtocol, LoadReport, RatePlan, ScenarioConfig,
+    StatusSet, StopAt, Workload,
 };
 use multiconn::launch::describe;
 use multiconn::net::{resolve, ListenAddr};
@@ -89,8 +89,16 @@ struct Args {
     pipeline: usize,
     /// Open loop: requests per second in total, spread evenly over the connections. Latency then
     /// counts from each request's scheduled send time, so a stall shows (no coordinated omission).
-    #[arg(long, value_name = "R", requires = "load")]
-    rate: Option<f64>,
+    /// A..B ramps linearly from A to B over --ramp, A,B,C steps through the rates, each for
+    /// --step; both then hold the last rate. A send more than 1ms behind its slot counts as late.
+    #[arg(long, value_name = "R|A..B|A,B,C", requires = "load")]
+    rate: Option<String>,
+    /// With --rate A..B: how long the ramp from A to B takes (measured time, after the warm-up).
+    #[arg(long, value_name = "D", value_parser = parse_duration, requires = "rate")]
+    ramp: Option<Duration>,
+    /// With --rate A,B,C: how long each rate lasts.
+    #[arg(long, value_name = "D", value_parser = parse_duration, requires = "rate")]
+    step: Option<Duration>,
     /// What to send (echo, app and http with --duration/--requests; file with --path)
     /// [default: http for a URL, echo otherwise].
     #[arg(long, value_enum)]
@@ -485,7 +493,9 @@ fn load(args: &Args, target: Target, protocol: ProtocolArg, stop: StopAt) {
         StopAt::Requests(_) => Duration::ZERO,
     });
     config.pipeline = args.pipeline;
-    config.rate = args.rate;
+    config.rate = args.rate.as_deref().map(|rate| {
+        RatePlan::parse(rate, args.ramp, args.step).unwrap_or_else(|e| die(e, EXIT_USAGE))
+    });
     config.connect_timeout = args.connect_timeout;
     config.timeout = args.timeout;
     config.threads = args.threads;

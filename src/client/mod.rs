@@ -3,7 +3,8 @@
 //! tutorial's multi-connection scenario ([`scenario`]), the app protocol's one-shot client
 //! ([`app`]), the file downloader ([`file`]), and the load generator (`multiconn-client`
 //! with `--duration` or `--requests`): its loops ([`load`]), what it sends and checks per
-//! protocol ([`workload`]), its report ([`report`]), its schedule timer ([`timer`]) and the
+//! protocol ([`workload`]), its report ([`report`]), how it kept a rate plan ([`pace`]), its
+//! schedule timer ([`timer`]) and the
 //! duration syntax of its flags ([`duration`]); a URL as its target ([`url`]).
 
 pub mod app;
@@ -11,6 +12,7 @@ pub mod driver;
 pub mod duration;
 pub mod file;
 pub mod load;
+pub mod pace;
 pub mod report;
 pub mod scenario;
 pub mod timer;
@@ -19,7 +21,7 @@ pub mod workload;
 
 pub use app::{run_app_client, AppClientConfig, AppClientError, AppResponse};
 pub use duration::{format_duration, parse_duration};
-pub use load::{run_load, LoadConfig, LoadControl, LoadError, StopAt};
+pub use load::{run_load, LoadConfig, LoadControl, LoadError, RatePlan, StopAt};
 pub use report::LoadReport;
 pub use scenario::{run_scenario, ScenarioConfig, ScenarioReport};
 pub use workload::{HttpRequest, HttpWorkload, LoadProtocol, StatusSet, Workload};

@@ -11,6 +11,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::duration::format_duration;
+use super::pace::{PaceSeries, PaceSummary, LATE_AFTER};
 
 /// Latencies are recorded in microseconds up to this (ten minutes, well past the 60 s a
 /// report must cover); longer ones are recorded as this value.
@@ -103,6 +104,8 @@ pub struct Tally {
     pub tls_handshake: Histogram<u64>,
     /// Of those handshakes, how many resumed an earlier session.
     pub tls_resumed: u64,
+    /// With `--rate`: intended, sent and late requests by second of the measured time.
+    pub pace: PaceSeries,
 }
 
 impl Default for Tally {
@@ -125,6 +128,7 @@ impl Default for Tally {
             connect_time: new_histogram(),
             tls_handshake: new_histogram(),
             tls_resumed: 0,
+            pace: PaceSeries::default(),
         }
     }
 }
@@ -153,6 +157,7 @@ impl Tally {
         }
         self.reconnects += other.reconnects;
         self.tls_resumed += other.tls_resumed;
+        self.pace.merge(&other.pace);
     }
 
     /// Counts an answer's HTTP status (0: a protocol without statuses, not counted).
@@ -256,8 +261,10 @@ pub struct ReportOptions {
     /// Message size (echo).
     pub size: usize,
     pub pipeline: usize,
-    /// Open-loop rate, requests per second in total, if any.
+    /// Open-loop rate, requests per second in total, if any (a ramp's or steps' first).
     pub rate: Option<f64>,
+    /// The open loop's plan in words: `1000 req/s`, `1000..20000 req/s over 30.00s`.
+    pub rate_plan: Option<String>,
     pub connect_timeout_s: f64,
     pub timeout_s: f64,
 }
@@ -332,6 +339,41 @@ pub struct LoadReport {
     /// The first error's message, if any.
     pub first_error: Option<String>,
     pub client_cpu: CpuTime,
+    /// With `--rate`: how well the plan was kept (intended, sent, late sends).
+    pub pace: Option<PaceSummary>,
+    /// Second by second of the measured time.
+    pub intervals: Vec<IntervalReport>,
+}
+
+/// One second of the measured time, `[t, t + 1)` seconds after measuring started.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IntervalReport {
+    pub t: u64,
+    /// With `--rate`: slots the plan put in this second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intended: Option<u64>,
+    /// With `--rate`: requests sent in this second (the achieved rate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent: Option<u64>,
+    /// With `--rate`: of those, sent more than `pace.late_after_ms` behind their slot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub late: Option<u64>,
+}
+
+/// The per-second entries of a run that measured for `secs` seconds.
+fn intervals(tally: &Tally, secs: f64, open_loop: bool) -> Vec<IntervalReport> {
+    let seconds = (secs.ceil() as usize).max(tally.pace.len());
+    (0..seconds)
+        .map(|second| {
+            let (intended, sent, late) = tally.pace.at(second);
+            IntervalReport {
+                t: second as u64,
+                intended: open_loop.then_some(intended),
+                sent: open_loop.then_some(sent),
+                late: open_loop.then_some(late),
+            }
+        })
+        .collect()
 }
 
 impl LoadReport {
@@ -394,6 +436,8 @@ impl LoadReport {
             tls_resumed: options.tls.then_some(tally.tls_resumed),
             first_error: tally.first_error.clone(),
             client_cpu: cpu,
+            pace: open_loop.then(|| tally.pace.summary(LATE_AFTER.as_secs_f64() * 1e3)),
+            intervals: intervals(tally, secs, open_loop),
             options,
         }
     }
@@ -476,8 +520,12 @@ impl fmt::Display for LoadReport {
         if o.pipeline > 1 {
             header += &format!(", pipeline {}", o.pipeline);
         }
-        if let Some(rate) = o.rate {
-            header += &format!(", open loop at {} req/s", thousands(rate.round() as u64));
+        match (&o.rate_plan, o.rate) {
+            (Some(plan), _) => header += &format!(", open loop at {plan}"),
+            (None, Some(rate)) => {
+                header += &format!(", open loop at {} req/s", thousands(rate.round() as u64))
+            }
+            (None, None) => {}
         }
         let elapsed = format_duration(Duration::from_secs_f64(self.elapsed_s));
         match o.requests {
@@ -586,16 +634,22 @@ impl fmt::Display for LoadReport {
             }
             writeln!(f, "{line}")?;
         }
-        if let (Some(rate), Some(duration)) = (o.rate, o.duration_s) {
-            let sent = self.requests.sent as f64 / duration.max(1e-9);
-            if sent < 0.9 * rate && !self.partial {
-                writeln!(
-                    f,
-                    "open loop  asked {} req/s, sent {}/s: the schedule fell behind (latency counts from it)",
-                    thousands(rate.round() as u64),
-                    thousands(sent.round() as u64)
-                )?;
+        if let Some(pace) = &self.pace {
+            let mut line = format!(
+                "open loop  intended {}, sent {}, late {} (sent > {}ms after their slot)",
+                thousands(pace.intended),
+                thousands(pace.sent),
+                thousands(pace.late),
+                pace.late_after_ms
+            );
+            if pace.seconds_behind > 0 && !self.partial {
+                let s = if pace.seconds_behind == 1 { "" } else { "s" };
+                line += &format!(
+                    "; behind in {} second{s} (latency counts from the schedule)",
+                    pace.seconds_behind
+                );
             }
+            writeln!(f, "{line}")?;
         }
         let cpu = &self.client_cpu;
         write!(
@@ -613,6 +667,8 @@ pub struct Interval {
     pub completed: u64,
     pub errors: u64,
     pub latency: Histogram<u64>,
+    /// With `--rate`: slots due, requests sent, and sends late (`None`: closed loop).
+    pub pace: Option<(u64, u64, u64)>,
 }
 
 impl Default for Interval {
@@ -621,6 +677,7 @@ impl Default for Interval {
             completed: 0,
             errors: 0,
             latency: new_histogram(),
+            pace: None,
         }
     }
 }
@@ -630,30 +687,47 @@ impl Interval {
         self.completed += other.completed;
         self.errors += other.errors;
         let _ = self.latency.add(&other.latency);
+        if let Some((intended, sent, late)) = other.pace.as_mut() {
+            let mine = self.pace.get_or_insert((0, 0, 0));
+            mine.0 += std::mem::take(intended);
+            mine.1 += std::mem::take(sent);
+            mine.2 += std::mem::take(late);
+        }
         other.completed = 0;
         other.errors = 0;
         other.latency.reset();
     }
 
-    /// `[  3s] 182,401 req/s  p50 240µs  p99 510µs  errors 0`, with `warm-up` during it.
+    /// `[  3s] 182,401 req/s  p50 240µs  p99 510µs  errors 0`, with `warm-up` during it,
+    /// and with a rate `  intended 2,000 sent 1,998 late 3`.
     pub fn line(&self, second: u64, span: Duration, warmup: bool) -> String {
         let secs = span.as_secs_f64().max(1e-3);
         let rate = (self.completed as f64 / secs).round() as u64;
         let phase = if warmup { " warm-up" } else { "" };
-        if self.latency.is_empty() {
-            return format!(
+        let mut line = if self.latency.is_empty() {
+            format!(
                 "[{second:>3}s]{phase} {} req/s  errors {}",
                 thousands(rate),
                 self.errors
+            )
+        } else {
+            format!(
+                "[{second:>3}s]{phase} {} req/s  p50 {}  p99 {}  errors {}",
+                thousands(rate),
+                us(self.latency.value_at_quantile(0.5)),
+                us(self.latency.value_at_quantile(0.99)),
+                self.errors
+            )
+        };
+        if let Some((intended, sent, late)) = self.pace {
+            line += &format!(
+                "  intended {} sent {} late {}",
+                thousands(intended),
+                thousands(sent),
+                thousands(late)
             );
         }
-        format!(
-            "[{second:>3}s]{phase} {} req/s  p50 {}  p99 {}  errors {}",
-            thousands(rate),
-            us(self.latency.value_at_quantile(0.5)),
-            us(self.latency.value_at_quantile(0.99)),
-            self.errors
-        )
+        line
     }
 }
 
@@ -678,6 +752,7 @@ mod tests {
             size: 64,
             pipeline: 1,
             rate: None,
+            rate_plan: None,
             connect_timeout_s: 3.0,
             timeout_s: 10.0,
         }
@@ -778,6 +853,7 @@ mod tests {
 
         let mut open = options();
         open.rate = Some(1000.0);
+        open.rate_plan = Some("1000 req/s".into());
         let report = LoadReport::new(
             open,
             &tally,
@@ -789,6 +865,11 @@ mod tests {
         assert!(text.starts_with("INTERRUPTED"), "{text}");
         assert!(
             text.contains("(from intended send time)") && text.contains("uncorrected min"),
+            "{text}"
+        );
+        assert!(text.contains(", open loop at 1000 req/s, "), "{text}");
+        assert!(
+            text.contains("open loop  intended 0, sent 0, late 0 (sent > 1ms after their slot)"),
             "{text}"
         );
         assert!(serde_json::to_value(&report).unwrap()["latency_uncorrected_us"]["p99"].is_u64());
@@ -812,6 +893,20 @@ mod tests {
         assert_eq!(
             Interval::default().line(1, Duration::from_secs(1), true),
             "[  1s] warm-up 0 req/s  errors 0"
+        );
+        let mut rated = Interval {
+            pace: Some((0, 0, 0)),
+            ..Interval::default()
+        };
+        let mut part = Interval {
+            pace: Some((1_000, 998, 3)),
+            ..Interval::default()
+        };
+        rated.merge_from(&mut part);
+        assert_eq!(part.pace, Some((0, 0, 0)), "taken by the merge");
+        assert_eq!(
+            rated.line(2, Duration::from_secs(1), false),
+            "[  2s] 0 req/s  errors 0  intended 1,000 sent 998 late 3"
         );
     }
 }

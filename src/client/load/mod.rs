@@ -1,8 +1,9 @@
 //! The load generator: T threads, each one client loop driving its share of the
 //! connections ([`worker`]); what each connection sends and checks, and where answers are
 //! recorded, is a client protocol ([`requests`]) over the [`crate::client::workload`]
-//! exchanges. Closed loop by default; with a rate, requests follow a fixed schedule
-//! ([`rate`]) and latency counts from the scheduled time, so a stalled server cannot hide.
+//! exchanges. Closed loop by default; with a rate plan (constant, ramp or steps), requests
+//! follow its schedule ([`rate`]) and latency counts from the scheduled time, so a stalled
+//! server cannot hide.
 //! This file starts the loops, prints progress ([`progress`]) and merges their results.
 
 mod config;
@@ -21,6 +22,7 @@ use mio::Waker;
 
 use super::report::{CpuTime, Interval, LoadReport, Tally};
 pub use config::{LoadConfig, LoadError, StopAt, MAX_MESSAGE_SIZE, MAX_PIPELINE};
+pub use rate::RatePlan;
 
 /// Stops a run from another thread (the Ctrl-C handler, a test): the loops end at once
 /// and the report covers what was measured, marked partial.

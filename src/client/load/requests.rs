@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use super::config::LoadConfig;
 use super::rate::Rate;
 use crate::client::driver::{Client, Established};
+use crate::client::pace::LATE_AFTER;
 use crate::client::report::{ErrorCounts, Interval, Tally};
 use crate::client::workload::{Answer, ConnExchange, Exchange, Progress};
 use crate::connection::{CloseReason, Ended, Failure};
@@ -253,6 +254,21 @@ impl<'a> Requests<'a> {
                 }
                 self.tally.sent += 1;
                 self.outstanding += 1;
+            }
+            if self.rate.is_some() {
+                let late = now.saturating_duration_since(intended) > LATE_AFTER;
+                if counted {
+                    let second = now
+                        .saturating_duration_since(window.measure_start)
+                        .as_secs();
+                    self.tally.pace.send(second as usize, late);
+                }
+                if let Some((_, sent, late_sends)) =
+                    self.interval.as_mut().and_then(|i| i.pace.as_mut())
+                {
+                    *sent += 1;
+                    *late_sends += u64::from(late);
+                }
             }
             conn.exchange.write_request(out.reply_buf());
             conn.pending.push_back(Pending {

@@ -35,8 +35,13 @@ struct Worker<'a> {
     driver: Driver<Requests<'a>>,
     /// The connections by their index in the schedule (`None`: it never connected).
     by_index: Vec<Option<ConnRef>>,
-    /// With a rate: the next schedule slot, and which connections are due this turn.
+    /// With a rate: this loop's schedule, its next slot, and which connections are due
+    /// this turn.
+    rate: Option<Rate>,
     slot: u64,
+    /// With `--requests` and a rate: how many more slots of the measured time count as
+    /// intended (the loop's share of the requests).
+    intended_left: Option<u64>,
     due: Vec<usize>,
     is_due: Vec<bool>,
     /// The driver's byte counters when measuring began.
@@ -95,12 +100,16 @@ impl<'a> Worker<'a> {
             StopAt::Duration(_) => None,
         };
         let mut requests = Requests::new(config, first, count, budget);
-        requests.interval = shared.progress.as_ref().map(|_| Interval::default());
-        // This loop's part of the rate, in proportion to its connections.
-        requests.rate = config.rate.map(|r| Rate {
-            per_second: r * count as f64 / config.connections as f64,
-            per_round: count as u64,
+        requests.interval = shared.progress.as_ref().map(|_| Interval {
+            pace: config.rate.as_ref().map(|_| (0, 0, 0)),
+            ..Interval::default()
         });
+        // This loop's part of the rate, in proportion to its connections.
+        let rate = config.rate.as_ref().map(|plan| {
+            let part = count as f64 / config.connections as f64;
+            Rate::new(plan, part, config.warmup, count as u64)
+        });
+        requests.rate = rate.clone();
         let timeouts = client_timeouts(config.connect_timeout, Some(config.timeout));
         let mut driver = Driver::new(requests, timeouts)?;
         shared
@@ -132,7 +141,9 @@ impl<'a> Worker<'a> {
             thread,
             driver,
             by_index,
+            rate,
             slot: 0,
+            intended_left: budget,
             due: Vec::with_capacity(count),
             is_due: vec![false; count],
             bytes_at_start: None,
@@ -181,10 +192,12 @@ impl<'a> Worker<'a> {
         let Some(window) = self.driver.protocol().window else {
             return Ok(self.finish(None));
         };
-        let mut slot_timer = match self.driver.protocol().rate {
+        let mut slot_timer = match self.rate {
             Some(_) => SlotTimer::new(self.driver.registry(), SLOT_TIMER)?,
             None => None,
         };
+        // A copy for the run, so dispatching can borrow the worker.
+        let rate = self.rate.clone();
         self.note_measure_start(window, Instant::now());
         // The first requests: every connection sends what its pipeline (or the
         // schedule) allows.
@@ -217,9 +230,8 @@ impl<'a> Worker<'a> {
             {
                 return Ok(self.finish(Some(now)));
             }
-            let rate = requests.rate;
             let budget_left = requests.budget.is_some();
-            if let Some(rate) = rate {
+            if let Some(rate) = &rate {
                 self.dispatch_due(rate, window, now);
             }
             if progress && now >= next_publish {
@@ -233,7 +245,10 @@ impl<'a> Worker<'a> {
             if let Some(at) = reopen_at {
                 wake_at = wake_at.min(at);
             }
-            if let Some(at) = rate.and_then(|r| r.slot_time(window.start, self.slot)) {
+            if let Some(at) = rate
+                .as_ref()
+                .and_then(|r| r.slot_time(window.start, self.slot))
+            {
                 match &mut slot_timer {
                     Some(timer) => timer.arm(at, now)?,
                     None => wake_at = wake_at.min(at),
@@ -250,6 +265,37 @@ impl<'a> Worker<'a> {
         }
     }
 
+    /// Walks the slots due by `now`, counting each as intended (in the progress figures,
+    /// and in its second of the measured time); calls `due` with each one's connection.
+    fn walk_slots(
+        &mut self,
+        rate: &Rate,
+        window: Window,
+        now: Instant,
+        mut due: impl FnMut(&mut Self, usize),
+    ) {
+        while let Some(at) = rate.slot_time(window.start, self.slot) {
+            if at > now || window.deadline.is_some_and(|d| at >= d) {
+                break;
+            }
+            let index = (self.slot % rate.per_round) as usize;
+            self.slot += 1;
+            let requests = self.driver.protocol_mut();
+            if let Some((intended, _, _)) = requests.interval.as_mut().and_then(|i| i.pace.as_mut())
+            {
+                *intended += 1;
+            }
+            if at >= window.measure_start && self.intended_left != Some(0) {
+                let second = at.saturating_duration_since(window.measure_start).as_secs();
+                requests.tally.pace.intend(second as usize);
+                if let Some(left) = &mut self.intended_left {
+                    *left -= 1;
+                }
+            }
+            due(self, index);
+        }
+    }
+
     /// Takes the byte counters as measuring starts: bytes are reported from there on.
     fn note_measure_start(&mut self, window: Window, now: Instant) {
         if self.bytes_at_start.is_none() && now >= window.measure_start {
@@ -259,21 +305,16 @@ impl<'a> Worker<'a> {
     }
 
     /// With a rate: hands every schedule slot whose time has come to its connection.
-    fn dispatch_due(&mut self, rate: Rate, window: Window, now: Instant) {
+    fn dispatch_due(&mut self, rate: &Rate, window: Window, now: Instant) {
         if rate.per_round == 0 {
             return;
         }
-        while let Some(at) = rate.slot_time(window.start, self.slot) {
-            if at > now || window.deadline.is_some_and(|d| at >= d) {
-                break;
+        self.walk_slots(rate, window, now, |worker, index| {
+            if worker.by_index[index].is_some() && !worker.is_due[index] {
+                worker.is_due[index] = true;
+                worker.due.push(index);
             }
-            let index = (self.slot % rate.per_round) as usize;
-            self.slot += 1;
-            if self.by_index[index].is_some() && !self.is_due[index] {
-                self.is_due[index] = true;
-                self.due.push(index);
-            }
-        }
+        });
         // Reused every turn: the schedule must not allocate per request.
         for i in 0..self.due.len() {
             let index = self.due[i];
@@ -294,6 +335,11 @@ impl<'a> Worker<'a> {
     }
 
     fn finish(mut self, ended: Option<Instant>) -> LoopResult {
+        // The slots due between the last turn and the end were intended too.
+        let window = self.driver.protocol().window;
+        if let (Some(rate), Some(window), Some(end)) = (self.rate.take(), window, ended) {
+            self.walk_slots(&rate, window, end, |_, _| {});
+        }
         self.publish();
         let stats = self.driver.stats();
         let (bytes_in, bytes_out) = (stats.bytes_in, stats.bytes_out);
