@@ -3,14 +3,15 @@
 //! tutorial's multi-connection scenario ([`scenario`]), the app protocol's one-shot client
 //! ([`app`]), the file downloader ([`file`]), and the load generator (`multiconn-client`
 //! with `--duration` or `--requests`): its loops ([`load`]), what it sends and checks per
-//! protocol ([`workload`]), its report ([`report`]), how it kept a rate plan ([`pace`]), its
-//! schedule timer ([`timer`]) and the
+//! protocol ([`workload`]), its report ([`report`]) and its HTML page ([`html`]), how it
+//! kept a rate plan ([`pace`]), its schedule timer ([`timer`]) and the
 //! duration syntax of its flags ([`duration`]); a URL as its target ([`url`]).
 
 pub mod app;
 pub mod driver;
 pub mod duration;
 pub mod file;
+pub mod html;
 pub mod load;
 pub mod pace;
 pub mod report;

@@ -343,6 +343,42 @@ pub struct LoadReport {
     pub pace: Option<PaceSummary>,
     /// Second by second of the measured time.
     pub intervals: Vec<IntervalReport>,
+    /// The latency distribution as (percentile, milliseconds) points for the HTML page's
+    /// curve: ten a decade of 1/(1−p), and the summary's percentiles.
+    #[serde(skip)]
+    pub percentile_curve: Vec<(f64, f64)>,
+}
+
+/// The percentile curve goes as far as 99.9999% (1/(1−p) = 10⁶), and no further than the
+/// answers can say: with n of them, to 1/(1−p) = n.
+const CURVE_MAX_NINES: f64 = 6.0;
+/// Points per decade of 1/(1−p).
+const CURVE_STEPS_PER_DECADE: u32 = 10;
+
+/// (percentile, ms) points of `h`, by increasing percentile; none for an empty histogram.
+fn percentile_curve(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let decades = (h.len() as f64).log10().clamp(1.0, CURVE_MAX_NINES);
+    let steps = (decades * f64::from(CURVE_STEPS_PER_DECADE)).floor() as u32;
+    let mut quantiles: Vec<f64> = (0..=steps)
+        .map(|k| 1.0 - 10f64.powf(-f64::from(k) / f64::from(CURVE_STEPS_PER_DECADE)))
+        .chain(
+            [0.5, 0.9, 0.99, 0.999, 0.9999]
+                .into_iter()
+                .filter(|q| 1.0 / (1.0 - q) <= 10f64.powf(decades) * 1.000_001),
+        )
+        .collect();
+    quantiles.sort_by(f64::total_cmp);
+    quantiles.dedup_by(|a, b| (*a - *b).abs() < 1e-9);
+    quantiles
+        .into_iter()
+        .map(|q| {
+            let percentile = (q * 100.0 * 1e6).round() / 1e6;
+            (percentile, h.value_at_quantile(q) as f64 / 1000.0)
+        })
+        .collect()
 }
 
 /// One second of the measured time, `[t, t + 1)` seconds after measuring started.
@@ -438,6 +474,7 @@ impl LoadReport {
             client_cpu: cpu,
             pace: open_loop.then(|| tally.pace.summary(LATE_AFTER.as_secs_f64() * 1e3)),
             intervals: intervals(tally, secs, open_loop),
+            percentile_curve: percentile_curve(&tally.latency),
             options,
         }
     }
@@ -873,6 +910,31 @@ mod tests {
             "{text}"
         );
         assert!(serde_json::to_value(&report).unwrap()["latency_uncorrected_us"]["p99"].is_u64());
+    }
+
+    /// The percentile curve of 1..=1000 µs climbs with the percentile, holds the
+    /// summary's percentiles exactly, and stops at 99.9%: a thousand answers say no more.
+    #[test]
+    fn percentile_curve_points() {
+        let mut h = new_histogram();
+        for us in 1..=1000 {
+            h.record(us).unwrap();
+        }
+        let curve = percentile_curve(&h);
+        assert_eq!(curve.first(), Some(&(0.0, 0.001)));
+        assert_eq!(curve.last().map(|p| p.0), Some(99.9));
+        assert_eq!(
+            curve.len(),
+            31 + 1,
+            "ten a decade over three decades, and 50%"
+        );
+        for (p, ms) in [(50.0, 0.5), (90.0, 0.9), (99.0, 0.99), (99.9, 0.999)] {
+            assert!(curve.contains(&(p, ms)), "{p}: {curve:?}");
+        }
+        assert!(curve
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
+        assert!(percentile_curve(&new_histogram()).is_empty());
     }
 
     /// The progress line shows the interval's rate and percentiles.
