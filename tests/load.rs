@@ -110,6 +110,51 @@ fn threads_and_pipeline_complete_exactly_n() {
     assert_eq!(server.stop().bytes_in, 10_001 * 1000);
 }
 
+/// The per-second series covers the measured window second by second, every loop added
+/// up: its counts sum to the run's, and its histograms, added, are the run's histogram
+/// (same count, min, p50, p99, max), so outputs built on it are exact.
+#[test]
+fn per_second_series_adds_up_to_the_run() {
+    let server = TestServer::start(Echo, |_| {});
+    let mut config = config(
+        server.addr,
+        8,
+        StopAt::Duration(Duration::from_millis(2_500)),
+    );
+    config.threads = 2;
+    config.warmup = Duration::from_millis(300);
+    let report = run(&config);
+    let series = &report.intervals;
+    assert_eq!(series.len(), 3, "{series:?}");
+    for (k, second) in series.iter().enumerate() {
+        assert_eq!(second.start, Duration::from_secs(k as u64));
+        assert!(second.requests > 0, "second {k} empty");
+        assert_eq!(second.requests, second.latency.count);
+    }
+    assert_eq!(series[0].length, Duration::from_secs(1));
+    assert_eq!(series[2].length, Duration::from_millis(500));
+    let requests: u64 = series.iter().map(|s| s.requests).sum();
+    assert_eq!(requests, report.requests.completed);
+    let errors: u64 = series.iter().map(|s| s.errors).sum();
+    assert_eq!(errors, report.errors.total);
+    let mut sum = series[0].histogram();
+    for second in &series[1..] {
+        sum.add(second.histogram()).unwrap();
+    }
+    let run = report.latency_us;
+    assert_eq!(sum.len(), run.count);
+    assert_eq!(
+        (
+            sum.min(),
+            sum.value_at_quantile(0.5),
+            sum.value_at_quantile(0.99),
+            sum.max()
+        ),
+        (run.min, run.p50, run.p99, run.max)
+    );
+    assert!(report.started_unix_s > 1.7e9, "{}", report.started_unix_s);
+}
+
 /// `--duration 2s` measures 2 s after the default 1 s warm-up and then stops: the binary
 /// exits about 3 s after it started, reporting exactly 2 s of measured time.
 #[test]
