@@ -111,6 +111,51 @@ fn threads_and_pipeline_complete_exactly_n() {
     assert_eq!(server.stop().bytes_in, 10_001 * 1000);
 }
 
+/// The per-second series covers the measured window second by second, every loop added
+/// up: its counts sum to the run's, and its histograms, added, are the run's histogram
+/// (same count, min, p50, p99, max), so outputs built on it are exact.
+#[test]
+fn per_second_series_adds_up_to_the_run() {
+    let server = TestServer::start(Echo, |_| {});
+    let mut config = config(
+        server.addr,
+        8,
+        StopAt::Duration(Duration::from_millis(2_500)),
+    );
+    config.threads = 2;
+    config.warmup = Duration::from_millis(300);
+    let report = run(&config);
+    let series = &report.intervals;
+    assert_eq!(series.len(), 3, "{series:?}");
+    for (k, second) in series.iter().enumerate() {
+        assert_eq!(second.start, Duration::from_secs(k as u64));
+        assert!(second.requests > 0, "second {k} empty");
+        assert_eq!(second.requests, second.latency.count);
+    }
+    assert_eq!(series[0].length, Duration::from_secs(1));
+    assert_eq!(series[2].length, Duration::from_millis(500));
+    let requests: u64 = series.iter().map(|s| s.requests).sum();
+    assert_eq!(requests, report.requests.completed);
+    let errors: u64 = series.iter().map(|s| s.errors).sum();
+    assert_eq!(errors, report.errors.total);
+    let mut sum = series[0].histogram();
+    for second in &series[1..] {
+        sum.add(second.histogram()).unwrap();
+    }
+    let run = report.latency_us;
+    assert_eq!(sum.len(), run.count);
+    assert_eq!(
+        (
+            sum.min(),
+            sum.value_at_quantile(0.5),
+            sum.value_at_quantile(0.99),
+            sum.max()
+        ),
+        (run.min, run.p50, run.p99, run.max)
+    );
+    assert!(report.started_unix_s > 1.7e9, "{}", report.started_unix_s);
+}
+
 /// `--duration 2s` measures 2 s after the default 1 s warm-up and then stops: the binary
 /// exits about 3 s after it started, reporting exactly 2 s of measured time.
 #[test]
@@ -280,14 +325,20 @@ fn ramp_sends_follow_the_plan_second_by_second() {
         .collect();
     assert_eq!(expected, [167, 300, 433]);
     let intended: Vec<u64> = report
-        .intervals
+        .per_second
         .iter()
         .map(|i| i.intended.unwrap())
         .collect();
-    assert_eq!(intended, expected, "{:?}", report.intervals);
-    let sent: Vec<u64> = report.intervals.iter().map(|i| i.sent.unwrap()).collect();
+    assert_eq!(intended, expected, "{:?}", report.per_second);
+    let sent: Vec<u64> = report.per_second.iter().map(|i| i.sent.unwrap()).collect();
     assert_eq!(sent.iter().sum::<u64>(), report.requests.sent);
     assert!(sent[2] > sent[0] * 2, "sends climb with the ramp: {sent:?}");
+    let answered: Vec<u64> = report.per_second.iter().map(|i| i.requests).collect();
+    assert_eq!(answered.iter().sum::<u64>(), report.requests.completed);
+    assert!(
+        answered[2] > answered[0] * 2,
+        "answers climb too: {answered:?}"
+    );
     let pace = report.pace.expect("a rated run reports its pace");
     assert_eq!((pace.intended, pace.sent), (900, 900), "{pace:?}");
     assert!(pace.late <= pace.sent);
@@ -295,6 +346,60 @@ fn ramp_sends_follow_the_plan_second_by_second() {
     assert_eq!(
         report.options.rate_plan.as_deref(),
         Some("100..500 req/s over 3.00s")
+    );
+}
+
+/// `--json`'s `intervals`: one entry per measured second, `t` from 0, answers and errors
+/// that add up to the run's, latency p50 ≤ p99 ≤ max in ms; no pace fields without a rate.
+#[test]
+fn json_intervals_per_second() {
+    let server = TestServer::start(Echo, |_| {});
+    let port = server.addr.port().to_string();
+    let out = client(&[
+        "127.0.0.1",
+        &port,
+        "3",
+        "--duration",
+        "2s",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let report = json(&out);
+    let intervals = report["intervals"].as_array().expect("intervals");
+    let t: Vec<u64> = intervals.iter().map(|i| i["t"].as_u64().unwrap()).collect();
+    assert_eq!(t, [0, 1]);
+    let sum = |key: &str| {
+        intervals
+            .iter()
+            .map(|i| i[key].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(
+        sum("requests"),
+        report["requests"]["completed"].as_u64().unwrap()
+    );
+    assert_eq!(sum("errors"), 0);
+    for interval in intervals {
+        let ms = |key: &str| interval[key].as_f64().unwrap();
+        assert!(interval["requests"].as_u64().unwrap() > 0, "{interval}");
+        assert!(
+            0.0 < ms("p50_ms") && ms("p50_ms") <= ms("p99_ms") && ms("p99_ms") <= ms("max_ms"),
+            "{interval}"
+        );
+        for key in ["intended", "sent", "late"] {
+            assert!(interval.get(key).is_none(), "closed loop has no {key}");
+        }
+    }
+    let max_ms = intervals
+        .iter()
+        .map(|i| i["max_ms"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    let run_max_ms = report["latency_us"]["max"].as_f64().unwrap() / 1000.0;
+    assert!(
+        (max_ms - run_max_ms).abs() < 1e-9,
+        "{max_ms} vs {run_max_ms}"
     );
 }
 

@@ -341,12 +341,21 @@ pub struct LoadReport {
     pub client_cpu: CpuTime,
     /// With `--rate`: how well the plan was kept (intended, sent, late sends).
     pub pace: Option<PaceSummary>,
-    /// Second by second of the measured time.
-    pub intervals: Vec<IntervalReport>,
+    /// Second by second of the measured time, in the JSON as `intervals`: requests,
+    /// errors and latency from [`LoadReport::intervals`], and with a rate the pace.
+    #[serde(rename = "intervals")]
+    pub per_second: Vec<IntervalReport>,
     /// The latency distribution as (percentile, milliseconds) points for the HTML page's
     /// curve: ten a decade of 1/(1−p), and the summary's percentiles.
     #[serde(skip)]
     pub percentile_curve: Vec<(f64, f64)>,
+    /// When the measured window began, seconds since the Unix epoch (the base time of
+    /// the per-second series and of `--hdr-log`).
+    pub started_unix_s: f64,
+    /// The measured window second by second, every loop added up; their histograms sum
+    /// to the run's latency histogram (same answers, same corrected latencies).
+    #[serde(skip)]
+    pub intervals: Vec<IntervalRecord>,
 }
 
 /// The percentile curve goes as far as 99.9999% (1/(1−p) = 10⁶), and no further than the
@@ -381,10 +390,18 @@ fn percentile_curve(h: &Histogram<u64>) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// One second of the measured time, `[t, t + 1)` seconds after measuring started.
+/// One second of the measured time, `[t, t + 1)` seconds after measuring started (the
+/// last one may be cut short by the run's end).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IntervalReport {
     pub t: u64,
+    /// Answers counted in the second.
+    pub requests: u64,
+    pub errors: u64,
+    /// The second's latency (from intended send times), milliseconds.
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
     /// With `--rate`: slots the plan put in this second.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub intended: Option<u64>,
@@ -396,14 +413,33 @@ pub struct IntervalReport {
     pub late: Option<u64>,
 }
 
-/// The per-second entries of a run that measured for `secs` seconds.
-fn intervals(tally: &Tally, secs: f64, open_loop: bool) -> Vec<IntervalReport> {
-    let seconds = (secs.ceil() as usize).max(tally.pace.len());
+/// The per-second entries: the records' seconds, with the pace's beside them when
+/// `open_loop` (a second either side lacks counts as zeros).
+pub fn per_second(
+    records: &[IntervalRecord],
+    pace: &PaceSeries,
+    open_loop: bool,
+) -> Vec<IntervalReport> {
+    let ms = |us: u64| us as f64 / 1000.0;
+    let seconds = records
+        .iter()
+        .map(|r| r.start.as_secs() as usize + 1)
+        .max()
+        .unwrap_or(0)
+        .max(if open_loop { pace.len() } else { 0 });
     (0..seconds)
         .map(|second| {
-            let (intended, sent, late) = tally.pace.at(second);
+            let record = records
+                .iter()
+                .find(|r| r.start.as_secs() as usize == second);
+            let (intended, sent, late) = pace.at(second);
             IntervalReport {
                 t: second as u64,
+                requests: record.map_or(0, |r| r.requests),
+                errors: record.map_or(0, |r| r.errors),
+                p50_ms: record.map_or(0.0, |r| ms(r.latency.p50)),
+                p99_ms: record.map_or(0.0, |r| ms(r.latency.p99)),
+                max_ms: record.map_or(0.0, |r| ms(r.latency.max)),
                 intended: open_loop.then_some(intended),
                 sent: open_loop.then_some(sent),
                 late: open_loop.then_some(late),
@@ -473,8 +509,10 @@ impl LoadReport {
             first_error: tally.first_error.clone(),
             client_cpu: cpu,
             pace: open_loop.then(|| tally.pace.summary(LATE_AFTER.as_secs_f64() * 1e3)),
-            intervals: intervals(tally, secs, open_loop),
             percentile_curve: percentile_curve(&tally.latency),
+            per_second: Vec::new(),
+            started_unix_s: 0.0,
+            intervals: Vec::new(),
             options,
         }
     }
@@ -695,6 +733,201 @@ impl fmt::Display for LoadReport {
             cpu.user_s, cpu.system_s
         )?;
         Ok(())
+    }
+}
+
+/// One second of the measured run as one loop counted it; the loops hand these over as
+/// each second passes and [`SeriesCollector`] adds them up.
+#[derive(Debug, Clone)]
+pub struct SecondTally {
+    /// Seconds since the start of the measured window: this covers `[index, index + 1)`.
+    pub index: u64,
+    /// Answers counted in the second (as in [`Tally::completed`]).
+    pub requests: u64,
+    /// Errors counted in the second (as in [`ErrorCounts::total`]).
+    pub errors: u64,
+    pub latency: Histogram<u64>,
+}
+
+impl SecondTally {
+    pub fn new(index: u64) -> Self {
+        SecondTally {
+            index,
+            requests: 0,
+            errors: 0,
+            latency: new_histogram(),
+        }
+    }
+
+    /// A placeholder that records nothing more (a finished loop's), without the memory
+    /// of a histogram.
+    pub fn new_empty(index: u64) -> Self {
+        SecondTally {
+            index,
+            requests: 0,
+            errors: 0,
+            latency: Histogram::new_with_bounds(1, 2, 1)
+                .expect("constant bounds are valid: low >= 1, high >= 2 * low"),
+        }
+    }
+
+    /// Empties it for second `index`, keeping its histogram's memory.
+    pub fn reset(&mut self, index: u64) {
+        self.index = index;
+        self.requests = 0;
+        self.errors = 0;
+        self.latency.reset();
+    }
+
+    /// Records one counted answer's latency (the corrected one, as the run's histogram).
+    #[inline]
+    pub fn record(&mut self, corrected: Duration) {
+        self.requests += 1;
+        self.latency.saturating_record(micros(corrected));
+    }
+}
+
+/// One second of the measured run, every loop added up: what `--hdr-log`, `merge` and the
+/// per-second outputs read. The histogram is kept V2-deflate encoded, a few hundred bytes,
+/// rather than live: a live one at the run's bounds and 3 significant figures is 172 kB
+/// (21,504 counters), an hour of them 620 MB; encoded, an hour stays within a few MB and
+/// keeps full precision (see `benches/compare/flat_memory.sh`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntervalRecord {
+    /// From the start of the measured window.
+    pub start: Duration,
+    /// One second, except the last one of a run, which ends with the run.
+    pub length: Duration,
+    pub requests: u64,
+    pub errors: u64,
+    /// The second's latency percentiles (µs), computed before encoding.
+    pub latency: LatencySummary,
+    /// The histogram, V2-deflate serialised (as HdrHistogram interval logs carry it).
+    encoded: Vec<u8>,
+}
+
+impl IntervalRecord {
+    /// Summarises and encodes `latency`.
+    pub fn new(
+        start: Duration,
+        length: Duration,
+        requests: u64,
+        errors: u64,
+        latency: &Histogram<u64>,
+    ) -> Self {
+        use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
+        let mut encoded = Vec::new();
+        // Serialising into memory fails only for histograms it cannot represent, which
+        // ours (bounded, u64 counts) are not; an empty encoding then decodes as empty.
+        if let Err(e) = V2DeflateSerializer::new().serialize(latency, &mut encoded) {
+            log::error!("cannot encode an interval histogram: {e:?}");
+            encoded.clear();
+        }
+        IntervalRecord {
+            start,
+            length,
+            requests,
+            errors,
+            latency: LatencySummary::of(latency),
+            encoded,
+        }
+    }
+
+    /// The second's latency histogram, decoded (same bounds as [`new_histogram`]).
+    pub fn histogram(&self) -> Histogram<u64> {
+        use hdrhistogram::serialization::Deserializer;
+        let mut histogram = new_histogram();
+        if let Ok(decoded) = Deserializer::new().deserialize::<u64, _>(&mut &self.encoded[..]) {
+            let _ = histogram.add(&decoded);
+        }
+        histogram
+    }
+
+    /// Bytes the encoded histogram takes.
+    pub fn encoded_len(&self) -> usize {
+        self.encoded.len()
+    }
+}
+
+/// Adds up the loops' seconds into the run's series: second `k` is complete once every
+/// loop has handed over its `k` (or finished), and is then encoded into an
+/// [`IntervalRecord`]. Holds one live histogram whatever the run's length.
+pub struct SeriesCollector {
+    /// The next second to complete.
+    next: u64,
+    sum: SecondTally,
+    records: Vec<IntervalRecord>,
+}
+
+impl Default for SeriesCollector {
+    fn default() -> Self {
+        SeriesCollector {
+            next: 0,
+            sum: SecondTally::new(0),
+            records: Vec::new(),
+        }
+    }
+}
+
+impl SeriesCollector {
+    /// The second each loop would hand over next, `None` for a loop that finished and
+    /// has nothing more: the seconds every loop is past can be completed.
+    pub fn ready(&self, heads: impl Iterator<Item = Option<u64>>) -> bool {
+        let mut any = false;
+        for head in heads.flatten() {
+            if head != self.next {
+                return false;
+            }
+            any = true;
+        }
+        any
+    }
+
+    /// The second being completed.
+    pub fn next_index(&self) -> u64 {
+        self.next
+    }
+
+    /// Adds one loop's part of the second being completed.
+    pub fn add(&mut self, part: &SecondTally) {
+        debug_assert_eq!(part.index, self.next);
+        self.sum.requests += part.requests;
+        self.sum.errors += part.errors;
+        // Same bounds everywhere (new_histogram), so adding cannot fail.
+        let _ = self.sum.latency.add(&part.latency);
+    }
+
+    /// Every loop's part is in: the second is encoded into the series.
+    pub fn complete(&mut self) {
+        let start = Duration::from_secs(self.next);
+        self.records.push(IntervalRecord::new(
+            start,
+            Duration::from_secs(1),
+            self.sum.requests,
+            self.sum.errors,
+            &self.sum.latency,
+        ));
+        self.next += 1;
+        self.sum.reset(self.next);
+    }
+
+    /// The series, its last second cut at `elapsed` (the measured time) and any seconds
+    /// past it (a loop's last turn) dropped if empty.
+    pub fn finish(mut self, elapsed: Duration) -> Vec<IntervalRecord> {
+        while self
+            .records
+            .last()
+            .is_some_and(|r| r.start >= elapsed && r.requests == 0 && r.errors == 0)
+            && self.records.len() > 1
+        {
+            self.records.pop();
+        }
+        if let Some(last) = self.records.last_mut() {
+            if last.start + last.length > elapsed {
+                last.length = elapsed.saturating_sub(last.start);
+            }
+        }
+        self.records
     }
 }
 
@@ -935,6 +1168,59 @@ mod tests {
             .windows(2)
             .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
         assert!(percentile_curve(&new_histogram()).is_empty());
+    }
+
+    /// A second's record keeps its histogram exactly (decoded equal to what was encoded)
+    /// in a few kB even with a wide spread of latencies, where the live histogram is 172 kB.
+    #[test]
+    fn interval_record_round_trips_compactly() {
+        let mut second = SecondTally::new(4);
+        let mut x: u64 = 12345;
+        for _ in 0..200_000 {
+            // A spread from 20 µs to about 50 ms, log-uniform-ish.
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let exp = (x >> 60) as u32 % 12;
+            let value = 20u64 << exp;
+            second.record(Duration::from_micros(value + (x >> 40) % value));
+        }
+        let record = IntervalRecord::new(
+            Duration::from_secs(4),
+            Duration::from_secs(1),
+            second.requests,
+            3,
+            &second.latency,
+        );
+        assert_eq!(record.histogram(), second.latency);
+        assert_eq!(record.latency, LatencySummary::of(&second.latency));
+        assert!(
+            record.encoded_len() < 8 * 1024,
+            "{} bytes",
+            record.encoded_len()
+        );
+    }
+
+    /// The collector adds loops' parts of a second and cuts the last one at the run's end.
+    #[test]
+    fn collector_adds_parts_and_cuts_the_last_second() {
+        let mut collector = SeriesCollector::default();
+        for k in 0..2 {
+            for value in [100, 300] {
+                let mut part = SecondTally::new(k);
+                part.record(Duration::from_micros(value));
+                part.errors = 1;
+                collector.add(&part);
+            }
+            collector.complete();
+        }
+        let series = collector.finish(Duration::from_millis(1_250));
+        assert_eq!(series.len(), 2);
+        assert_eq!((series[1].requests, series[1].errors), (2, 2));
+        assert_eq!(series[1].start, Duration::from_secs(1));
+        assert_eq!(series[1].length, Duration::from_millis(250));
+        assert_eq!(series[0].latency.max, series[0].histogram().max());
+        assert!(series[0].histogram().equivalent(series[0].latency.max, 300));
     }
 
     /// The progress line shows the interval's rate and percentiles.

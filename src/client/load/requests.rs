@@ -14,7 +14,7 @@ use super::config::LoadConfig;
 use super::rate::Rate;
 use crate::client::driver::{Client, Established};
 use crate::client::pace::LATE_AFTER;
-use crate::client::report::{ErrorCounts, Interval, Tally};
+use crate::client::report::{ErrorCounts, Interval, SecondTally, Tally};
 use crate::client::workload::{Answer, ConnExchange, Exchange, Progress};
 use crate::connection::{CloseReason, Ended, Failure};
 use crate::net::Peer;
@@ -173,6 +173,8 @@ pub(super) struct Requests<'a> {
     pub rate: Option<Rate>,
     pub tally: Tally,
     pub interval: Option<Interval>,
+    /// The current second of the measured window (the worker hands it over as it passes).
+    pub second: SecondTally,
     /// Counted requests still unanswered.
     pub outstanding: u64,
     /// With `--requests`: how many more this loop may issue after the warm-up.
@@ -204,6 +206,7 @@ impl<'a> Requests<'a> {
             rate: None,
             tally: Tally::default(),
             interval: None,
+            second: SecondTally::new(0),
             outstanding: 0,
             budget,
             last_answer: None,
@@ -348,9 +351,11 @@ impl<'a> Requests<'a> {
             let open_loop = self.rate.is_some();
             self.tally
                 .record(corrected, if open_loop { uncorrected } else { corrected });
+            self.second.record(corrected);
             self.tally.count_status(answer.status);
             if !answer.accepted {
                 let status = answer.status;
+                self.second.errors += 1;
                 self.tally.error(
                     |e| &mut e.status,
                     || match status {
@@ -609,6 +614,7 @@ impl Client for Requests<'_> {
                 };
                 log::debug!("connection {}: {}", conn.index, failure.message);
                 self.tally.error(kind, || failure.message);
+                self.second.errors += 1;
                 if let Some(interval) = &mut self.interval {
                     interval.errors += 1;
                 }

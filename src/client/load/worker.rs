@@ -6,7 +6,7 @@
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use mio::{Token, Waker};
 
@@ -15,7 +15,7 @@ use super::rate::{share, Pacer, Rate};
 use super::requests::{Reopen, Requests, Window};
 use super::{LoopResult, Shared, StopAt};
 use crate::client::driver::{client_timeouts, Driver, FIRST_CALLER_TOKEN};
-use crate::client::report::Interval;
+use crate::client::report::{Interval, SecondTally};
 use crate::client::timer::SlotTimer;
 use crate::connection::Phase;
 use crate::net::Transport;
@@ -23,6 +23,8 @@ use crate::schedule::ConnRef;
 
 /// Longest sleep of a loop with nothing to do: how often it looks at the clock at least.
 const MAX_TICK: Duration = Duration::from_millis(100);
+/// The length of the measured window's intervals (the series, `--hdr-log`).
+const SECOND: Duration = Duration::from_secs(1);
 /// The tokens of each loop's waker and schedule timer: the caller's range of the driver.
 const WAKER: Token = Token(FIRST_CALLER_TOKEN);
 const SLOT_TIMER: Token = Token(FIRST_CALLER_TOKEN + 1);
@@ -62,6 +64,9 @@ pub(super) fn run(shared: &Shared<'_>, index: usize, threads: usize) -> io::Resu
     shared.connected.fetch_add(connected, Ordering::SeqCst);
     if shared.barrier.wait().is_leader() {
         let _ = shared.start.set(Instant::now());
+        let _ = shared
+            .measure_start_wall
+            .set(SystemTime::now() + config.warmup);
     }
     shared.barrier.wait();
     let mut worker = setup?;
@@ -206,9 +211,17 @@ impl<'a> Worker<'a> {
         }
         let progress = self.driver.protocol().interval.is_some();
         let mut next_publish = window.start + PROGRESS_INTERVAL;
+        // The measured window's seconds: answers go to the current one until it has
+        // passed (checked each turn, and each turn wakes for it, so an answer read in
+        // the turn that crosses a boundary lands at most one turn early).
+        let mut next_second = window.measure_start + SECOND;
         loop {
             let now = Instant::now();
             self.note_measure_start(window, now);
+            while now >= next_second {
+                self.hand_over_second(false);
+                next_second += SECOND;
+            }
             if self.shared.control.is_stopped() {
                 return Ok(self.finish(Some(now)));
             }
@@ -257,6 +270,7 @@ impl<'a> Worker<'a> {
             if progress {
                 wake_at = wake_at.min(next_publish);
             }
+            wake_at = wake_at.min(next_second);
             if budget_left && now < window.measure_start {
                 wake_at = wake_at.min(window.measure_start);
             }
@@ -334,6 +348,26 @@ impl<'a> Worker<'a> {
         }
     }
 
+    /// Hands the current second to the collector and starts the next one (with an
+    /// emptied second the collector gave back, if any); `last`: the loop is done.
+    fn hand_over_second(&mut self, last: bool) {
+        let mut slot = self.shared.seconds[self.thread]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let current = &mut self.driver.protocol_mut().second;
+        let next_index = current.index + 1;
+        let next = match slot.spare.pop() {
+            Some(mut spare) => {
+                spare.reset(next_index);
+                spare
+            }
+            None if last => SecondTally::new_empty(next_index),
+            None => SecondTally::new(next_index),
+        };
+        slot.done.push_back(std::mem::replace(current, next));
+        slot.finished |= last;
+    }
+
     fn finish(mut self, ended: Option<Instant>) -> LoopResult {
         // The slots due between the last turn and the end were intended too.
         let window = self.driver.protocol().window;
@@ -341,6 +375,7 @@ impl<'a> Worker<'a> {
             self.walk_slots(&rate, window, end, |_, _| {});
         }
         self.publish();
+        self.hand_over_second(true);
         let stats = self.driver.stats();
         let (bytes_in, bytes_out) = (stats.bytes_in, stats.bytes_out);
         let mut requests = self.driver.into_protocol();
