@@ -12,6 +12,7 @@ use clap::Parser;
 use multiconn::cli::{die, init_client_logging};
 use multiconn::client::driver::{ClientTls, Endpoint};
 use multiconn::client::file::{download, run_file_load, FileLoadConfig};
+use multiconn::client::html::{render, PageData};
 use multiconn::client::url::Url;
 use multiconn::client::{
     check_open_files, parse_duration, run_load, run_scenario, HttpRequest, HttpWorkload,
@@ -165,6 +166,10 @@ struct Args {
     /// Write the final report as one JSON object on stdout (latencies in microseconds).
     #[arg(long, requires = "load")]
     json: bool,
+    /// Also write the report as one self-contained HTML page (inline SVG charts: throughput
+    /// and latency per second, the percentile curve, statuses, errors, options).
+    #[arg(long, value_name = "FILE.html", requires = "load")]
+    report: Option<PathBuf>,
     /// Print a progress line on stderr every second (the default when stderr is a terminal).
     #[arg(long, requires = "load")]
     progress: bool,
@@ -505,6 +510,16 @@ fn load(args: &Args, target: Target, protocol: ProtocolArg, stop: StopAt) {
     if let Err(message) = config.validate() {
         die(message, EXIT_USAGE);
     }
+    // Created before the run, so a path that cannot be written fails now, not after it.
+    let page_file = args.report.as_ref().map(|path| {
+        let file = std::fs::File::create(path).unwrap_or_else(|e| {
+            die(
+                format!("cannot create {}: {}", path.display(), describe(&e)),
+                1,
+            )
+        });
+        (path, file)
+    });
     let control = LoadControl::new();
     watch_signals(control.clone());
     let show_progress = args.progress || std::io::stderr().is_terminal();
@@ -532,6 +547,15 @@ fn load(args: &Args, target: Target, protocol: ProtocolArg, stop: StopAt) {
         // A reader that went away (`| head`) is not worth a second message.
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             die(format!("cannot write the report: {e}"), 1);
+        }
+    }
+    if let Some((path, mut file)) = page_file {
+        let page = render(&PageData::from_report(&report));
+        if let Err(e) = file.write_all(page.as_bytes()) {
+            die(
+                format!("cannot write {}: {}", path.display(), describe(&e)),
+                1,
+            );
         }
     }
     if report.partial {

@@ -8,6 +8,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::report::LoadReport;
+
 /// What the page shows, as plain values (filled from a [`crate::client::LoadReport`]).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PageData {
@@ -45,6 +47,113 @@ pub struct SecondPoint {
 pub struct PercentilePoint {
     pub percentile: f64,
     pub latency_ms: f64,
+}
+
+impl PageData {
+    /// What the page shows of a run's report.
+    pub fn from_report(report: &LoadReport) -> PageData {
+        let text = report.to_string();
+        let title = text
+            .lines()
+            .find(|l| !l.starts_with("INTERRUPTED"))
+            .unwrap_or_default()
+            .to_string();
+        let seconds = report
+            .per_second
+            .iter()
+            .map(|i| SecondPoint {
+                t: i.t,
+                requests: i.requests,
+                errors: i.errors,
+                p50_ms: i.p50_ms,
+                p99_ms: i.p99_ms,
+                max_ms: i.max_ms,
+                intended: i.intended,
+                sent: i.sent,
+                late: i.late,
+            })
+            .collect();
+        let percentiles = report
+            .percentile_curve
+            .iter()
+            .map(|&(percentile, latency_ms)| PercentilePoint {
+                percentile,
+                latency_ms,
+            })
+            .collect();
+        let statuses = report
+            .status
+            .iter()
+            .flatten()
+            .map(|(code, n)| (code.clone(), *n))
+            .collect();
+        let e = &report.errors;
+        let errors = [
+            ("total", e.total),
+            ("connect", e.connect),
+            ("tls", e.tls),
+            ("reset", e.reset),
+            ("closed mid-response", e.closed),
+            ("timeout", e.timeout),
+            ("mismatched", e.mismatched),
+            ("status", e.status),
+        ]
+        .into_iter()
+        .map(|(kind, n)| (kind.to_string(), n))
+        .chain([("requests lost".to_string(), report.requests.failed)])
+        .collect();
+        let mut options: Vec<(String, String)> = Vec::new();
+        if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(&report.options) {
+            for (name, value) in fields {
+                match value {
+                    serde_json::Value::Null => {}
+                    serde_json::Value::String(s) => options.push((name, s)),
+                    other => options.push((name, other.to_string())),
+                }
+            }
+        }
+        let latency = &report.latency_us;
+        let ms = |us: u64| trim_float(us as f64 / 1000.0, 3);
+        options.extend(
+            [
+                ("measured seconds", report.elapsed_s.to_string()),
+                ("requests completed", report.requests.completed.to_string()),
+                (
+                    "requests per second",
+                    report.requests.per_second.to_string(),
+                ),
+                ("latency p50 ms", ms(latency.p50)),
+                ("latency p99 ms", ms(latency.p99)),
+                ("latency p99.9 ms", ms(latency.p99_9)),
+                ("latency max ms", ms(latency.max)),
+            ]
+            .map(|(name, value)| (name.to_string(), value)),
+        );
+        if let Some(pace) = &report.pace {
+            options.extend(
+                [
+                    ("intended", pace.intended.to_string()),
+                    ("sent", pace.sent.to_string()),
+                    (
+                        "late (ms behind the slot)",
+                        format!("{} (> {})", pace.late, pace.late_after_ms),
+                    ),
+                ]
+                .map(|(name, value)| (name.to_string(), value)),
+            );
+        }
+        if report.partial {
+            options.push(("partial".into(), "interrupted: figures so far".into()));
+        }
+        PageData {
+            title,
+            seconds,
+            percentiles,
+            statuses,
+            errors,
+            options,
+        }
+    }
 }
 
 /// Chart size in SVG user units, and the margins the axes' labels take.
@@ -124,13 +233,6 @@ pub fn render(data: &PageData) -> String {
                 .collect()
         };
         throughput.push(Line {
-            series: "intended",
-            label: "intended/s",
-            color: "#7f7f7f",
-            dashed: true,
-            points: of(|s| s.intended),
-        });
-        throughput.push(Line {
             series: "sent",
             label: "sent/s",
             color: "#2ca02c",
@@ -156,6 +258,20 @@ pub fn render(data: &PageData) -> String {
             .map(|s| (t_of(s), s.errors as f64))
             .collect(),
     });
+    if rated {
+        // Last, so the dashed plan is drawn over the lines that follow it.
+        throughput.push(Line {
+            series: "intended",
+            label: "intended/s",
+            color: "#7f7f7f",
+            dashed: true,
+            points: data
+                .seconds
+                .iter()
+                .map(|s| (t_of(s), s.intended.unwrap_or(0) as f64))
+                .collect(),
+        });
+    }
     let title = if rated {
         "Throughput per second: answers, and intended vs sent requests"
     } else {

@@ -371,22 +371,23 @@ fn percentile_curve(h: &Histogram<u64>) -> Vec<(f64, f64)> {
     }
     let decades = (h.len() as f64).log10().clamp(1.0, CURVE_MAX_NINES);
     let steps = (decades * f64::from(CURVE_STEPS_PER_DECADE)).floor() as u32;
-    let mut quantiles: Vec<f64> = (0..=steps)
-        .map(|k| 1.0 - 10f64.powf(-f64::from(k) / f64::from(CURVE_STEPS_PER_DECADE)))
-        .chain(
-            [0.5, 0.9, 0.99, 0.999, 0.9999]
-                .into_iter()
-                .filter(|q| 1.0 / (1.0 - q) <= 10f64.powf(decades) * 1.000_001),
-        )
-        .collect();
-    quantiles.sort_by(f64::total_cmp);
-    quantiles.dedup_by(|a, b| (*a - *b).abs() < 1e-9);
-    quantiles
+    // The summary's quantiles first: where a step of the grid rounds to the same
+    // percentile (1 - 10^-1 and 0.9), the point is read at exactly the summary's quantile.
+    let summary = [0.5, 0.9, 0.99, 0.999, 0.9999]
         .into_iter()
-        .map(|q| {
-            let percentile = (q * 100.0 * 1e6).round() / 1e6;
-            (percentile, h.value_at_quantile(q) as f64 / 1000.0)
-        })
+        .filter(|q| 1.0 / (1.0 - q) <= 10f64.powf(decades) * 1.000_001);
+    let grid =
+        (0..=steps).map(|k| 1.0 - 10f64.powf(-f64::from(k) / f64::from(CURVE_STEPS_PER_DECADE)));
+    let mut points: Vec<(f64, f64)> = summary
+        .chain(grid)
+        .map(|q| ((q * 100.0 * 1e6).round() / 1e6, q))
+        .collect();
+    // Stable: of equal percentiles, the summary's stays first and is kept.
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    points.dedup_by(|later, kept| later.0 == kept.0);
+    points
+        .into_iter()
+        .map(|(p, q)| (p, h.value_at_quantile(q) as f64 / 1000.0))
         .collect()
 }
 
@@ -1146,7 +1147,8 @@ mod tests {
     }
 
     /// The percentile curve of 1..=1000 µs climbs with the percentile, holds the
-    /// summary's percentiles exactly, and stops at 99.9%: a thousand answers say no more.
+    /// summary's percentiles exactly (the same reading of the histogram), and stops at
+    /// 99.9%: a thousand answers say no more.
     #[test]
     fn percentile_curve_points() {
         let mut h = new_histogram();
@@ -1161,9 +1163,16 @@ mod tests {
             31 + 1,
             "ten a decade over three decades, and 50%"
         );
-        for (p, ms) in [(50.0, 0.5), (90.0, 0.9), (99.0, 0.99), (99.9, 0.999)] {
-            assert!(curve.contains(&(p, ms)), "{p}: {curve:?}");
+        let summary = LatencySummary::of(&h);
+        for (p, us) in [
+            (50.0, summary.p50),
+            (90.0, summary.p90),
+            (99.0, summary.p99),
+            (99.9, summary.p99_9),
+        ] {
+            assert!(curve.contains(&(p, us as f64 / 1000.0)), "{p}: {curve:?}");
         }
+        assert!(curve.contains(&(50.0, 0.5)) && curve.contains(&(99.0, 0.99)));
         assert!(curve
             .windows(2)
             .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
