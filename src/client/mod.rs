@@ -4,13 +4,16 @@
 //! ([`app`]), the file downloader ([`file`]), and the load generator (`multiconn-client`
 //! with `--duration` or `--requests`): its loops ([`load`]), what it sends and checks per
 //! protocol ([`workload`]), its report ([`report`]), its schedule timer ([`timer`]) and the
-//! duration syntax of its flags ([`duration`]); a URL as its target ([`url`]).
+//! duration syntax of its flags ([`duration`]); a URL as its target ([`url`]); HdrHistogram
+//! formats of its latencies ([`hdr`]) and the merging of runs ([`merge`]).
 
 pub mod app;
 pub mod driver;
 pub mod duration;
 pub mod file;
+pub mod hdr;
 pub mod load;
+pub mod merge;
 pub mod report;
 pub mod scenario;
 pub mod timer;
