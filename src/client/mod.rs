@@ -4,15 +4,18 @@
 //! ([`app`]), the file downloader ([`file`]), and the load generator (`multiconn-client`
 //! with `--duration` or `--requests`): its loops ([`load`]), what it sends and checks per
 //! protocol ([`workload`]), its report ([`report`]) and its HTML page ([`html`]), how it
-//! kept a rate plan ([`pace`]), its schedule timer ([`timer`]) and the
-//! duration syntax of its flags ([`duration`]); a URL as its target ([`url`]).
+//! kept a rate plan ([`pace`]), its schedule timer ([`timer`]) and the duration syntax of
+//! its flags ([`duration`]); a URL as its target ([`url`]); HdrHistogram formats of its
+//! latencies ([`hdr`]) and the merging of runs ([`merge`]).
 
 pub mod app;
 pub mod driver;
 pub mod duration;
 pub mod file;
+pub mod hdr;
 pub mod html;
 pub mod load;
+pub mod merge;
 pub mod pace;
 pub mod report;
 pub mod scenario;

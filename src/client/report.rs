@@ -11,6 +11,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::duration::format_duration;
+use super::hdr::text_histogram;
 use super::pace::{PaceSeries, PaceSummary, LATE_AFTER};
 
 /// Latencies are recorded in microseconds up to this (ten minutes, well past the 60 s a
@@ -352,6 +353,15 @@ pub struct LoadReport {
     /// When the measured window began, seconds since the Unix epoch (the base time of
     /// the per-second series and of `--hdr-log`).
     pub started_unix_s: f64,
+    /// The path of the interval log the run wrote (`--hdr-log`), for `merge` to follow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hdr_log: Option<String>,
+    /// For a merged report (`merge`): the files it added up.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<String>,
+    /// The run's latency histogram (µs), from which `latency_us` is computed.
+    #[serde(skip)]
+    pub latency_histogram: Histogram<u64>,
     /// The measured window second by second, every loop added up; their histograms sum
     /// to the run's latency histogram (same answers, same corrected latencies).
     #[serde(skip)]
@@ -513,6 +523,9 @@ impl LoadReport {
             percentile_curve: percentile_curve(&tally.latency),
             per_second: Vec::new(),
             started_unix_s: 0.0,
+            hdr_log: None,
+            merged_from: Vec::new(),
+            latency_histogram: tally.latency.clone(),
             intervals: Vec::new(),
             options,
         }
@@ -578,12 +591,25 @@ impl fmt::Display for LoadReport {
         if self.partial {
             writeln!(f, "INTERRUPTED: partial report for the time measured")?;
         }
+        if !self.merged_from.is_empty() {
+            writeln!(
+                f,
+                "merged     {} runs: {}",
+                self.merged_from.len(),
+                self.merged_from.join(", ")
+            )?;
+        }
         let what = match (o.protocol, &o.request) {
             ("echo", _) => format!("{}-byte messages", o.size),
             ("http", Some(request)) => format!("HTTP {request}"),
             (other, _) => other.to_string(),
         };
-        let mut header = format!("{} connections, {what}", o.connections);
+        // A merge of bare interval logs knows no connections.
+        let mut header = if o.connections > 0 {
+            format!("{} connections, {what}", o.connections)
+        } else {
+            what
+        };
         if o.tls {
             header += " over TLS";
         }
@@ -733,6 +759,10 @@ impl fmt::Display for LoadReport {
             "client cpu {:.2}s user + {:.2}s system",
             cpu.user_s, cpu.system_s
         )?;
+        for (i, row) in text_histogram(&self.latency_histogram).iter().enumerate() {
+            let label = if i == 0 { "histogram" } else { "" };
+            write!(f, "\n{label:<10} {row}")?;
+        }
         Ok(())
     }
 }
