@@ -1240,6 +1240,46 @@ mod tests {
         );
     }
 
+    /// The JSON's per-second entries put each record's counts and latency (in ms) beside
+    /// the pace of the same second; a second only the pace has (nothing answered in it)
+    /// shows zeros, and a closed loop has no pace fields at all.
+    #[test]
+    fn per_second_entries_join_records_and_pace() {
+        let mut h = new_histogram();
+        h.record(1500).unwrap();
+        let records = [IntervalRecord::new(
+            Duration::ZERO,
+            Duration::from_secs(1),
+            1,
+            0,
+            &h,
+        )];
+        let mut pace = PaceSeries::default();
+        for second in [0, 1, 1] {
+            pace.intend(second);
+        }
+        pace.send(0, true);
+        let entries = per_second(&records, &pace, true);
+        assert_eq!(entries.len(), 2);
+        assert_eq!((entries[0].requests, entries[0].p50_ms), (1, 1.5));
+        assert_eq!(
+            (entries[0].intended, entries[0].sent, entries[0].late),
+            (Some(1), Some(1), Some(1))
+        );
+        assert_eq!(
+            (entries[1].t, entries[1].requests, entries[1].max_ms),
+            (1, 0, 0.0)
+        );
+        assert_eq!(entries[1].intended, Some(2));
+        let closed = per_second(&records, &pace, false);
+        assert_eq!(closed.len(), 1);
+        let json = serde_json::to_value(&closed[0]).unwrap();
+        assert!(
+            json.get("intended").is_none() && json["p99_ms"] == 1.5,
+            "{json}"
+        );
+    }
+
     /// The collector adds loops' parts of a second and cuts the last one at the run's end.
     #[test]
     fn collector_adds_parts_and_cuts_the_last_second() {
