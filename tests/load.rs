@@ -17,7 +17,8 @@ use common::{
     IO_TIMEOUT,
 };
 use multiconn::client::{
-    run_load, HttpRequest, HttpWorkload, LoadConfig, LoadControl, LoadReport, StopAt, Workload,
+    run_load, HttpRequest, HttpWorkload, LoadConfig, LoadControl, LoadReport, RatePlan, StopAt,
+    Workload,
 };
 use multiconn::protocol::echo::Echo;
 
@@ -108,6 +109,51 @@ fn threads_and_pipeline_complete_exactly_n() {
     assert_eq!(report.options.threads, 2);
     assert_eq!(report.errors.total, 0);
     assert_eq!(server.stop().bytes_in, 10_001 * 1000);
+}
+
+/// The per-second series covers the measured window second by second, every loop added
+/// up: its counts sum to the run's, and its histograms, added, are the run's histogram
+/// (same count, min, p50, p99, max), so outputs built on it are exact.
+#[test]
+fn per_second_series_adds_up_to_the_run() {
+    let server = TestServer::start(Echo, |_| {});
+    let mut config = config(
+        server.addr,
+        8,
+        StopAt::Duration(Duration::from_millis(2_500)),
+    );
+    config.threads = 2;
+    config.warmup = Duration::from_millis(300);
+    let report = run(&config);
+    let series = &report.intervals;
+    assert_eq!(series.len(), 3, "{series:?}");
+    for (k, second) in series.iter().enumerate() {
+        assert_eq!(second.start, Duration::from_secs(k as u64));
+        assert!(second.requests > 0, "second {k} empty");
+        assert_eq!(second.requests, second.latency.count);
+    }
+    assert_eq!(series[0].length, Duration::from_secs(1));
+    assert_eq!(series[2].length, Duration::from_millis(500));
+    let requests: u64 = series.iter().map(|s| s.requests).sum();
+    assert_eq!(requests, report.requests.completed);
+    let errors: u64 = series.iter().map(|s| s.errors).sum();
+    assert_eq!(errors, report.errors.total);
+    let mut sum = series[0].histogram();
+    for second in &series[1..] {
+        sum.add(second.histogram()).unwrap();
+    }
+    let run = report.latency_us;
+    assert_eq!(sum.len(), run.count);
+    assert_eq!(
+        (
+            sum.min(),
+            sum.value_at_quantile(0.5),
+            sum.value_at_quantile(0.99),
+            sum.max()
+        ),
+        (run.min, run.p50, run.p99, run.max)
+    );
+    assert!(report.started_unix_s > 1.7e9, "{}", report.started_unix_s);
 }
 
 /// `--duration 2s` measures 2 s after the default 1 s warm-up and then stops: the binary
@@ -242,7 +288,7 @@ fn human_report_by_default() {
 fn rate_sends_rate_times_duration() {
     let server = TestServer::start(Echo, |_| {});
     let mut config = config(server.addr, 10, StopAt::Duration(Duration::from_secs(2)));
-    config.rate = Some(1000.0);
+    config.rate = Some(RatePlan::Constant(1000.0));
     let report = run(&config);
     let sent = report.requests.sent;
     assert!((1800..=2200).contains(&sent), "sent {sent}");
@@ -256,6 +302,160 @@ fn rate_sends_rate_times_duration() {
         "the schedule can only add time"
     );
     assert_eq!(report.errors.total, 0);
+}
+
+/// A linear ramp from 100 to 500 req/s over a 3 s run: each second intends exactly the
+/// plan's integral over it (ceil(N(t+1)) - ceil(N(t)), N(t) = 100 t + 400 t² / 6: 167, 300
+/// and 433), everything intended is sent, and the achieved per-second counts climb with
+/// the ramp (the last second sends far more than the first).
+#[test]
+fn ramp_sends_follow_the_plan_second_by_second() {
+    let server = TestServer::start(Echo, |_| {});
+    let mut config = config(server.addr, 4, StopAt::Duration(Duration::from_secs(3)));
+    config.warmup = Duration::ZERO;
+    config.rate = Some(RatePlan::Ramp {
+        from: 100.0,
+        to: 500.0,
+        over: Duration::from_secs(3),
+    });
+    let report = run(&config);
+    let integral = |t: f64| 100.0 * t + 400.0 * t * t / 6.0;
+    let expected: Vec<u64> = (0..3)
+        .map(|s| (integral(s as f64 + 1.0).ceil() - integral(s as f64).ceil()) as u64)
+        .collect();
+    assert_eq!(expected, [167, 300, 433]);
+    let intended: Vec<u64> = report
+        .per_second
+        .iter()
+        .map(|i| i.intended.unwrap())
+        .collect();
+    assert_eq!(intended, expected, "{:?}", report.per_second);
+    let sent: Vec<u64> = report.per_second.iter().map(|i| i.sent.unwrap()).collect();
+    assert_eq!(sent.iter().sum::<u64>(), report.requests.sent);
+    assert!(sent[2] > sent[0] * 2, "sends climb with the ramp: {sent:?}");
+    let answered: Vec<u64> = report.per_second.iter().map(|i| i.requests).collect();
+    assert_eq!(answered.iter().sum::<u64>(), report.requests.completed);
+    assert!(
+        answered[2] > answered[0] * 2,
+        "answers climb too: {answered:?}"
+    );
+    let pace = report.pace.expect("a rated run reports its pace");
+    assert_eq!((pace.intended, pace.sent), (900, 900), "{pace:?}");
+    assert!(pace.late <= pace.sent);
+    assert_eq!(report.errors.total, 0);
+    assert_eq!(
+        report.options.rate_plan.as_deref(),
+        Some("100..500 req/s over 3.00s")
+    );
+}
+
+/// `--json`'s `intervals`: one entry per measured second, `t` from 0, answers and errors
+/// that add up to the run's, latency p50 ≤ p99 ≤ max in ms; no pace fields without a rate.
+#[test]
+fn json_intervals_per_second() {
+    let server = TestServer::start(Echo, |_| {});
+    let port = server.addr.port().to_string();
+    let out = client(&[
+        "127.0.0.1",
+        &port,
+        "3",
+        "--duration",
+        "2s",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let report = json(&out);
+    let intervals = report["intervals"].as_array().expect("intervals");
+    let t: Vec<u64> = intervals.iter().map(|i| i["t"].as_u64().unwrap()).collect();
+    assert_eq!(t, [0, 1]);
+    let sum = |key: &str| {
+        intervals
+            .iter()
+            .map(|i| i[key].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(
+        sum("requests"),
+        report["requests"]["completed"].as_u64().unwrap()
+    );
+    assert_eq!(sum("errors"), 0);
+    for interval in intervals {
+        let ms = |key: &str| interval[key].as_f64().unwrap();
+        assert!(interval["requests"].as_u64().unwrap() > 0, "{interval}");
+        assert!(
+            0.0 < ms("p50_ms") && ms("p50_ms") <= ms("p99_ms") && ms("p99_ms") <= ms("max_ms"),
+            "{interval}"
+        );
+        for key in ["intended", "sent", "late"] {
+            assert!(interval.get(key).is_none(), "closed loop has no {key}");
+        }
+    }
+    let max_ms = intervals
+        .iter()
+        .map(|i| i["max_ms"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    let run_max_ms = report["latency_us"]["max"].as_f64().unwrap() / 1000.0;
+    assert!(
+        (max_ms - run_max_ms).abs() < 1e-9,
+        "{max_ms} vs {run_max_ms}"
+    );
+}
+
+/// Steps through the binary: --rate A,B --step D shows intended, sent and late per second
+/// in --json's intervals; the plan's flags that do not fit each other are usage errors.
+#[test]
+fn rate_plans_through_the_binary() {
+    let server = TestServer::start(Echo, |_| {});
+    let port = server.addr.port().to_string();
+    let out = client(&[
+        "127.0.0.1",
+        &port,
+        "2",
+        "--duration",
+        "2s",
+        "--warmup",
+        "0",
+        "--rate",
+        "50,200",
+        "--step",
+        "1s",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    let report = json(&out);
+    let intervals = report["intervals"].as_array().expect("intervals");
+    let intended: Vec<u64> = intervals
+        .iter()
+        .map(|i| i["intended"].as_u64().unwrap())
+        .collect();
+    assert_eq!(intended, [50, 200]);
+    assert!(intervals
+        .iter()
+        .all(|i| i["late"].is_u64() && i["sent"].is_u64()));
+    assert_eq!(report["pace"]["late_after_ms"], 1.0);
+    assert_eq!(report["options"]["rate_plan"], "50,200 req/s, 1.00s each");
+    for (args, says) in [
+        (&["--rate", "100..200"][..], "--ramp D"),
+        (&["--rate", "1,2", "--ramp", "1s"][..], "not --ramp"),
+        (&["--rate", "100..200", "--step", "1s"][..], "not --step"),
+        (&["--rate", "100", "--step", "1s"][..], "--step goes with"),
+        (&["--rate", "0"][..], "positive"),
+        (&["--rate=-5"][..], "positive"),
+        (&["--rate", "many"][..], "positive"),
+    ] {
+        let mut all = vec!["127.0.0.1", &port, "1", "--duration", "1s"];
+        all.extend_from_slice(args);
+        let out = client(&all);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.starts_with("error: ") && out.stderr.contains(says),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    }
 }
 
 /// A server that corrupts one byte is caught: one mismatch (that connection is closed
@@ -335,7 +535,7 @@ fn stall_shows_in_the_corrected_p99() {
         })
     });
     let mut config = config(addr, 2, StopAt::Duration(Duration::from_secs(2)));
-    config.rate = Some(400.0);
+    config.rate = Some(RatePlan::Constant(400.0));
     let report = run(&config);
     let uncorrected = report.latency_uncorrected_us.expect("open loop");
     assert!(

@@ -12,7 +12,7 @@ use std::process::Child;
 
 use common::spawn_bin;
 use counting_alloc::{allocations, CountingAllocator};
-use multiconn::client::{run_load, LoadConfig, LoadControl, StopAt, Workload};
+use multiconn::client::{run_load, LoadConfig, LoadControl, RatePlan, StopAt, Workload};
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
@@ -46,7 +46,7 @@ fn start_server() -> (ServerProcess, SocketAddr) {
 fn allocations_for(addr: SocketAddr, requests: u64, rate: Option<f64>) -> u64 {
     let mut config = LoadConfig::new(addr, 10, StopAt::Requests(requests), Workload::echo(64, 1));
     config.pipeline = 4;
-    config.rate = rate;
+    config.rate = rate.map(RatePlan::Constant);
     let control = LoadControl::new();
     let before = allocations();
     let report = run_load(&config, &control, None).expect("load run");

@@ -89,6 +89,47 @@ fn every_datagram_echoed_by_the_server() {
     assert!(out.stdout.contains("UDP datagrams"), "{}", out.stdout);
 }
 
+/// A UDP run keeps the per-second series and a rate plan's pace as a TCP run does: the
+/// seconds add up to the datagrams received, and every intended slot is sent.
+#[test]
+fn udp_series_and_pace_follow_the_plan() {
+    let (_server, _log, addr) = start_server_bin(&["--udp"]);
+    let port = addr.port().to_string();
+    let out = client(&[
+        "127.0.0.1",
+        &port,
+        "2",
+        "--udp",
+        "--duration",
+        "2s",
+        "--warmup",
+        "0",
+        "--rate",
+        "100..300",
+        "--ramp",
+        "2s",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    let report = json(&out);
+    let received = report["datagrams"]["received"].as_u64().unwrap();
+    let intervals = report["intervals"].as_array().expect("intervals");
+    assert_eq!(intervals.len(), 2, "{intervals:?}");
+    let sum: u64 = intervals
+        .iter()
+        .map(|i| i["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(sum, received, "{intervals:?}");
+    // 100..300 over 2 s: 150 slots in the first second, 250 in the second.
+    let intended: Vec<u64> = intervals
+        .iter()
+        .map(|i| i["intended"].as_u64().unwrap())
+        .collect();
+    assert_eq!(intended, [150, 250], "{intervals:?}");
+    assert_eq!(report["pace"]["intended"], 400, "{}", report["pace"]);
+    assert_eq!(report["pace"]["sent"], 400, "{}", report["pace"]);
+}
+
 /// The number after `name ` in a report line.
 fn field(line: &str, name: &str) -> u64 {
     let words: Vec<&str> = line.split_whitespace().collect();

@@ -1,8 +1,8 @@
 //! `multiconn-client HOST PORT NUM_CONNS`: the tutorial's multi-connection echo client; with
 //! `--duration` or `--requests` a load generator (also `multiconn-client URL NUM_CONNS`);
 //! with `--protocol file --path PATH` a file downloader (the loops live in
-//! `multiconn::client`); with `--udp` a UDP echo load generator. Usage errors exit 2,
-//! failures 1, Ctrl-C 130.
+//! `multiconn::client`); with `--udp` a UDP echo load generator; `multiconn-client merge
+//! FILE...` adds up runs' interval logs. Usage errors exit 2, failures 1, Ctrl-C 130.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -15,12 +15,15 @@ use multiconn::client::chat::{run_chat_client, ChatEnd};
 use multiconn::client::driver::{ClientTls, Endpoint};
 use multiconn::client::fanout::{run_fanout, FanoutConfig};
 use multiconn::client::file::{download, run_file_load, FileLoadConfig};
+use multiconn::client::hdr::{write_interval_log, write_percentile_distribution};
+use multiconn::client::html::{render, PageData};
 use multiconn::client::load::DEFAULT_MAX_LOSS;
+use multiconn::client::merge::merge_files;
 use multiconn::client::url::Url;
 use multiconn::client::{
     check_open_files, parse_duration, run_load, run_scenario, HttpRequest, HttpWorkload,
-    LoadConfig, LoadControl, LoadError, LoadProtocol, LoadReport, ScenarioConfig, StatusSet,
-    StopAt, Workload,
+    LoadConfig, LoadControl, LoadError, LoadProtocol, LoadReport, RatePlan, ScenarioConfig,
+    StatusSet, StopAt, Workload,
 };
 use multiconn::launch::describe;
 use multiconn::net::{resolve, ListenAddr};
@@ -76,7 +79,8 @@ Time flags take 10s, 500ms, 1m30s, or a bare number of seconds.";
     override_usage = "multiconn-client [OPTIONS] HOST PORT NUM_CONNS\n       \
                       multiconn-client [OPTIONS] URL NUM_CONNS\n       \
                       multiconn-client [OPTIONS] --unix PATH [URL] NUM_CONNS\n       \
-                  multiconn-client --udp [OPTIONS] HOST PORT NUM_SOCKETS",
+                      multiconn-client --udp [OPTIONS] HOST PORT NUM_SOCKETS\n       \
+                      multiconn-client merge [--json|--histogram] FILE...",
     long_about = "Without load flags, each of NUM_CONNS connections sends the tutorial's two messages and \
                   waits for their echo, printing the tutorial's transcript.\n\n\
                   With --duration or --requests, NUM_CONNS connections send requests as fast as the server \
@@ -128,9 +132,22 @@ struct Args {
     pipeline: usize,
     /// Open loop: requests per second in total, spread evenly over the connections. Latency then
     /// counts from each request's scheduled send time, so a stall shows (no coordinated omission).
+    /// A..B ramps linearly from A to B over --ramp, A,B,C steps through the rates, each for
+    /// --step; both then hold the last rate. A send more than 1ms behind its slot counts as late.
     /// chat: lines per second per sender [default: 10].
-    #[arg(long, value_name = "R", requires = "load", help_heading = "Load")]
-    rate: Option<f64>,
+    #[arg(
+        long,
+        value_name = "R|A..B|A,B,C",
+        requires = "load",
+        help_heading = "Load"
+    )]
+    rate: Option<String>,
+    /// With --rate A..B: how long the ramp from A to B takes (measured time, after the warm-up).
+    #[arg(long, value_name = "D", value_parser = parse_duration, requires = "rate", help_heading = "Load")]
+    ramp: Option<Duration>,
+    /// With --rate A,B,C: how long each rate lasts.
+    #[arg(long, value_name = "D", value_parser = parse_duration, requires = "rate", help_heading = "Load")]
+    step: Option<Duration>,
     /// What to send (echo, app and http with --duration/--requests; file with --path)
     /// [default: http for a URL, echo otherwise].
     #[arg(long, value_enum, help_heading = "Load")]
@@ -245,6 +262,18 @@ struct Args {
     /// Write the final report as one JSON object on stdout (latencies in microseconds).
     #[arg(long, requires = "load", help_heading = "Output")]
     json: bool,
+    /// Print the latency distribution in HdrHistogram's .hgrm format on stdout (values in
+    /// ms; `> run.hgrm` for HdrHistogram's plotter); the report then goes to stderr.
+    #[arg(long, requires = "load", conflicts_with = "json")]
+    histogram: bool,
+    /// Write an HdrHistogram interval log to FILE: a latency histogram per second of the
+    /// measured window (for HdrHistogram's tools and `multiconn-client merge`).
+    #[arg(long, value_name = "FILE", requires = "load")]
+    hdr_log: Option<PathBuf>,
+    /// Also write the report as one self-contained HTML page (inline SVG charts: throughput
+    /// and latency per second, the percentile curve, statuses, errors, options).
+    #[arg(long, value_name = "FILE.html", requires = "load")]
+    report: Option<PathBuf>,
     /// Print a progress line on stderr every second (the default when stderr is a terminal).
     #[arg(long, requires = "load", help_heading = "Output")]
     progress: bool,
@@ -310,8 +339,51 @@ fn timeout(args: &Args) -> Duration {
     })
 }
 
+/// `multiconn-client merge FILE...`: its own arguments (no target, no load flags).
+#[derive(Parser, Debug)]
+#[command(
+    name = "multiconn-client merge",
+    version,
+    about = "Merge runs (interval logs from --hdr-log, or the JSON reports of runs made with \
+             --hdr-log) into one report: histograms added, percentiles from the sum",
+    long_about = "Merge runs (interval logs from --hdr-log, or the JSON reports of runs made with \
+                  --hdr-log, which name their log) into one report, exactly: the latency \
+                  histograms are added second by second (aligned on wall-clock seconds) and \
+                  every percentile comes from the sum. From JSON reports, counters (errors by \
+                  kind, statuses, bytes, connections) are summed too; a bare log has latencies \
+                  only. Exit 1 when a file cannot be read or is not a log or report."
+)]
+struct MergeArgs {
+    /// Interval logs (--hdr-log) or JSON reports (--json with --hdr-log).
+    #[arg(value_name = "FILE", required = true)]
+    files: Vec<PathBuf>,
+    /// Write the merged report as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Print the merged latency distribution in .hgrm format on stdout (report on stderr).
+    #[arg(long, conflicts_with = "json")]
+    histogram: bool,
+    /// Also write the merged series as an interval log to FILE.
+    #[arg(long, value_name = "FILE")]
+    hdr_log: Option<PathBuf>,
+}
+
 fn main() {
-    let args = Args::parse();
+    // `merge` as the first argument is the merge command, parsed on its own; anything else
+    // is the load form (a host named "merge" is then given by its address or full name).
+    let mut raw = std::env::args_os();
+    let program = raw.next();
+    let rest: Vec<std::ffi::OsString> = raw.collect();
+    if rest.first().is_some_and(|first| first == "merge") {
+        let args = MergeArgs::parse_from(
+            std::iter::once(std::ffi::OsString::from("multiconn-client merge"))
+                .chain(rest.into_iter().skip(1)),
+        );
+        init_client_logging(0, false);
+        merge(&args);
+        return;
+    }
+    let args = Args::parse_from(program.into_iter().chain(rest));
     if args.timeout.is_some_and(|t| t.is_zero()) {
         die("--timeout must be longer than 0", EXIT_USAGE);
     }
@@ -657,7 +729,9 @@ fn load(args: &Args, target: Target, protocol: ProtocolArg, stop: StopAt) {
         StopAt::Requests(_) => Duration::ZERO,
     });
     config.pipeline = args.pipeline;
-    config.rate = args.rate;
+    config.rate = args.rate.as_deref().map(|rate| {
+        RatePlan::parse(rate, args.ramp, args.step).unwrap_or_else(|e| die(e, EXIT_USAGE))
+    });
     config.connect_timeout = args.connect_timeout;
     config.timeout = timeout(args);
     config.threads = args.threads;
@@ -669,6 +743,9 @@ fn load(args: &Args, target: Target, protocol: ProtocolArg, stop: StopAt) {
     if let Err(message) = config.validate() {
         die(message, EXIT_USAGE);
     }
+    // Created before the run, so a path that cannot be written fails at once.
+    let hdr_log = args.hdr_log.as_ref().map(|path| create(path));
+    let page_file = args.report.as_ref().map(|path| (path, create(path)));
     let control = LoadControl::new();
     watch_signals(control.clone());
     let show_progress = args.progress || std::io::stderr().is_terminal();
@@ -678,7 +755,7 @@ fn load(args: &Args, target: Target, protocol: ProtocolArg, stop: StopAt) {
     } else {
         None
     };
-    let report = run_load(&config, &control, progress).unwrap_or_else(|e: LoadError| {
+    let mut report = run_load(&config, &control, progress).unwrap_or_else(|e: LoadError| {
         let code = if matches!(e, LoadError::Config(_)) {
             EXIT_USAGE
         } else {
@@ -686,16 +763,23 @@ fn load(args: &Args, target: Target, protocol: ProtocolArg, stop: StopAt) {
         };
         die(e, code)
     });
-    let text = if args.json {
-        serde_json::to_string(&report)
-            .unwrap_or_else(|e| die(format!("cannot write the report: {e}"), 1))
-    } else {
-        report.to_string()
-    };
-    if let Err(e) = writeln!(std::io::stdout().lock(), "{text}") {
-        // A reader that went away (`| head`) is not worth a second message.
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            die(format!("cannot write the report: {e}"), 1);
+    report.hdr_log = args.hdr_log.as_ref().map(|path| {
+        std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.clone())
+            .display()
+            .to_string()
+    });
+    if let (Some(path), Some(file)) = (&args.hdr_log, hdr_log) {
+        write_hdr_log(path, file, &report);
+    }
+    output(&report, args.json, args.histogram);
+    if let Some((path, mut file)) = page_file {
+        let page = render(&PageData::from_report(&report));
+        if let Err(e) = file.write_all(page.as_bytes()) {
+            die(
+                format!("cannot write {}: {}", path.display(), describe(&e)),
+                1,
+            );
         }
     }
     if report.partial {
@@ -720,6 +804,61 @@ fn load(args: &Args, target: Target, protocol: ProtocolArg, stop: StopAt) {
         );
         std::process::exit(1);
     }
+}
+
+/// Creates FILE for writing, or exits with an error.
+fn create(path: &std::path::Path) -> std::fs::File {
+    std::fs::File::create(path).unwrap_or_else(|e| {
+        die(
+            format!("cannot create {}: {}", path.display(), describe(&e)),
+            1,
+        )
+    })
+}
+
+/// Writes the report's per-second series as an HdrHistogram interval log.
+fn write_hdr_log(path: &std::path::Path, file: std::fs::File, report: &LoadReport) {
+    let mut out = std::io::BufWriter::new(file);
+    let written = write_interval_log(&mut out, report.started_unix_s, &report.intervals)
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
+        die(
+            format!("cannot write {}: {}", path.display(), describe(&e)),
+            1,
+        );
+    }
+}
+
+/// Prints the report: text or JSON on stdout; with `histogram`, the .hgrm distribution on
+/// stdout and the text report on stderr.
+fn output(report: &LoadReport, json: bool, histogram: bool) {
+    let mut stdout = std::io::stdout().lock();
+    let written = if json {
+        let text = serde_json::to_string(report)
+            .unwrap_or_else(|e| die(format!("cannot write the report: {e}"), 1));
+        writeln!(stdout, "{text}")
+    } else if histogram {
+        eprintln!("{report}");
+        write_percentile_distribution(&report.latency_histogram, &mut stdout)
+    } else {
+        writeln!(stdout, "{report}")
+    };
+    if let Err(e) = written.and_then(|()| stdout.flush()) {
+        // A reader that went away (`| head`) is not worth a second message.
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            die(format!("cannot write the report: {e}"), 1);
+        }
+    }
+}
+
+/// `merge FILE...`: one report from several runs' logs or JSON reports.
+fn merge(args: &MergeArgs) {
+    let hdr_log = args.hdr_log.as_ref().map(|path| create(path));
+    let report = merge_files(&args.files).unwrap_or_else(|e| die(e, 1));
+    if let (Some(path), Some(file)) = (&args.hdr_log, hdr_log) {
+        write_hdr_log(path, file, &report);
+    }
+    output(&report, args.json, args.histogram);
 }
 
 /// The flags that mean nothing for UDP datagrams are refused rather than ignored.
@@ -810,12 +949,24 @@ fn fanout(args: &Args, target: Target) {
              --protocol chat",
         );
     }
+    // Chat senders keep one rate: a ramp or steps is a plan for requests, not lines.
+    let rate = match (&args.rate, args.ramp, args.step) {
+        (_, Some(_), _) | (_, _, Some(_)) => {
+            usage("--ramp and --step do not go with --protocol chat")
+        }
+        (None, _, _) => multiconn::client::fanout::DEFAULT_RATE,
+        (Some(text), _, _) => match RatePlan::parse(text, None, None) {
+            Ok(RatePlan::Constant(r)) => r,
+            Ok(_) => usage("--protocol chat takes one --rate: lines per second per sender"),
+            Err(e) => usage(&e),
+        },
+    };
     let config = FanoutConfig {
         endpoint: target.endpoint,
         target: target.name,
         members: target.connections,
         senders: args.senders,
-        rate: args.rate.unwrap_or(multiconn::client::fanout::DEFAULT_RATE),
+        rate,
         duration,
         size: args.size,
         room: args.room.clone(),

@@ -4,9 +4,11 @@
 //! ([`app`]), the file downloader ([`file`]), the interactive chat client ([`chat`]), the
 //! chat fan-out load mode ([`fanout`]: delivery latency to every member of a room), and
 //! the load generator (`multiconn-client` with `--duration` or `--requests`): its loops
-//! ([`load`], TCP or `--udp`), what it sends and checks per
-//! protocol ([`workload`]), its report ([`report`]), its schedule timer ([`timer`]) and the
-//! duration syntax of its flags ([`duration`]); a URL as its target ([`url`]).
+//! ([`load`], TCP or `--udp`), what it sends and checks per protocol ([`workload`]), its
+//! report ([`report`]) and its HTML page ([`html`]), how it kept a rate plan ([`pace`]),
+//! its schedule timer ([`timer`]) and the duration syntax of its flags ([`duration`]); a
+//! URL as its target ([`url`]); HdrHistogram formats of its latencies ([`hdr`]) and the
+//! merging of runs ([`merge`]).
 
 pub mod app;
 pub mod chat;
@@ -14,7 +16,11 @@ pub mod driver;
 pub mod duration;
 pub mod fanout;
 pub mod file;
+pub mod hdr;
+pub mod html;
 pub mod load;
+pub mod merge;
+pub mod pace;
 pub mod report;
 pub mod scenario;
 pub mod timer;
@@ -23,7 +29,7 @@ pub mod workload;
 
 pub use app::{run_app_client, AppClientConfig, AppClientError, AppResponse};
 pub use duration::{format_duration, parse_duration};
-pub use load::{run_load, LoadConfig, LoadControl, LoadError, StopAt};
+pub use load::{run_load, LoadConfig, LoadControl, LoadError, RatePlan, StopAt};
 pub use report::LoadReport;
 pub use scenario::{run_scenario, ScenarioConfig, ScenarioReport};
 pub use workload::{HttpRequest, HttpWorkload, LoadProtocol, StatusSet, Workload};

@@ -11,6 +11,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::duration::format_duration;
+use super::hdr::text_histogram;
+use super::pace::{PaceSeries, PaceSummary, LATE_AFTER};
 
 /// Latencies are recorded in microseconds up to this (ten minutes, well past the 60 s a
 /// report must cover); longer ones are recorded as this value.
@@ -107,6 +109,8 @@ pub struct Tally {
     pub datagrams_late: u64,
     /// `--udp`: second echoes of a datagram already answered (ignored).
     pub datagrams_duplicate: u64,
+    /// With `--rate`: intended, sent and late requests by second of the measured time.
+    pub pace: PaceSeries,
 }
 
 impl Default for Tally {
@@ -131,6 +135,7 @@ impl Default for Tally {
             tls_resumed: 0,
             datagrams_late: 0,
             datagrams_duplicate: 0,
+            pace: PaceSeries::default(),
         }
     }
 }
@@ -161,6 +166,7 @@ impl Tally {
         self.tls_resumed += other.tls_resumed;
         self.datagrams_late += other.datagrams_late;
         self.datagrams_duplicate += other.datagrams_duplicate;
+        self.pace.merge(&other.pace);
     }
 
     /// Counts an answer's HTTP status (0: a protocol without statuses, not counted).
@@ -264,8 +270,10 @@ pub struct ReportOptions {
     /// Message size (echo).
     pub size: usize,
     pub pipeline: usize,
-    /// Open-loop rate, requests per second in total, if any.
+    /// Open-loop rate, requests per second in total, if any (a ramp's or steps' first).
     pub rate: Option<f64>,
+    /// The open loop's plan in words: `1000 req/s`, `1000..20000 req/s over 30.00s`.
+    pub rate_plan: Option<String>,
     pub connect_timeout_s: f64,
     pub timeout_s: f64,
     /// `--udp`: the fraction of datagrams that may be lost.
@@ -360,6 +368,123 @@ pub struct LoadReport {
     /// `--udp` only: datagrams sent, received, lost.
     pub datagrams: Option<DatagramCounts>,
     pub client_cpu: CpuTime,
+    /// With `--rate`: how well the plan was kept (intended, sent, late sends).
+    pub pace: Option<PaceSummary>,
+    /// Second by second of the measured time, in the JSON as `intervals`: requests,
+    /// errors and latency from [`LoadReport::intervals`], and with a rate the pace.
+    #[serde(rename = "intervals")]
+    pub per_second: Vec<IntervalReport>,
+    /// The latency distribution as (percentile, milliseconds) points for the HTML page's
+    /// curve: ten a decade of 1/(1−p), and the summary's percentiles.
+    #[serde(skip)]
+    pub percentile_curve: Vec<(f64, f64)>,
+    /// When the measured window began, seconds since the Unix epoch (the base time of
+    /// the per-second series and of `--hdr-log`).
+    pub started_unix_s: f64,
+    /// The path of the interval log the run wrote (`--hdr-log`), for `merge` to follow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hdr_log: Option<String>,
+    /// For a merged report (`merge`): the files it added up.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<String>,
+    /// The run's latency histogram (µs), from which `latency_us` is computed.
+    #[serde(skip)]
+    pub latency_histogram: Histogram<u64>,
+    /// The measured window second by second, every loop added up; their histograms sum
+    /// to the run's latency histogram (same answers, same corrected latencies).
+    #[serde(skip)]
+    pub intervals: Vec<IntervalRecord>,
+}
+
+/// The percentile curve goes as far as 99.9999% (1/(1−p) = 10⁶), and no further than the
+/// answers can say: with n of them, to 1/(1−p) = n.
+const CURVE_MAX_NINES: f64 = 6.0;
+/// Points per decade of 1/(1−p).
+const CURVE_STEPS_PER_DECADE: u32 = 10;
+
+/// (percentile, ms) points of `h`, by increasing percentile; none for an empty histogram.
+fn percentile_curve(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let decades = (h.len() as f64).log10().clamp(1.0, CURVE_MAX_NINES);
+    let steps = (decades * f64::from(CURVE_STEPS_PER_DECADE)).floor() as u32;
+    // The summary's quantiles first: where a step of the grid rounds to the same
+    // percentile (1 - 10^-1 and 0.9), the point is read at exactly the summary's quantile.
+    let summary = [0.5, 0.9, 0.99, 0.999, 0.9999]
+        .into_iter()
+        .filter(|q| 1.0 / (1.0 - q) <= 10f64.powf(decades) * 1.000_001);
+    let grid =
+        (0..=steps).map(|k| 1.0 - 10f64.powf(-f64::from(k) / f64::from(CURVE_STEPS_PER_DECADE)));
+    let mut points: Vec<(f64, f64)> = summary
+        .chain(grid)
+        .map(|q| ((q * 100.0 * 1e6).round() / 1e6, q))
+        .collect();
+    // Stable: of equal percentiles, the summary's stays first and is kept.
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    points.dedup_by(|later, kept| later.0 == kept.0);
+    points
+        .into_iter()
+        .map(|(p, q)| (p, h.value_at_quantile(q) as f64 / 1000.0))
+        .collect()
+}
+
+/// One second of the measured time, `[t, t + 1)` seconds after measuring started (the
+/// last one may be cut short by the run's end).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IntervalReport {
+    pub t: u64,
+    /// Answers counted in the second.
+    pub requests: u64,
+    pub errors: u64,
+    /// The second's latency (from intended send times), milliseconds.
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// With `--rate`: slots the plan put in this second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intended: Option<u64>,
+    /// With `--rate`: requests sent in this second (the achieved rate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent: Option<u64>,
+    /// With `--rate`: of those, sent more than `pace.late_after_ms` behind their slot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub late: Option<u64>,
+}
+
+/// The per-second entries: the records' seconds, with the pace's beside them when
+/// `open_loop` (a second either side lacks counts as zeros).
+pub fn per_second(
+    records: &[IntervalRecord],
+    pace: &PaceSeries,
+    open_loop: bool,
+) -> Vec<IntervalReport> {
+    let ms = |us: u64| us as f64 / 1000.0;
+    let seconds = records
+        .iter()
+        .map(|r| r.start.as_secs() as usize + 1)
+        .max()
+        .unwrap_or(0)
+        .max(if open_loop { pace.len() } else { 0 });
+    (0..seconds)
+        .map(|second| {
+            let record = records
+                .iter()
+                .find(|r| r.start.as_secs() as usize == second);
+            let (intended, sent, late) = pace.at(second);
+            IntervalReport {
+                t: second as u64,
+                requests: record.map_or(0, |r| r.requests),
+                errors: record.map_or(0, |r| r.errors),
+                p50_ms: record.map_or(0.0, |r| ms(r.latency.p50)),
+                p99_ms: record.map_or(0.0, |r| ms(r.latency.p99)),
+                max_ms: record.map_or(0.0, |r| ms(r.latency.max)),
+                intended: open_loop.then_some(intended),
+                sent: open_loop.then_some(sent),
+                late: open_loop.then_some(late),
+            }
+        })
+        .collect()
 }
 
 impl LoadReport {
@@ -440,6 +565,14 @@ impl LoadReport {
                 }
             }),
             client_cpu: cpu,
+            pace: open_loop.then(|| tally.pace.summary(LATE_AFTER.as_secs_f64() * 1e3)),
+            percentile_curve: percentile_curve(&tally.latency),
+            per_second: Vec::new(),
+            started_unix_s: 0.0,
+            hdr_log: None,
+            merged_from: Vec::new(),
+            latency_histogram: tally.latency.clone(),
+            intervals: Vec::new(),
             options,
         }
     }
@@ -523,6 +656,14 @@ impl fmt::Display for LoadReport {
         if self.partial {
             writeln!(f, "INTERRUPTED: partial report for the time measured")?;
         }
+        if !self.merged_from.is_empty() {
+            writeln!(
+                f,
+                "merged     {} runs: {}",
+                self.merged_from.len(),
+                self.merged_from.join(", ")
+            )?;
+        }
         let what = match (o.protocol, &o.request) {
             ("echo", _) => format!("{}-byte messages", o.size),
             ("udp", _) => format!("{}-byte UDP datagrams", o.size),
@@ -534,7 +675,12 @@ impl fmt::Display for LoadReport {
         } else {
             "connections"
         };
-        let mut header = format!("{} {sockets}, {what}", o.connections);
+        // A merge of bare interval logs knows no connections.
+        let mut header = if o.connections > 0 {
+            format!("{} {sockets}, {what}", o.connections)
+        } else {
+            what
+        };
         if o.tls {
             header += " over TLS";
         }
@@ -547,8 +693,12 @@ impl fmt::Display for LoadReport {
         if o.pipeline > 1 {
             header += &format!(", pipeline {}", o.pipeline);
         }
-        if let Some(rate) = o.rate {
-            header += &format!(", open loop at {} req/s", thousands(rate.round() as u64));
+        match (&o.rate_plan, o.rate) {
+            (Some(plan), _) => header += &format!(", open loop at {plan}"),
+            (None, Some(rate)) => {
+                header += &format!(", open loop at {} req/s", thousands(rate.round() as u64))
+            }
+            (None, None) => {}
         }
         let elapsed = format_duration(Duration::from_secs_f64(self.elapsed_s));
         match o.requests {
@@ -692,16 +842,22 @@ impl fmt::Display for LoadReport {
             }
             writeln!(f, "{line}")?;
         }
-        if let (Some(rate), Some(duration)) = (o.rate, o.duration_s) {
-            let sent = self.requests.sent as f64 / duration.max(1e-9);
-            if sent < 0.9 * rate && !self.partial {
-                writeln!(
-                    f,
-                    "open loop  asked {} req/s, sent {}/s: the schedule fell behind (latency counts from it)",
-                    thousands(rate.round() as u64),
-                    thousands(sent.round() as u64)
-                )?;
+        if let Some(pace) = &self.pace {
+            let mut line = format!(
+                "open loop  intended {}, sent {}, late {} (sent > {}ms after their slot)",
+                thousands(pace.intended),
+                thousands(pace.sent),
+                thousands(pace.late),
+                pace.late_after_ms
+            );
+            if pace.seconds_behind > 0 && !self.partial {
+                let s = if pace.seconds_behind == 1 { "" } else { "s" };
+                line += &format!(
+                    "; behind in {} second{s} (latency counts from the schedule)",
+                    pace.seconds_behind
+                );
             }
+            writeln!(f, "{line}")?;
         }
         let cpu = &self.client_cpu;
         write!(
@@ -709,7 +865,206 @@ impl fmt::Display for LoadReport {
             "client cpu {:.2}s user + {:.2}s system",
             cpu.user_s, cpu.system_s
         )?;
+        for (i, row) in text_histogram(&self.latency_histogram).iter().enumerate() {
+            let label = if i == 0 { "histogram" } else { "" };
+            write!(f, "\n{label:<10} {row}")?;
+        }
         Ok(())
+    }
+}
+
+/// One second of the measured run as one loop counted it; the loops hand these over as
+/// each second passes and [`SeriesCollector`] adds them up.
+#[derive(Debug, Clone)]
+pub struct SecondTally {
+    /// Seconds since the start of the measured window: this covers `[index, index + 1)`.
+    pub index: u64,
+    /// Answers counted in the second (as in [`Tally::completed`]).
+    pub requests: u64,
+    /// Errors counted in the second (as in [`ErrorCounts::total`]).
+    pub errors: u64,
+    pub latency: Histogram<u64>,
+}
+
+impl SecondTally {
+    pub fn new(index: u64) -> Self {
+        SecondTally {
+            index,
+            requests: 0,
+            errors: 0,
+            latency: new_histogram(),
+        }
+    }
+
+    /// A placeholder that records nothing more (a finished loop's), without the memory
+    /// of a histogram.
+    pub fn new_empty(index: u64) -> Self {
+        SecondTally {
+            index,
+            requests: 0,
+            errors: 0,
+            latency: Histogram::new_with_bounds(1, 2, 1)
+                .expect("constant bounds are valid: low >= 1, high >= 2 * low"),
+        }
+    }
+
+    /// Empties it for second `index`, keeping its histogram's memory.
+    pub fn reset(&mut self, index: u64) {
+        self.index = index;
+        self.requests = 0;
+        self.errors = 0;
+        self.latency.reset();
+    }
+
+    /// Records one counted answer's latency (the corrected one, as the run's histogram).
+    #[inline]
+    pub fn record(&mut self, corrected: Duration) {
+        self.requests += 1;
+        self.latency.saturating_record(micros(corrected));
+    }
+}
+
+/// One second of the measured run, every loop added up: what `--hdr-log`, `merge` and the
+/// per-second outputs read. The histogram is kept V2-deflate encoded, a few hundred bytes,
+/// rather than live: a live one at the run's bounds and 3 significant figures is 172 kB
+/// (21,504 counters), an hour of them 620 MB; encoded, an hour stays within a few MB and
+/// keeps full precision (see `benches/compare/flat_memory.sh`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntervalRecord {
+    /// From the start of the measured window.
+    pub start: Duration,
+    /// One second, except the last one of a run, which ends with the run.
+    pub length: Duration,
+    pub requests: u64,
+    pub errors: u64,
+    /// The second's latency percentiles (µs), computed before encoding.
+    pub latency: LatencySummary,
+    /// The histogram, V2-deflate serialised (as HdrHistogram interval logs carry it).
+    encoded: Vec<u8>,
+}
+
+impl IntervalRecord {
+    /// Summarises and encodes `latency`.
+    pub fn new(
+        start: Duration,
+        length: Duration,
+        requests: u64,
+        errors: u64,
+        latency: &Histogram<u64>,
+    ) -> Self {
+        use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
+        let mut encoded = Vec::new();
+        // Serialising into memory fails only for histograms it cannot represent, which
+        // ours (bounded, u64 counts) are not; an empty encoding then decodes as empty.
+        if let Err(e) = V2DeflateSerializer::new().serialize(latency, &mut encoded) {
+            log::error!("cannot encode an interval histogram: {e:?}");
+            encoded.clear();
+        }
+        IntervalRecord {
+            start,
+            length,
+            requests,
+            errors,
+            latency: LatencySummary::of(latency),
+            encoded,
+        }
+    }
+
+    /// The second's latency histogram, decoded (same bounds as [`new_histogram`]).
+    pub fn histogram(&self) -> Histogram<u64> {
+        use hdrhistogram::serialization::Deserializer;
+        let mut histogram = new_histogram();
+        if let Ok(decoded) = Deserializer::new().deserialize::<u64, _>(&mut &self.encoded[..]) {
+            let _ = histogram.add(&decoded);
+        }
+        histogram
+    }
+
+    /// Bytes the encoded histogram takes.
+    pub fn encoded_len(&self) -> usize {
+        self.encoded.len()
+    }
+}
+
+/// Adds up the loops' seconds into the run's series: second `k` is complete once every
+/// loop has handed over its `k` (or finished), and is then encoded into an
+/// [`IntervalRecord`]. Holds one live histogram whatever the run's length.
+pub struct SeriesCollector {
+    /// The next second to complete.
+    next: u64,
+    sum: SecondTally,
+    records: Vec<IntervalRecord>,
+}
+
+impl Default for SeriesCollector {
+    fn default() -> Self {
+        SeriesCollector {
+            next: 0,
+            sum: SecondTally::new(0),
+            records: Vec::new(),
+        }
+    }
+}
+
+impl SeriesCollector {
+    /// The second each loop would hand over next, `None` for a loop that finished and
+    /// has nothing more: the seconds every loop is past can be completed.
+    pub fn ready(&self, heads: impl Iterator<Item = Option<u64>>) -> bool {
+        let mut any = false;
+        for head in heads.flatten() {
+            if head != self.next {
+                return false;
+            }
+            any = true;
+        }
+        any
+    }
+
+    /// The second being completed.
+    pub fn next_index(&self) -> u64 {
+        self.next
+    }
+
+    /// Adds one loop's part of the second being completed.
+    pub fn add(&mut self, part: &SecondTally) {
+        debug_assert_eq!(part.index, self.next);
+        self.sum.requests += part.requests;
+        self.sum.errors += part.errors;
+        // Same bounds everywhere (new_histogram), so adding cannot fail.
+        let _ = self.sum.latency.add(&part.latency);
+    }
+
+    /// Every loop's part is in: the second is encoded into the series.
+    pub fn complete(&mut self) {
+        let start = Duration::from_secs(self.next);
+        self.records.push(IntervalRecord::new(
+            start,
+            Duration::from_secs(1),
+            self.sum.requests,
+            self.sum.errors,
+            &self.sum.latency,
+        ));
+        self.next += 1;
+        self.sum.reset(self.next);
+    }
+
+    /// The series, its last second cut at `elapsed` (the measured time) and any seconds
+    /// past it (a loop's last turn) dropped if empty.
+    pub fn finish(mut self, elapsed: Duration) -> Vec<IntervalRecord> {
+        while self
+            .records
+            .last()
+            .is_some_and(|r| r.start >= elapsed && r.requests == 0 && r.errors == 0)
+            && self.records.len() > 1
+        {
+            self.records.pop();
+        }
+        if let Some(last) = self.records.last_mut() {
+            if last.start + last.length > elapsed {
+                last.length = elapsed.saturating_sub(last.start);
+            }
+        }
+        self.records
     }
 }
 
@@ -719,6 +1074,8 @@ pub struct Interval {
     pub completed: u64,
     pub errors: u64,
     pub latency: Histogram<u64>,
+    /// With `--rate`: slots due, requests sent, and sends late (`None`: closed loop).
+    pub pace: Option<(u64, u64, u64)>,
 }
 
 impl Default for Interval {
@@ -727,6 +1084,7 @@ impl Default for Interval {
             completed: 0,
             errors: 0,
             latency: new_histogram(),
+            pace: None,
         }
     }
 }
@@ -736,30 +1094,47 @@ impl Interval {
         self.completed += other.completed;
         self.errors += other.errors;
         let _ = self.latency.add(&other.latency);
+        if let Some((intended, sent, late)) = other.pace.as_mut() {
+            let mine = self.pace.get_or_insert((0, 0, 0));
+            mine.0 += std::mem::take(intended);
+            mine.1 += std::mem::take(sent);
+            mine.2 += std::mem::take(late);
+        }
         other.completed = 0;
         other.errors = 0;
         other.latency.reset();
     }
 
-    /// `[  3s] 182,401 req/s  p50 240µs  p99 510µs  errors 0`, with `warm-up` during it.
+    /// `[  3s] 182,401 req/s  p50 240µs  p99 510µs  errors 0`, with `warm-up` during it,
+    /// and with a rate `  intended 2,000 sent 1,998 late 3`.
     pub fn line(&self, second: u64, span: Duration, warmup: bool) -> String {
         let secs = span.as_secs_f64().max(1e-3);
         let rate = (self.completed as f64 / secs).round() as u64;
         let phase = if warmup { " warm-up" } else { "" };
-        if self.latency.is_empty() {
-            return format!(
+        let mut line = if self.latency.is_empty() {
+            format!(
                 "[{second:>3}s]{phase} {} req/s  errors {}",
                 thousands(rate),
                 self.errors
+            )
+        } else {
+            format!(
+                "[{second:>3}s]{phase} {} req/s  p50 {}  p99 {}  errors {}",
+                thousands(rate),
+                us(self.latency.value_at_quantile(0.5)),
+                us(self.latency.value_at_quantile(0.99)),
+                self.errors
+            )
+        };
+        if let Some((intended, sent, late)) = self.pace {
+            line += &format!(
+                "  intended {} sent {} late {}",
+                thousands(intended),
+                thousands(sent),
+                thousands(late)
             );
         }
-        format!(
-            "[{second:>3}s]{phase} {} req/s  p50 {}  p99 {}  errors {}",
-            thousands(rate),
-            us(self.latency.value_at_quantile(0.5)),
-            us(self.latency.value_at_quantile(0.99)),
-            self.errors
-        )
+        line
     }
 }
 
@@ -784,6 +1159,7 @@ mod tests {
             size: 64,
             pipeline: 1,
             rate: None,
+            rate_plan: None,
             connect_timeout_s: 3.0,
             timeout_s: 10.0,
             max_loss: None,
@@ -885,6 +1261,7 @@ mod tests {
 
         let mut open = options();
         open.rate = Some(1000.0);
+        open.rate_plan = Some("1000 req/s".into());
         let report = LoadReport::new(
             open,
             &tally,
@@ -896,6 +1273,11 @@ mod tests {
         assert!(text.starts_with("INTERRUPTED"), "{text}");
         assert!(
             text.contains("(from intended send time)") && text.contains("uncorrected min"),
+            "{text}"
+        );
+        assert!(text.contains(", open loop at 1000 req/s, "), "{text}");
+        assert!(
+            text.contains("open loop  intended 0, sent 0, late 0 (sent > 1ms after their slot)"),
             "{text}"
         );
         assert!(serde_json::to_value(&report).unwrap()["latency_uncorrected_us"]["p99"].is_u64());
@@ -964,6 +1346,132 @@ mod tests {
         assert!(tcp.datagrams.is_none() && tcp.loss_exceeded().is_none());
     }
 
+    /// The percentile curve of 1..=1000 µs climbs with the percentile, holds the
+    /// summary's percentiles exactly (the same reading of the histogram), and stops at
+    /// 99.9%: a thousand answers say no more.
+    #[test]
+    fn percentile_curve_points() {
+        let mut h = new_histogram();
+        for us in 1..=1000 {
+            h.record(us).unwrap();
+        }
+        let curve = percentile_curve(&h);
+        assert_eq!(curve.first(), Some(&(0.0, 0.001)));
+        assert_eq!(curve.last().map(|p| p.0), Some(99.9));
+        assert_eq!(
+            curve.len(),
+            31 + 1,
+            "ten a decade over three decades, and 50%"
+        );
+        let summary = LatencySummary::of(&h);
+        for (p, us) in [
+            (50.0, summary.p50),
+            (90.0, summary.p90),
+            (99.0, summary.p99),
+            (99.9, summary.p99_9),
+        ] {
+            assert!(curve.contains(&(p, us as f64 / 1000.0)), "{p}: {curve:?}");
+        }
+        assert!(curve.contains(&(50.0, 0.5)) && curve.contains(&(99.0, 0.99)));
+        assert!(curve
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
+        assert!(percentile_curve(&new_histogram()).is_empty());
+    }
+
+    /// A second's record keeps its histogram exactly (decoded equal to what was encoded)
+    /// in a few kB even with a wide spread of latencies, where the live histogram is 172 kB.
+    #[test]
+    fn interval_record_round_trips_compactly() {
+        let mut second = SecondTally::new(4);
+        let mut x: u64 = 12345;
+        for _ in 0..200_000 {
+            // A spread from 20 µs to about 50 ms, log-uniform-ish.
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let exp = (x >> 60) as u32 % 12;
+            let value = 20u64 << exp;
+            second.record(Duration::from_micros(value + (x >> 40) % value));
+        }
+        let record = IntervalRecord::new(
+            Duration::from_secs(4),
+            Duration::from_secs(1),
+            second.requests,
+            3,
+            &second.latency,
+        );
+        assert_eq!(record.histogram(), second.latency);
+        assert_eq!(record.latency, LatencySummary::of(&second.latency));
+        assert!(
+            record.encoded_len() < 8 * 1024,
+            "{} bytes",
+            record.encoded_len()
+        );
+    }
+
+    /// The JSON's per-second entries put each record's counts and latency (in ms) beside
+    /// the pace of the same second; a second only the pace has (nothing answered in it)
+    /// shows zeros, and a closed loop has no pace fields at all.
+    #[test]
+    fn per_second_entries_join_records_and_pace() {
+        let mut h = new_histogram();
+        h.record(1500).unwrap();
+        let records = [IntervalRecord::new(
+            Duration::ZERO,
+            Duration::from_secs(1),
+            1,
+            0,
+            &h,
+        )];
+        let mut pace = PaceSeries::default();
+        for second in [0, 1, 1] {
+            pace.intend(second);
+        }
+        pace.send(0, true);
+        let entries = per_second(&records, &pace, true);
+        assert_eq!(entries.len(), 2);
+        assert_eq!((entries[0].requests, entries[0].p50_ms), (1, 1.5));
+        assert_eq!(
+            (entries[0].intended, entries[0].sent, entries[0].late),
+            (Some(1), Some(1), Some(1))
+        );
+        assert_eq!(
+            (entries[1].t, entries[1].requests, entries[1].max_ms),
+            (1, 0, 0.0)
+        );
+        assert_eq!(entries[1].intended, Some(2));
+        let closed = per_second(&records, &pace, false);
+        assert_eq!(closed.len(), 1);
+        let json = serde_json::to_value(&closed[0]).unwrap();
+        assert!(
+            json.get("intended").is_none() && json["p99_ms"] == 1.5,
+            "{json}"
+        );
+    }
+
+    /// The collector adds loops' parts of a second and cuts the last one at the run's end.
+    #[test]
+    fn collector_adds_parts_and_cuts_the_last_second() {
+        let mut collector = SeriesCollector::default();
+        for k in 0..2 {
+            for value in [100, 300] {
+                let mut part = SecondTally::new(k);
+                part.record(Duration::from_micros(value));
+                part.errors = 1;
+                collector.add(&part);
+            }
+            collector.complete();
+        }
+        let series = collector.finish(Duration::from_millis(1_250));
+        assert_eq!(series.len(), 2);
+        assert_eq!((series[1].requests, series[1].errors), (2, 2));
+        assert_eq!(series[1].start, Duration::from_secs(1));
+        assert_eq!(series[1].length, Duration::from_millis(250));
+        assert_eq!(series[0].latency.max, series[0].histogram().max());
+        assert!(series[0].histogram().equivalent(series[0].latency.max, 300));
+    }
+
     /// The progress line shows the interval's rate and percentiles.
     #[test]
     fn progress_line() {
@@ -982,6 +1490,20 @@ mod tests {
         assert_eq!(
             Interval::default().line(1, Duration::from_secs(1), true),
             "[  1s] warm-up 0 req/s  errors 0"
+        );
+        let mut rated = Interval {
+            pace: Some((0, 0, 0)),
+            ..Interval::default()
+        };
+        let mut part = Interval {
+            pace: Some((1_000, 998, 3)),
+            ..Interval::default()
+        };
+        rated.merge_from(&mut part);
+        assert_eq!(part.pace, Some((0, 0, 0)), "taken by the merge");
+        assert_eq!(
+            rated.line(2, Duration::from_secs(1), false),
+            "[  2s] 0 req/s  errors 0  intended 1,000 sent 998 late 3"
         );
     }
 }

@@ -6,6 +6,7 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
+use super::rate::{Rate, RatePlan};
 use crate::client::driver::Endpoint;
 use crate::client::report::ReportOptions;
 use crate::client::workload::{LoadProtocol, Workload};
@@ -48,8 +49,9 @@ pub struct LoadConfig {
     pub warmup: Duration,
     /// Requests outstanding per connection (1: send the next when the answer is back).
     pub pipeline: usize,
-    /// Open loop: requests per second in total, spread evenly over the connections.
-    pub rate: Option<f64>,
+    /// Open loop: requests per second in total over the measured time (constant, a ramp,
+    /// or steps), spread evenly over the connections.
+    pub rate: Option<RatePlan>,
     pub workload: Workload,
     pub connect_timeout: Duration,
     /// A request unanswered this long is a timeout error; its connection is closed.
@@ -133,23 +135,16 @@ impl LoadConfig {
                 "--size must be between 1 and {MAX_MESSAGE_SIZE} bytes"
             ));
         }
-        if let Some(rate) = self.rate {
-            if !(rate.is_finite() && rate > 0.0) {
-                return Err("--rate must be a positive number of requests per second".into());
-            }
-            if rate > MAX_RATE {
-                return Err(format!(
-                    "--rate {rate} is more than {} requests per second, which no schedule here \
-                     can keep: leave --rate out to send as fast as the server answers",
-                    MAX_RATE as u64
-                ));
-            }
+        if let Some(plan) = &self.rate {
+            plan.validate()?;
             if let StopAt::Duration(d) = self.stop {
-                // Slots fall at k / rate from the start; is there one in the measured window?
-                let first = (self.warmup.as_secs_f64() * rate).ceil() / rate;
+                // Is there a slot in the measured window? The first one at or after the
+                // warm-up, on the whole plan's schedule.
+                let whole = Rate::new(plan, 1.0, self.warmup, 1);
+                let first = whole.offset_of(whole.first_slot_from(self.warmup.as_secs_f64()));
                 if first >= (self.warmup + d).as_secs_f64() {
                     return Err(format!(
-                        "--rate {rate} over --duration {d:?} schedules no request in the measured \
+                        "--rate {plan} over --duration {d:?} schedules no request in the measured \
                          time: the first would be due {first:.3}s after the start"
                     ));
                 }
@@ -215,7 +210,8 @@ impl LoadConfig {
             warmup_s: self.warmup.as_secs_f64(),
             size: self.workload.size,
             pipeline: self.pipeline,
-            rate: self.rate,
+            rate: self.rate.as_ref().map(RatePlan::first_rate),
+            rate_plan: self.rate.as_ref().map(RatePlan::to_string),
             connect_timeout_s: self.connect_timeout.as_secs_f64(),
             timeout_s: self.timeout.as_secs_f64(),
             max_loss: self.udp.then_some(self.max_loss),

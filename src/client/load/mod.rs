@@ -1,10 +1,10 @@
 //! The load generator: T threads, each one client loop driving its share of the
 //! connections ([`worker`]); what each connection sends and checks, and where answers are
 //! recorded, is a client protocol ([`requests`]) over the [`crate::client::workload`]
-//! exchanges. Closed loop by default; with a rate, requests follow a fixed schedule
-//! ([`rate`]) and latency counts from the scheduled time, so a stalled server cannot hide.
-//! With `--udp`, each thread runs a UDP echo loop instead ([`udp`]), on the same start
-//! line, schedule, progress and report.
+//! exchanges. Closed loop by default; with a rate plan (constant, ramp or steps), requests
+//! follow its schedule ([`rate`]) and latency counts from the scheduled time, so a stalled
+//! server cannot hide. With `--udp`, each thread runs a UDP echo loop instead ([`udp`]), on
+//! the same start line, schedule, progress and report.
 //! This file starts the loops, prints progress ([`progress`]) and merges their results.
 
 mod config;
@@ -14,16 +14,20 @@ mod requests;
 mod udp;
 mod worker;
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::Waker;
 
-use super::report::{CpuTime, Interval, LoadReport, Tally};
+use super::report::{
+    per_second, CpuTime, Interval, LoadReport, SecondTally, SeriesCollector, Tally,
+};
 pub use config::{LoadConfig, LoadError, StopAt, DEFAULT_MAX_LOSS, MAX_MESSAGE_SIZE, MAX_PIPELINE};
+pub use rate::RatePlan;
 pub use udp::{MAX_DATAGRAM, SEQ_LEN};
 
 /// Stops a run from another thread (the Ctrl-C handler, a test): the loops end at once
@@ -74,6 +78,83 @@ struct Shared<'a> {
     connected: AtomicU64,
     /// Per loop, the current second's figures, published once a second when progress is on.
     progress: Option<Vec<Mutex<Interval>>>,
+    /// Per loop, the measured seconds it has finished, for the series (always kept).
+    seconds: Vec<Mutex<SecondSlot>>,
+    /// The wall-clock time when the measured window begins (set with `start`).
+    measure_start_wall: OnceLock<SystemTime>,
+}
+
+/// One loop's finished seconds, oldest first, waiting for the collector; and emptied
+/// ones it gave back, so a second costs the loop no allocation.
+#[derive(Default)]
+struct SecondSlot {
+    done: VecDeque<SecondTally>,
+    spare: Vec<SecondTally>,
+    /// The loop has handed over its last second.
+    finished: bool,
+}
+
+/// Emptied seconds a slot keeps for reuse at most.
+const SPARE_SECONDS: usize = 2;
+/// The length of the measured window's intervals (the series, `--hdr-log`).
+const SECOND: Duration = Duration::from_secs(1);
+
+/// Hands loop `thread`'s current second to the collector and starts the next one in its
+/// place (with an emptied second the collector gave back, if any); `last`: the loop is
+/// done. TCP and UDP loops alike.
+fn hand_over_second(shared: &Shared<'_>, thread: usize, current: &mut SecondTally, last: bool) {
+    let mut slot = shared.seconds[thread]
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let next_index = current.index + 1;
+    let next = match slot.spare.pop() {
+        Some(mut spare) => {
+            spare.reset(next_index);
+            spare
+        }
+        None if last => SecondTally::new_empty(next_index),
+        None => SecondTally::new(next_index),
+    };
+    slot.done.push_back(std::mem::replace(current, next));
+    slot.finished |= last;
+}
+
+/// Completes every second all loops are past into `collector`.
+fn collect_seconds(shared: &Shared<'_>, collector: &mut SeriesCollector) {
+    fn lock(slot: &Mutex<SecondSlot>) -> std::sync::MutexGuard<'_, SecondSlot> {
+        slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+    loop {
+        let next = collector.next_index();
+        let mut any = false;
+        for slot in &shared.seconds {
+            let slot = lock(slot);
+            match slot.done.front() {
+                Some(second) if second.index == next => any = true,
+                // Loops hand seconds over in order from 0: another head is a bug.
+                Some(second) => {
+                    log::error!("second {} handed over while {next} was due", second.index);
+                    return;
+                }
+                None if slot.finished => {}
+                None => return,
+            }
+        }
+        if !any {
+            return;
+        }
+        for slot in &shared.seconds {
+            let mut slot = lock(slot);
+            if let Some(mut second) = slot.done.pop_front() {
+                collector.add(&second);
+                if slot.spare.len() < SPARE_SECONDS {
+                    second.reset(0);
+                    slot.spare.push(second);
+                }
+            }
+        }
+        collector.complete();
+    }
 }
 
 /// What one loop hands back.
@@ -105,7 +186,12 @@ pub fn run_load(
                 .map(|_| Mutex::new(Interval::default()))
                 .collect()
         }),
+        seconds: (0..threads)
+            .map(|_| Mutex::new(SecondSlot::default()))
+            .collect(),
+        measure_start_wall: OnceLock::new(),
     };
+    let mut collector = SeriesCollector::default();
     let results: io::Result<Vec<io::Result<LoopResult>>> = std::thread::scope(|scope| {
         let (done_tx, done_rx) = mpsc::channel::<()>();
         // Each loop waits for the go before it connects: if the OS refuses a thread, the
@@ -151,7 +237,7 @@ pub fn run_load(
         }
         drop(done_tx);
         // The calling thread prints progress until every loop has dropped its sender.
-        progress::print_until_done(&shared, &done_rx, progress.take());
+        progress::print_until_done(&shared, &done_rx, progress.take(), &mut collector);
         Ok(handles
             .into_iter()
             .map(|h| {
@@ -189,18 +275,21 @@ pub fn run_load(
         }
         None => Duration::ZERO,
     };
+    collect_seconds(&shared, &mut collector);
     let cpu_after = cpu_time();
     let cpu = CpuTime {
         user_s: round3(cpu_after.user_s - cpu_before.user_s),
         system_s: round3(cpu_after.system_s - cpu_before.system_s),
     };
-    Ok(LoadReport::new(
-        config.report_options(),
-        &tally,
-        elapsed,
-        partial,
-        cpu,
-    ))
+    let mut report = LoadReport::new(config.report_options(), &tally, elapsed, partial, cpu);
+    report.started_unix_s = shared
+        .measure_start_wall
+        .get()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0.0, |d| (d.as_secs_f64() * 1e3).round() / 1e3);
+    report.intervals = collector.finish(elapsed);
+    report.per_second = per_second(&report.intervals, &tally.pace, config.rate.is_some());
+    Ok(report)
 }
 
 fn round3(x: f64) -> f64 {

@@ -6,8 +6,8 @@ use std::io::Write;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use super::Shared;
-use crate::client::report::Interval;
+use super::{collect_seconds, Shared};
+use crate::client::report::{Interval, SeriesCollector};
 
 /// Progress lines come this often.
 pub(super) const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
@@ -21,6 +21,7 @@ pub(super) fn print_until_done(
     shared: &Shared<'_>,
     done: &Receiver<()>,
     mut out: Option<&mut dyn Write>,
+    collector: &mut SeriesCollector,
 ) {
     let mut second = 1u32;
     loop {
@@ -33,6 +34,9 @@ pub(super) fn print_until_done(
             Err(RecvTimeoutError::Timeout) => {}
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
+        // The series is completed as the run goes, so finished seconds are encoded and
+        // their live histograms reused: memory stays flat however long it runs.
+        collect_seconds(shared, collector);
         if let (Some(out), Some(slots), Some(start)) =
             (out.as_mut(), &shared.progress, shared.start.get())
         {

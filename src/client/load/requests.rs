@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use super::config::LoadConfig;
 use super::rate::Rate;
 use crate::client::driver::{Client, Established};
-use crate::client::report::{ErrorCounts, Interval, Tally};
+use crate::client::pace::LATE_AFTER;
+use crate::client::report::{ErrorCounts, Interval, SecondTally, Tally};
 use crate::client::workload::{Answer, ConnExchange, Exchange, Progress};
 use crate::connection::{CloseReason, Ended, Failure};
 use crate::net::Peer;
@@ -172,6 +173,8 @@ pub(super) struct Requests<'a> {
     pub rate: Option<Rate>,
     pub tally: Tally,
     pub interval: Option<Interval>,
+    /// The current second of the measured window (the worker hands it over as it passes).
+    pub second: SecondTally,
     /// Counted requests still unanswered.
     pub outstanding: u64,
     /// With `--requests`: how many more this loop may issue after the warm-up.
@@ -203,6 +206,7 @@ impl<'a> Requests<'a> {
             rate: None,
             tally: Tally::default(),
             interval: None,
+            second: SecondTally::new(0),
             outstanding: 0,
             budget,
             last_answer: None,
@@ -253,6 +257,21 @@ impl<'a> Requests<'a> {
                 }
                 self.tally.sent += 1;
                 self.outstanding += 1;
+            }
+            if self.rate.is_some() {
+                let late = now.saturating_duration_since(intended) > LATE_AFTER;
+                if counted {
+                    let second = now
+                        .saturating_duration_since(window.measure_start)
+                        .as_secs();
+                    self.tally.pace.send(second as usize, late);
+                }
+                if let Some((_, sent, late_sends)) =
+                    self.interval.as_mut().and_then(|i| i.pace.as_mut())
+                {
+                    *sent += 1;
+                    *late_sends += u64::from(late);
+                }
             }
             conn.exchange.write_request(out.reply_buf());
             conn.pending.push_back(Pending {
@@ -332,9 +351,11 @@ impl<'a> Requests<'a> {
             let open_loop = self.rate.is_some();
             self.tally
                 .record(corrected, if open_loop { uncorrected } else { corrected });
+            self.second.record(corrected);
             self.tally.count_status(answer.status);
             if !answer.accepted {
                 let status = answer.status;
+                self.second.errors += 1;
                 self.tally.error(
                     |e| &mut e.status,
                     || match status {
@@ -593,6 +614,7 @@ impl Client for Requests<'_> {
                 };
                 log::debug!("connection {}: {}", conn.index, failure.message);
                 self.tally.error(kind, || failure.message);
+                self.second.errors += 1;
                 if let Some(interval) = &mut self.interval {
                     interval.errors += 1;
                 }

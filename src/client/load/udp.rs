@@ -21,8 +21,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::progress::{publish, PROGRESS_INTERVAL};
 use super::rate::{share, Rate};
+use super::{hand_over_second, SECOND};
 use super::{LoopResult, Shared, StopAt};
-use crate::client::report::{Interval, Tally};
+use crate::client::pace::LATE_AFTER;
+use crate::client::report::{Interval, SecondTally, Tally};
 use crate::client::timer::SlotTimer;
 use crate::net::{describe, ListenAddr};
 
@@ -79,6 +81,8 @@ struct UdpLoop<'a> {
     /// (socket, sequence number, deadline), in send order: deadlines only grow.
     expiries: VecDeque<(usize, u64, Instant)>,
     tally: Tally,
+    /// The current second of the measured window (handed over as it passes).
+    second: SecondTally,
     interval: Option<Interval>,
     rate: Option<Rate>,
     /// With `--requests`: datagrams this loop may still send in the measured window.
@@ -162,13 +166,16 @@ impl<'a> UdpLoop<'a> {
         shared
             .control
             .add_waker(Arc::new(Waker::new(poll.registry(), WAKER)?));
-        let rate = config.rate.map(|r| Rate {
-            per_second: r * count as f64 / config.connections as f64,
-            per_round: count as u64,
+        // This loop's part of the rate, in proportion to its sockets.
+        let rate = config.rate.as_ref().map(|plan| {
+            let part = count as f64 / config.connections as f64;
+            Rate::new(plan, part, config.warmup, count as u64)
         });
-        let history = match rate {
-            Some(rate) if count > 0 => {
-                let per_socket = rate.per_second / count as f64;
+        let history = match &config.rate {
+            Some(plan) if count > 0 => {
+                // Sized for the plan's highest rate, whatever second it comes in.
+                let fastest = plan.rates().into_iter().fold(0.0, f64::max);
+                let per_socket = fastest / config.connections as f64;
                 ((per_socket * config.timeout.as_secs_f64() * 2.0).ceil() as usize)
                     .clamp(MIN_HISTORY, MAX_HISTORY)
             }
@@ -181,6 +188,7 @@ impl<'a> UdpLoop<'a> {
             socks: Vec::with_capacity(count),
             expiries: VecDeque::new(),
             tally: Tally::default(),
+            second: SecondTally::new(0),
             interval: shared.progress.as_ref().map(|_| Interval::default()),
             rate,
             budget: match config.stop {
@@ -235,8 +243,14 @@ impl<'a> UdpLoop<'a> {
         let mut events = Events::with_capacity(1024);
         let progress = self.interval.is_some();
         let mut next_publish = start + PROGRESS_INTERVAL;
+        // The measured window's seconds, as the TCP loops keep them.
+        let mut next_second = self.measure_start + SECOND;
         loop {
             let now = Instant::now();
+            while now >= next_second {
+                hand_over_second(self.shared, self.thread, &mut self.second, false);
+                next_second += SECOND;
+            }
             if self.shared.control.is_stopped() {
                 return Ok(self.finish(Some(now)));
             }
@@ -269,6 +283,7 @@ impl<'a> UdpLoop<'a> {
             if progress {
                 wake_at = wake_at.min(next_publish);
             }
+            wake_at = wake_at.min(next_second);
             if self.budget.is_some() && now < self.measure_start {
                 wake_at = wake_at.min(self.measure_start);
             }
@@ -324,7 +339,7 @@ impl<'a> UdpLoop<'a> {
                 if self.socks[index].blocked || self.budget == Some(0) {
                     break;
                 }
-                let intended = match self.rate {
+                let intended = match &self.rate {
                     Some(rate) => {
                         let slot = rate.slot_of(index, self.socks[index].next_seq);
                         let Some(at) = rate.slot_time(start, slot) else {
@@ -399,6 +414,14 @@ impl<'a> UdpLoop<'a> {
         if counted {
             self.tally.sent += 1;
             self.tally.bytes_out += self.out.len() as u64;
+            if self.rate.is_some() {
+                let second_of = |at: Instant| {
+                    at.saturating_duration_since(self.measure_start).as_secs() as usize
+                };
+                let late = now.saturating_duration_since(intended) > LATE_AFTER;
+                self.tally.pace.intend(second_of(intended));
+                self.tally.pace.send(second_of(now), late);
+            }
             if let Some(budget) = &mut self.budget {
                 *budget -= 1;
             }
@@ -448,6 +471,7 @@ impl<'a> UdpLoop<'a> {
                     |e| &mut e.mismatched,
                     || format!("a {n}-byte reply is not the echo of a datagram sent"),
                 );
+                self.second.errors += 1;
                 if let Some(interval) = &mut self.interval {
                     interval.errors += 1;
                 }
@@ -462,6 +486,7 @@ impl<'a> UdpLoop<'a> {
                     |e| &mut e.mismatched,
                     || format!("a reply for datagram {seq}, which was never sent"),
                 );
+                self.second.errors += 1;
                 continue;
             };
             match *slot {
@@ -479,6 +504,7 @@ impl<'a> UdpLoop<'a> {
                             now.saturating_duration_since(intended),
                             now.saturating_duration_since(sent),
                         );
+                        self.second.record(now.saturating_duration_since(intended));
                         self.last_answer = Some(now);
                         if let Some(interval) = &mut self.interval {
                             interval.completed += 1;
@@ -502,6 +528,7 @@ impl<'a> UdpLoop<'a> {
 
     fn finish(mut self, ended: Option<Instant>) -> LoopResult {
         self.publish();
+        hand_over_second(self.shared, self.thread, &mut self.second, true);
         // Still awaited when the run was cut short: in flight, neither received nor lost.
         self.tally.in_flight = self
             .socks

@@ -6,13 +6,14 @@
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use mio::{Token, Waker};
 
 use super::progress::{publish, PROGRESS_INTERVAL};
 use super::rate::{share, Pacer, Rate};
 use super::requests::{Reopen, Requests, Window};
+use super::{hand_over_second, SECOND};
 use super::{LoopResult, Shared, StopAt};
 use crate::client::driver::{client_timeouts, Driver, FIRST_CALLER_TOKEN};
 use crate::client::report::Interval;
@@ -35,8 +36,13 @@ struct Worker<'a> {
     driver: Driver<Requests<'a>>,
     /// The connections by their index in the schedule (`None`: it never connected).
     by_index: Vec<Option<ConnRef>>,
-    /// With a rate: the next schedule slot, and which connections are due this turn.
+    /// With a rate: this loop's schedule, its next slot, and which connections are due
+    /// this turn.
+    rate: Option<Rate>,
     slot: u64,
+    /// With `--requests` and a rate: how many more slots of the measured time count as
+    /// intended (the loop's share of the requests).
+    intended_left: Option<u64>,
     due: Vec<usize>,
     is_due: Vec<bool>,
     /// The driver's byte counters when measuring began.
@@ -57,6 +63,9 @@ pub(super) fn run(shared: &Shared<'_>, index: usize, threads: usize) -> io::Resu
     shared.connected.fetch_add(connected, Ordering::SeqCst);
     if shared.barrier.wait().is_leader() {
         let _ = shared.start.set(Instant::now());
+        let _ = shared
+            .measure_start_wall
+            .set(SystemTime::now() + config.warmup);
     }
     shared.barrier.wait();
     let mut worker = setup?;
@@ -95,12 +104,16 @@ impl<'a> Worker<'a> {
             StopAt::Duration(_) => None,
         };
         let mut requests = Requests::new(config, first, count, budget);
-        requests.interval = shared.progress.as_ref().map(|_| Interval::default());
-        // This loop's part of the rate, in proportion to its connections.
-        requests.rate = config.rate.map(|r| Rate {
-            per_second: r * count as f64 / config.connections as f64,
-            per_round: count as u64,
+        requests.interval = shared.progress.as_ref().map(|_| Interval {
+            pace: config.rate.as_ref().map(|_| (0, 0, 0)),
+            ..Interval::default()
         });
+        // This loop's part of the rate, in proportion to its connections.
+        let rate = config.rate.as_ref().map(|plan| {
+            let part = count as f64 / config.connections as f64;
+            Rate::new(plan, part, config.warmup, count as u64)
+        });
+        requests.rate = rate.clone();
         let timeouts = client_timeouts(config.connect_timeout, Some(config.timeout));
         let mut driver = Driver::new(requests, timeouts)?;
         shared
@@ -132,7 +145,9 @@ impl<'a> Worker<'a> {
             thread,
             driver,
             by_index,
+            rate,
             slot: 0,
+            intended_left: budget,
             due: Vec::with_capacity(count),
             is_due: vec![false; count],
             bytes_at_start: None,
@@ -181,10 +196,12 @@ impl<'a> Worker<'a> {
         let Some(window) = self.driver.protocol().window else {
             return Ok(self.finish(None));
         };
-        let mut slot_timer = match self.driver.protocol().rate {
+        let mut slot_timer = match self.rate {
             Some(_) => SlotTimer::new(self.driver.registry(), SLOT_TIMER)?,
             None => None,
         };
+        // A copy for the run, so dispatching can borrow the worker.
+        let rate = self.rate.clone();
         self.note_measure_start(window, Instant::now());
         // The first requests: every connection sends what its pipeline (or the
         // schedule) allows.
@@ -193,9 +210,17 @@ impl<'a> Worker<'a> {
         }
         let progress = self.driver.protocol().interval.is_some();
         let mut next_publish = window.start + PROGRESS_INTERVAL;
+        // The measured window's seconds: answers go to the current one until it has
+        // passed (checked each turn, and each turn wakes for it, so an answer read in
+        // the turn that crosses a boundary lands at most one turn early).
+        let mut next_second = window.measure_start + SECOND;
         loop {
             let now = Instant::now();
             self.note_measure_start(window, now);
+            while now >= next_second {
+                self.hand_over_second(false);
+                next_second += SECOND;
+            }
             if self.shared.control.is_stopped() {
                 return Ok(self.finish(Some(now)));
             }
@@ -217,9 +242,8 @@ impl<'a> Worker<'a> {
             {
                 return Ok(self.finish(Some(now)));
             }
-            let rate = requests.rate;
             let budget_left = requests.budget.is_some();
-            if let Some(rate) = rate {
+            if let Some(rate) = &rate {
                 self.dispatch_due(rate, window, now);
             }
             if progress && now >= next_publish {
@@ -233,7 +257,10 @@ impl<'a> Worker<'a> {
             if let Some(at) = reopen_at {
                 wake_at = wake_at.min(at);
             }
-            if let Some(at) = rate.and_then(|r| r.slot_time(window.start, self.slot)) {
+            if let Some(at) = rate
+                .as_ref()
+                .and_then(|r| r.slot_time(window.start, self.slot))
+            {
                 match &mut slot_timer {
                     Some(timer) => timer.arm(at, now)?,
                     None => wake_at = wake_at.min(at),
@@ -242,11 +269,43 @@ impl<'a> Worker<'a> {
             if progress {
                 wake_at = wake_at.min(next_publish);
             }
+            wake_at = wake_at.min(next_second);
             if budget_left && now < window.measure_start {
                 wake_at = wake_at.min(window.measure_start);
             }
             self.driver
                 .turn(Some(wake_at.saturating_duration_since(now)))?;
+        }
+    }
+
+    /// Walks the slots due by `now`, counting each as intended (in the progress figures,
+    /// and in its second of the measured time); calls `due` with each one's connection.
+    fn walk_slots(
+        &mut self,
+        rate: &Rate,
+        window: Window,
+        now: Instant,
+        mut due: impl FnMut(&mut Self, usize),
+    ) {
+        while let Some(at) = rate.slot_time(window.start, self.slot) {
+            if at > now || window.deadline.is_some_and(|d| at >= d) {
+                break;
+            }
+            let index = (self.slot % rate.per_round) as usize;
+            self.slot += 1;
+            let requests = self.driver.protocol_mut();
+            if let Some((intended, _, _)) = requests.interval.as_mut().and_then(|i| i.pace.as_mut())
+            {
+                *intended += 1;
+            }
+            if at >= window.measure_start && self.intended_left != Some(0) {
+                let second = at.saturating_duration_since(window.measure_start).as_secs();
+                requests.tally.pace.intend(second as usize);
+                if let Some(left) = &mut self.intended_left {
+                    *left -= 1;
+                }
+            }
+            due(self, index);
         }
     }
 
@@ -259,21 +318,16 @@ impl<'a> Worker<'a> {
     }
 
     /// With a rate: hands every schedule slot whose time has come to its connection.
-    fn dispatch_due(&mut self, rate: Rate, window: Window, now: Instant) {
+    fn dispatch_due(&mut self, rate: &Rate, window: Window, now: Instant) {
         if rate.per_round == 0 {
             return;
         }
-        while let Some(at) = rate.slot_time(window.start, self.slot) {
-            if at > now || window.deadline.is_some_and(|d| at >= d) {
-                break;
+        self.walk_slots(rate, window, now, |worker, index| {
+            if worker.by_index[index].is_some() && !worker.is_due[index] {
+                worker.is_due[index] = true;
+                worker.due.push(index);
             }
-            let index = (self.slot % rate.per_round) as usize;
-            self.slot += 1;
-            if self.by_index[index].is_some() && !self.is_due[index] {
-                self.is_due[index] = true;
-                self.due.push(index);
-            }
-        }
+        });
         // Reused every turn: the schedule must not allocate per request.
         for i in 0..self.due.len() {
             let index = self.due[i];
@@ -293,8 +347,21 @@ impl<'a> Worker<'a> {
         }
     }
 
+    /// Hands the current second to the collector and starts the next one; `last`: the
+    /// loop is done.
+    fn hand_over_second(&mut self, last: bool) {
+        let (shared, thread) = (self.shared, self.thread);
+        hand_over_second(shared, thread, &mut self.driver.protocol_mut().second, last);
+    }
+
     fn finish(mut self, ended: Option<Instant>) -> LoopResult {
+        // The slots due between the last turn and the end were intended too.
+        let window = self.driver.protocol().window;
+        if let (Some(rate), Some(window), Some(end)) = (self.rate.take(), window, ended) {
+            self.walk_slots(&rate, window, end, |_, _| {});
+        }
         self.publish();
+        self.hand_over_second(true);
         let stats = self.driver.stats();
         let (bytes_in, bytes_out) = (stats.bytes_in, stats.bytes_out);
         let mut requests = self.driver.into_protocol();
