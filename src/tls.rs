@@ -77,6 +77,31 @@ impl<IO: Read + Write> TlsStream<IO> {
         })
     }
 
+    /// Takes records that arrived before the layer existed (read while a PROXY header was
+    /// awaited) as if just read from the socket; what they call for goes out at once.
+    pub fn receive_early(&mut self, mut early: &[u8]) -> io::Result<()> {
+        while !early.is_empty() {
+            if self.conn.read_tls(&mut early)? == 0 {
+                break;
+            }
+            let processed = self.conn.process_new_packets();
+            let sent = self.send_records();
+            processed.map_err(tls_error)?;
+            sent?;
+        }
+        Ok(())
+    }
+
+    /// The application protocol the handshake agreed on (ALPN), if any.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
+    }
+
+    /// The TLS version the handshake agreed on.
+    pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
+        self.conn.protocol_version()
+    }
+
     /// The stream under the TLS layer.
     pub fn transport(&self) -> &IO {
         &self.io
@@ -258,13 +283,35 @@ pub fn client_config(options: &ClientTlsOptions) -> Result<Arc<ClientConfig>, St
     Ok(Arc::new(config))
 }
 
-/// A server configuration from a PEM certificate chain and private key (for a server's
-/// `--tls-cert/--tls-key`, and the tests).
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+/// A server configuration from a PEM certificate chain and private key (a server's
+/// `--tls-cert/--tls-key`), offering `alpn` (empty: no ALPN). TLS 1.2 and 1.3. Every
+/// failure says which file and why: unreadable, no certificate or key in it, or a key
+/// that is not the certificate's.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let certs = read_certificates(cert)?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("{}: no private key: {e}", key.display()))?;
-    server_config_from(certs, key)
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
+        rustls::pki_types::pem::Error::Io(e) => {
+            format!("{}: {}", key.display(), crate::net::describe(&e))
+        }
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            format!("{}: no PEM private key in it", key.display())
+        }
+        e => format!("{}: no usable private key: {e}", key.display()),
+    })?;
+    let mut config = build_server_config(certs, key_der).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => format!(
+            "{} does not match the certificate in {}",
+            key.display(),
+            cert.display()
+        ),
+        e => format!("{} with {}: {e}", cert.display(), key.display()),
+    })?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
 }
 
 /// A server configuration from DER certificates and key.
@@ -272,18 +319,30 @@ pub fn server_config_from(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
+    build_server_config(certs, key)
+        .map(Arc::new)
+        .map_err(|e| format!("TLS: {e}"))
+}
+
+fn build_server_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
-        .map(Arc::new)
-        .map_err(|e| format!("TLS: {e}"))
 }
 
 fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| match e {
+            rustls::pki_types::pem::Error::Io(e) => {
+                format!("{}: {}", path.display(), crate::net::describe(&e))
+            }
+            e => format!("{}: {e}", path.display()),
+        })?;
     if certs.is_empty() {
         return Err(format!("{}: no PEM certificate in it", path.display()));
     }
