@@ -368,6 +368,50 @@ fn multiconn_client_https() {
     assert_eq!(report["requests"]["failed"], 0, "{}", out.stdout);
 }
 
+/// Chat's `--web` under TLS is `wss://`: a WebSocket member over TLS (tungstenite over a
+/// rustls client stream) and a line member over TLS see each other's lines.
+#[test]
+fn chat_web_over_tls_is_wss() {
+    let Some(certs) = certs("wss") else {
+        return;
+    };
+    let server = certs.server(&["--protocol", "chat", "--web"]);
+    let mut line = BufReader::new(tls_connect(server.addr, &certs));
+    let send = |line: &mut BufReader<Tls>, text: &str| {
+        line.get_mut().write_all(text.as_bytes()).unwrap();
+    };
+    let wait_for = |line: &mut BufReader<Tls>, want: &dyn Fn(&str) -> bool| loop {
+        let mut got = String::new();
+        assert!(line.read_line(&mut got).expect("a line") > 0, "closed");
+        if want(&got) {
+            return;
+        }
+    };
+    send(&mut line, "/nick tls\n");
+    wait_for(&mut line, &|l| l == "* you are tls\n");
+    let (mut ws, response) =
+        tungstenite::client::client("wss://localhost/ws", tls_connect(server.addr, &certs))
+            .expect("WebSocket handshake over TLS");
+    assert_eq!(response.status(), 101);
+    wait_for(&mut line, &|l| l.ends_with(" joined\n"));
+    send(&mut line, "hello wss\n");
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut seen = false;
+    while !seen && Instant::now() < deadline {
+        seen = match ws.read().expect("a message") {
+            tungstenite::Message::Binary(bytes) => {
+                String::from_utf8_lossy(&bytes).contains("[tls] hello wss")
+            }
+            tungstenite::Message::Text(text) => text.contains("[tls] hello wss"),
+            _ => false,
+        };
+    }
+    assert!(seen, "the WebSocket member got the line");
+    ws.send(tungstenite::Message::Text("from the page".into()))
+        .unwrap();
+    wait_for(&mut line, &|l| l.ends_with("] from the page\n"));
+}
+
 // ---- a PROXY header, then TLS ------------------------------------------------------
 
 /// One chat member over a PROXY header and TLS, reading lines.
