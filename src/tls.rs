@@ -209,6 +209,30 @@ impl<IO: Read + Write> Read for TlsStream<IO> {
     }
 }
 
+impl<IO: Read + Write> TlsStream<IO> {
+    /// Gives rustls what follows the first `skip` bytes of `bufs` (as many slices as one
+    /// `writev` takes: the core never offers more).
+    #[cold]
+    fn write_rest(&mut self, bufs: &[IoSlice<'_>], mut skip: usize) -> io::Result<usize> {
+        const MAX_SLICES: usize = 64;
+        let mut rest = [IoSlice::new(&[]); MAX_SLICES];
+        let mut count = 0;
+        for buf in bufs {
+            if skip >= buf.len() {
+                skip -= buf.len();
+                continue;
+            }
+            rest[count] = IoSlice::new(&buf[skip..]);
+            skip = 0;
+            count += 1;
+            if count == MAX_SLICES {
+                break;
+            }
+        }
+        self.conn.writer().write_vectored(&rest[..count])
+    }
+}
+
 impl<IO: Read + Write> Write for TlsStream<IO> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write_vectored(&[IoSlice::new(buf)])
@@ -221,13 +245,26 @@ impl<IO: Read + Write> Write for TlsStream<IO> {
         if self.conn.wants_write() {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let n = self.conn.writer().write_vectored(bufs)?;
-        if n == 0 && bufs.iter().any(|b| !b.is_empty()) {
+        let offered: usize = bufs.iter().map(|b| b.len()).sum();
+        let mut taken = self.conn.writer().write_vectored(bufs)?;
+        if taken == 0 && offered > 0 {
             // rustls's own buffer is full (plaintext held during the handshake).
             return Err(io::ErrorKind::WouldBlock.into());
         }
         self.send_records()?;
-        Ok(n)
+        // rustls takes at most its buffer limit of records (64 KiB) per call. While the
+        // socket takes all of them, go on: a short count must mean the socket is full,
+        // because the core then waits for WRITABLE, and edge-triggered epoll reports it
+        // only after a write saw EAGAIN (which sending the records here did).
+        while taken < offered && !self.conn.wants_write() {
+            let n = self.write_rest(bufs, taken)?;
+            if n == 0 {
+                break;
+            }
+            taken += n;
+            self.send_records()?;
+        }
+        Ok(taken)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -558,6 +595,36 @@ mod tests {
         }
         assert_eq!(got, data);
         assert!(!client.wants_write());
+    }
+
+    /// A write larger than rustls takes in one call (its 64 KiB of records) is taken
+    /// whole while the socket has room: a short count means the socket is full, never
+    /// that rustls's buffer was (the core would wait for a WRITABLE edge that never comes).
+    #[test]
+    fn a_short_write_means_the_socket_is_full() {
+        let (mut client, mut server) = trusted_pair();
+        pump(&mut client, &mut server, |c, s| {
+            !c.is_handshaking() && !s.is_handshaking()
+        });
+        let data = vec![7u8; 150_000];
+        let half = IoSlice::new(&data[..75_000]);
+        let other = IoSlice::new(&data[75_000..]);
+        let n = server.write_vectored(&[half, other]).unwrap();
+        assert!(
+            n == data.len() || server.wants_write(),
+            "took {n} of {} with the socket not full",
+            data.len()
+        );
+        let mut sent = n;
+        while sent < data.len() {
+            server.send_records().unwrap();
+            let _ = read_all(&mut client, 0);
+            match server.write(&data[sent..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     /// A server whose certificate is not trusted fails the handshake with a TLS error

@@ -227,7 +227,7 @@ fn static_file_over_tls_with_curl() {
     if !have("curl") {
         return;
     }
-    let root = TempDir::new("tls-root-files");
+    let root = TempDir::new("tls-root-files-dir");
     let content = pseudo_random_bytes(17, 1_500_000);
     std::fs::write(root.0.join("big.bin"), &content).unwrap();
     let server = certs.server(&[
@@ -249,6 +249,36 @@ fn static_file_over_tls_with_curl() {
         assert!(out.status.success(), "curl at {rate:?}: {:?}", out.status);
         assert!(out.stdout == content, "content differs at {rate:?}");
     }
+}
+
+/// A page of 2 MB from memory (--body), more than rustls takes in one write: it comes
+/// whole, twice on one connection (a write that rustls cut short while the socket had
+/// room once left the rest waiting for a WRITABLE edge that never came).
+#[test]
+fn large_page_over_tls_with_curl() {
+    let Some(certs) = certs("body") else {
+        return;
+    };
+    if !have("curl") {
+        return;
+    }
+    let dir = TempDir::new("tls-body-page");
+    let page = pseudo_random_bytes(23, 2_000_000);
+    let body = dir.0.join("page.bin");
+    std::fs::write(&body, &page).unwrap();
+    let server = certs.server(&["--protocol", "http", "--body", body.to_str().unwrap()]);
+    let url = format!("https://127.0.0.1:{}/", port(&server));
+    let out = Command::new("curl")
+        .args(["-s", "--fail", "--max-time", "20", "--cacert", certs.cert()])
+        .args([&url, &url])
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "curl: {:?}", out.status);
+    assert_eq!(out.stdout.len(), 2 * page.len());
+    assert!(
+        out.stdout == [&page[..], &page[..]].concat(),
+        "content differs"
+    );
 }
 
 /// Runs an inline Python script with `args`; returns its stdout; fails on a non-zero exit.
