@@ -826,7 +826,7 @@ impl<S, T: Transport + Sink> Connection<S, T> {
     /// lets a streaming protocol refill the queue. Broadcasts are left in `turn.produced`
     /// for the loop to deliver. Returns whether the connection must be served again next
     /// turn (a budget ran out).
-    #[inline]
+    #[inline(always)]
     pub fn serve<P>(&mut self, turn: &mut Turn<'_, P>, readable: bool, read_closed: bool) -> bool
     where
         P: Protocol<Session = S>,
