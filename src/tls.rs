@@ -149,19 +149,44 @@ impl<IO: Read + Write> TlsStream<IO> {
     }
 
     /// Takes records from the socket and decrypts them; what they call for (handshake
-    /// answers, a key update's reply) goes out at once. `Ok(0)`: the socket is at EOF.
-    fn receive_records(&mut self) -> io::Result<usize> {
-        let n = loop {
-            match self.conn.read_tls(&mut self.io) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other?,
-            }
+    /// answers, a key update's reply) goes out at once. Returns whether the socket gave
+    /// less than rustls asked for: it is drained (or at EOF), so with edge-triggered
+    /// epoll reading it again would only see EAGAIN.
+    fn receive_records(&mut self) -> io::Result<bool> {
+        let mut socket = NoteShort {
+            io: &mut self.io,
+            short: false,
         };
+        loop {
+            match self.conn.read_tls(&mut socket) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => {
+                    other?;
+                    break;
+                }
+            }
+        }
+        let drained = socket.short;
         let processed = self.conn.process_new_packets();
         // An alert describing a failure is among the records to send, so send first.
         let sent = self.send_records();
         processed.map_err(tls_error)?;
         sent?;
+        Ok(drained)
+    }
+}
+
+/// The socket as rustls reads it, noting whether one read gave less than asked (rustls
+/// reads once per `read_tls`).
+struct NoteShort<'a, IO> {
+    io: &'a mut IO,
+    short: bool,
+}
+
+impl<IO: Read> Read for NoteShort<'_, IO> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.io.read(buf)?;
+        self.short = n < buf.len();
         Ok(n)
     }
 }
@@ -181,6 +206,7 @@ impl<IO: mio::event::Source> mio::event::Source for TlsStream<IO> {
 impl<IO: Read + Write> Read for TlsStream<IO> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut filled = 0;
+        let mut drained = false;
         loop {
             match self.conn.reader().read(&mut buf[filled..]) {
                 // close_notify: the end (after what was already handed over).
@@ -198,10 +224,18 @@ impl<IO: Read + Write> Read for TlsStream<IO> {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(filled),
                 Err(e) => return Err(e),
             }
-            // Nothing decrypted is waiting: read records until the socket would block, so
-            // that a short read still means the socket is drained.
+            // Nothing decrypted is waiting: read records until the socket is drained, so
+            // that a short read still means it is. A read of the socket that came back
+            // short says so already, sparing the recv that would only see EAGAIN.
+            if drained {
+                return if filled > 0 {
+                    Ok(filled)
+                } else {
+                    Err(io::ErrorKind::WouldBlock.into())
+                };
+            }
             match self.receive_records() {
-                Ok(_) => {}
+                Ok(short) => drained = short,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && filled > 0 => return Ok(filled),
                 Err(e) => return Err(e),
             }
