@@ -2,6 +2,7 @@
 //! memory and fairness, and the timeouts. The binaries build it from flags; tests and
 //! benches build it directly. Below everything that reads it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::net::{ListenAddr, SocketOptions};
@@ -91,6 +92,9 @@ pub struct ServerConfig {
     /// Every connection starts with a PROXY protocol header (v1 or v2) naming the
     /// client; it is opened with that address once the header has come.
     pub proxy_protocol: bool,
+    /// Every connection is under TLS with this configuration (certificate, key, ALPN):
+    /// a loop whose connections are `net::AnyStream` needs it; a plain one ignores it.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ServerConfig {
@@ -104,6 +108,7 @@ impl ServerConfig {
             stats_interval: None,
             name: None,
             proxy_protocol: false,
+            tls: None,
         }
     }
 

@@ -198,12 +198,21 @@ pub struct Connection<S, T = Stream> {
     /// A flush stopped at the per-turn file budget while the socket still took everything:
     /// the loop serves the connection again next turn to go on (epoll would not say).
     send_again: bool,
+    /// An accepted connection's TLS handshake is under way: it runs on the frame clock,
+    /// started at accept, so a handshake that stalls is closed after the frame timeout.
+    handshaking: bool,
 }
 
 impl<S, T: Transport + Sink> Connection<S, T> {
-    /// An accepted connection, registered READABLE by the caller.
+    /// An accepted connection, registered READABLE by the caller. Under TLS, its
+    /// handshake starts the frame clock.
     pub fn new(stream: T, peer: Peer, id: u64, session: S, now: Tick) -> Self {
-        Connection::with_phase(stream, peer, id, session, now, Phase::Open)
+        let mut conn = Connection::with_phase(stream, peer, id, session, now, Phase::Open);
+        if T::TLS && conn.stream.is_handshaking() {
+            conn.handshaking = true;
+            conn.deadlines.frame_started = Some(now);
+        }
+        conn
     }
 
     /// An outgoing connection whose connect was started, registered READABLE | WRITABLE
@@ -240,6 +249,7 @@ impl<S, T: Transport + Sink> Connection<S, T> {
             flush_queued: false,
             more_to_stream: false,
             send_again: false,
+            handshaking: false,
         }
     }
 
@@ -267,14 +277,6 @@ impl<S, T: Transport + Sink> Connection<S, T> {
     /// Bytes owed to the peer and not yet taken by the socket.
     pub fn outbound_len(&self) -> usize {
         self.outbound.len()
-    }
-
-    /// Input that came before the connection was opened (after a PROXY header, in the
-    /// same read): presented to the protocol before the socket is read, as the input a
-    /// pause left is. Serve the connection to present it.
-    pub fn present_early_input(&mut self, bytes: &[u8]) {
-        self.inbound.extend_from_slice(bytes);
-        self.input_waiting = !self.inbound.is_empty();
     }
 
     /// Stops reading it until [`release`](Self::release): its broadcasts are more than
@@ -537,7 +539,11 @@ impl<S, T: Transport + Sink> Connection<S, T> {
     /// it reports it in its own words.
     #[cold]
     fn fail(&mut self, e: &io::Error, op: &'static str) {
-        if is_peer_error(e) || op == "connect" {
+        if T::TLS && self.handshaking && e.kind() == io::ErrorKind::InvalidData {
+            // A failed handshake (plaintext on a TLS port, a scanner, an old client): the
+            // operator wants to see these, as nginx's "SSL_do_handshake() failed".
+            log::info!("{}: TLS handshake failed: {e}", self.peer);
+        } else if is_peer_error(e) || op == "connect" {
             log::debug!("{}: {op}: {e}", self.peer);
         } else {
             log::warn!("{}: {op}: {e}", self.peer);
@@ -723,6 +729,23 @@ impl<S, T: Transport + Sink> Connection<S, T> {
     }
 }
 
+impl<S, T: crate::net::Accepted> Connection<S, T> {
+    /// Input that came before the connection was opened (after a PROXY header, in the
+    /// same read): presented to the protocol before the socket is read, as the input a
+    /// pause left is; under TLS, records the layer takes (the ClientHello). Serve the
+    /// connection to present it.
+    pub fn present_early_input(&mut self, bytes: &[u8]) {
+        match self.stream.take_early_records(bytes) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.inbound.extend_from_slice(bytes);
+                self.input_waiting = !self.inbound.is_empty();
+            }
+            Err(e) => self.fail(&e, "read"),
+        }
+    }
+}
+
 impl<S, T: Transport + Sink> Connection<S, T> {
     /// Handles a readiness event: flush first (it frees room that may let reading go on),
     /// then serve. Returns whether the read budget ran out with input possibly left.
@@ -803,17 +826,37 @@ impl<S, T: Transport + Sink> Connection<S, T> {
     /// lets a streaming protocol refill the queue. Broadcasts are left in `turn.produced`
     /// for the loop to deliver. Returns whether the connection must be served again next
     /// turn (a budget ran out).
-    #[inline]
+    #[inline(always)]
     pub fn serve<P>(&mut self, turn: &mut Turn<'_, P>, readable: bool, read_closed: bool) -> bool
     where
         P: Protocol<Session = S>,
     {
         let mut again = readable && self.read(turn, read_closed);
+        if T::TLS && self.handshaking {
+            self.handshake_progress(turn.protocol);
+        }
         self.send_reply(&mut turn.produced.reply, turn.stats, turn.now);
         if P::STREAMS {
             again |= self.stream_more(turn);
         }
         again
+    }
+
+    /// After a read while the TLS handshake was under way: once it is complete the frame
+    /// clock it ran on stops, unless a frame of the protocol has begun meanwhile.
+    #[cold]
+    fn handshake_progress<P>(&mut self, protocol: &P)
+    where
+        P: Protocol<Session = S>,
+    {
+        if self.stream.is_handshaking() {
+            return;
+        }
+        self.handshaking = false;
+        log::debug!("{}: TLS handshake complete", self.peer);
+        if self.inbound.is_empty() && !protocol.mid_frame(&self.session) {
+            self.deadlines.frame_started = None;
+        }
     }
 
     /// Reads until WouldBlock, a pause, or the per-turn budget; returns whether the budget
@@ -1056,6 +1099,14 @@ impl<S, T: Transport + Sink> Connection<S, T> {
                 self.cut(CloseReason::WriteTimeout);
             }
             DeadlineKind::Linger => self.phase = Phase::Closed,
+            DeadlineKind::Frame if T::TLS && self.handshaking => {
+                // Nothing the protocol could say reaches a peer without a session.
+                log::info!(
+                    "{}: TLS handshake not completed in time, closing",
+                    self.peer
+                );
+                self.close(CloseReason::FrameTimeout);
+            }
             DeadlineKind::Frame => {
                 log::info!("{}: frame not completed in time, closing", self.peer);
                 self.deadlines.frame_started = None;

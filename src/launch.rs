@@ -13,7 +13,7 @@ use signal_hook_mio::v1_0::Signals;
 use crate::clock::Tick;
 use crate::config::ServerConfig;
 pub use crate::net::describe;
-use crate::net::{resolve, ListenAddr};
+use crate::net::{resolve, Accepted, AnyStream, ListenAddr, Stream};
 use crate::protocol::app::{App, DEFAULT_MAX_CONTENT_LENGTH};
 use crate::protocol::chat::{self, Chat, ChatConfig, Roster};
 use crate::protocol::echo::Echo;
@@ -82,6 +82,16 @@ pub struct LaunchOptions {
     /// Derive `config.limits.max_connections` from the open-files limit (raised to its
     /// hard maximum) instead of taking it as given, and say so at startup.
     pub derive_max_connections: bool,
+    /// Serve every connection under TLS with this certificate and key.
+    pub tls: Option<TlsFiles>,
+}
+
+/// `--tls-cert FILE --tls-key FILE`: a PEM certificate chain (the server's first) and its
+/// private key (PKCS#8, PKCS#1 or SEC1).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Why servers could not be started: the operator's mistake in what was asked (exit 2,
@@ -198,6 +208,9 @@ fn validate(options: &LaunchOptions) -> Result<(), String> {
     if options.workers == 0 {
         return Err("--workers must be at least 1".into());
     }
+    if options.udp && options.tls.is_some() {
+        return Err("--udp cannot go with TLS (--tls-cert): UDP echo has no DTLS".into());
+    }
     if options.udp && matches!(options.config.listen, ListenAddr::Unix(_)) {
         return Err("--udp needs a TCP address, not --unix".into());
     }
@@ -225,10 +238,11 @@ fn validate(options: &LaunchOptions) -> Result<(), String> {
 /// What to do with the bound servers of one protocol.
 trait Launcher {
     type Output;
-    fn launch<P>(self, servers: Vec<Server<P>>) -> Result<Self::Output, LaunchError>
+    fn launch<P, T>(self, servers: Vec<Server<P, T>>) -> Result<Self::Output, LaunchError>
     where
         P: Protocol + Send + 'static,
-        P::Session: Send;
+        P::Session: Send,
+        T: Accepted + Send + 'static;
 }
 
 /// Every loop on a thread of its own.
@@ -236,10 +250,11 @@ struct Spawn;
 
 impl Launcher for Spawn {
     type Output = Workers;
-    fn launch<P>(self, servers: Vec<Server<P>>) -> Result<Workers, LaunchError>
+    fn launch<P, T>(self, servers: Vec<Server<P, T>>) -> Result<Workers, LaunchError>
     where
         P: Protocol + Send + 'static,
         P::Session: Send,
+        T: Accepted + Send + 'static,
     {
         let addr = servers
             .first()
@@ -277,10 +292,11 @@ struct Foreground {
 
 impl Launcher for Foreground {
     type Output = Vec<Stats>;
-    fn launch<P>(self, mut servers: Vec<Server<P>>) -> Result<Vec<Stats>, LaunchError>
+    fn launch<P, T>(self, mut servers: Vec<Server<P, T>>) -> Result<Vec<Stats>, LaunchError>
     where
         P: Protocol + Send + 'static,
         P::Session: Send,
+        T: Accepted + Send + 'static,
     {
         if servers.is_empty() {
             return Err("no worker to start".into());
@@ -305,19 +321,46 @@ impl Launcher for Foreground {
     }
 }
 
-/// Builds the chosen protocol, binds every worker with it, and launches them.
-fn dispatch<L: Launcher>(options: LaunchOptions, launcher: L) -> Result<L::Output, LaunchError> {
+/// Loads the TLS configuration if one is asked for, and launches loops whose connections
+/// hold plain streams, or streams under TLS.
+fn dispatch<L: Launcher>(
+    mut options: LaunchOptions,
+    launcher: L,
+) -> Result<L::Output, LaunchError> {
     validate(&options).map_err(LaunchError::Usage)?;
+    let Some(files) = &options.tls else {
+        return dispatch_protocol::<L, Stream>(options, launcher);
+    };
+    // HTTP, and chat's page and WebSocket, say so in ALPN (browsers and curl offer h2
+    // first); the other protocols are not registered names, and a client offering
+    // none is served whatever is configured.
+    let http = options.protocol == ProtocolKind::Http || options.protocol_options.web;
+    let alpn: &[&[u8]] = if http { &[b"http/1.1"] } else { &[] };
+    let config = crate::tls::server_config(&files.cert, &files.key, alpn)?;
+    log::info!(
+        "TLS 1.2 and 1.3 with the certificate in {}",
+        files.cert.display()
+    );
+    options.config.tls = Some(config);
+    dispatch_protocol::<L, AnyStream>(options, launcher)
+}
+
+/// Builds the chosen protocol, binds every worker with it, and launches them.
+fn dispatch_protocol<L, T>(options: LaunchOptions, launcher: L) -> Result<L::Output, LaunchError>
+where
+    L: Launcher,
+    T: Accepted + Send + 'static,
+{
     match options.protocol {
-        ProtocolKind::Echo => launcher.launch(bind_all(options, |_| Echo)?),
+        ProtocolKind::Echo => launcher.launch(bind_all::<_, T, _>(options, |_| Echo)?),
         ProtocolKind::Http => {
             let responder = Http::new(http_config(&options.protocol_options)?);
-            launcher.launch(bind_all(options, move |_| responder.clone())?)
+            launcher.launch(bind_all::<_, T, _>(options, move |_| responder.clone())?)
         }
         ProtocolKind::App => {
             let max = options.protocol_options.max_content_length;
             let max = max.unwrap_or(DEFAULT_MAX_CONTENT_LENGTH);
-            launcher.launch(bind_all(options, |_| App::new(max))?)
+            launcher.launch(bind_all::<_, T, _>(options, |_| App::new(max))?)
         }
         ProtocolKind::Chat => {
             let chosen = &options.protocol_options;
@@ -343,7 +386,7 @@ fn dispatch<L: Launcher>(options: LaunchOptions, launcher: L) -> Result<L::Outpu
             let mut servers = bind_all(options, move |_| {
                 Chat::with_config(config.clone(), roster.clone())
             })?;
-            attach_relays(&mut servers, redis, max_chunk, max_outbound)?;
+            attach_relays::<T>(&mut servers, redis, max_chunk, max_outbound)?;
             launcher.launch(servers)
         }
         ProtocolKind::File => {
@@ -354,7 +397,7 @@ fn dispatch<L: Launcher>(options: LaunchOptions, launcher: L) -> Result<L::Outpu
             };
             let server = FileServer::new(&root).map_err(|e| cannot_serve(&root, &e))?;
             log::info!("Serving files from {}", server.root().display());
-            launcher.launch(bind_all(options, move |_| server.clone())?)
+            launcher.launch(bind_all::<_, T, _>(options, move |_| server.clone())?)
         }
     }
 }
@@ -369,13 +412,14 @@ fn cannot_serve(root: &std::path::Path, e: &std::io::Error) -> String {
 
 /// Binds one server per worker, all on the same address: one listener shared by every
 /// worker, or with `--reuseport` one SO_REUSEPORT listener each.
-fn bind_all<P, F>(options: LaunchOptions, make: F) -> Result<Vec<Server<P>>, LaunchError>
+fn bind_all<P, T, F>(options: LaunchOptions, make: F) -> Result<Vec<Server<P, T>>, LaunchError>
 where
     P: Protocol,
+    T: Accepted,
     F: Fn(usize) -> P,
 {
     let workers = options.workers.max(1);
-    let mut servers: Vec<Server<P>> = Vec::with_capacity(workers);
+    let mut servers: Vec<Server<P, T>> = Vec::with_capacity(workers);
     let mut config = options.config;
     let derived = options.derive_max_connections.then(|| {
         let (limit, why) = raise_open_files_limit(workers);
@@ -391,10 +435,10 @@ where
         let mut server = match shared {
             // Without SO_REUSEPORT the others take a handle on the first's listener: one
             // accept queue, woken in every loop, taken by whichever accepts first.
-            Some(first) => first
-                .share_listener()
-                .and_then(|listener| Server::with_listener(worker_config, listener, make(worker))),
-            None => Server::bind(worker_config, make(worker)),
+            Some(first) => first.share_listener().and_then(|listener| {
+                Server::with_listener_as(worker_config, listener, make(worker))
+            }),
+            None => Server::bind_as(worker_config, make(worker)),
         }
         .map_err(|e| format!("cannot listen on {}: {}", config.listen, describe(&e)))?;
         if options.udp {
@@ -486,8 +530,8 @@ fn redis_address(url: &str) -> Result<SocketAddr, LaunchError> {
 /// Gives every chat loop its relay: a mesh between the loops when there are several, and
 /// links to Redis with `--redis`. A server's loops share one id, so each drops what any
 /// of them published (the mesh brought it already).
-fn attach_relays(
-    servers: &mut [Server<Chat>],
+fn attach_relays<T: Accepted>(
+    servers: &mut [Server<Chat, T>],
     redis: Option<SocketAddr>,
     max_chunk: usize,
     max_outbound: usize,

@@ -7,9 +7,10 @@
 //! - [`duration`]: durations as the time flags take them (`30s`, `2m`, a bare number of
 //!   seconds), for the server's flags and the clients' alike.
 //! - [`tls`]: TLS (rustls) as a layer over any byte stream, so connections read and write
-//!   plaintext; client and server configurations.
+//!   plaintext; client configurations and the server's from `--tls-cert/--tls-key`.
 //! - [`net`]: binding listeners with socket options; the stream a connection holds (TCP,
-//!   Unix, or either under TLS).
+//!   Unix, or either under TLS), and what a server loop makes of an accepted socket
+//!   (`Accepted`: the plain stream, or the stream under TLS).
 //! - [`outbound`]: bytes on their way to a peer: a turn's reply, and the queue of what is
 //!   still owed, written with one `writev`, file ranges with sendfile(2).
 //! - [`stats`]: a loop's counters and the reasons a connection ends.

@@ -8,6 +8,7 @@ use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mio::event::Source;
@@ -15,6 +16,7 @@ use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol as SockProtocol, SockRef, Socket, TcpKeepalive, Type};
 
+use crate::outbound::Sink;
 use crate::tls::TlsStream;
 
 /// Where a server listens.
@@ -290,6 +292,10 @@ impl fmt::Display for Peer {
 /// A connection is generic over it, so a plain server's hot path has no TLS branch at all
 /// (measured: a third `Stream` variant cost the echo round trip 26 instructions of 465).
 pub trait Transport: Read + Write + Source {
+    /// Whether it may be under TLS: known when the code is compiled, so that a plain
+    /// server's connections carry no check for a handshake at all.
+    const TLS: bool = false;
+
     /// Shuts the write side (under TLS, close_notify first).
     fn shutdown_write(&mut self) -> io::Result<()>;
 
@@ -317,6 +323,47 @@ pub trait Transport: Read + Write + Source {
     /// A TLS handshake is under way.
     fn is_handshaking(&self) -> bool {
         false
+    }
+}
+
+/// The stream a server's connection holds, made from a socket just accepted: the plain
+/// [`Stream`] itself, or with `--tls-cert` an [`AnyStream`] under TLS (one rustls
+/// `ServerConnection` per connection). The server loop is generic over it.
+pub trait Accepted: Transport + Sink + Sized {
+    /// Wraps an accepted socket; `tls` is the server's TLS configuration, if it has one.
+    fn accepted(stream: Stream, tls: Option<&Arc<rustls::ServerConfig>>) -> io::Result<Self>;
+
+    /// Bytes that came before the connection was opened (after a PROXY header, in the
+    /// same read): under TLS they are records (a ClientHello) and the layer takes them;
+    /// `Ok(false)`: they are the protocol's first input.
+    fn take_early_records(&mut self, _early: &[u8]) -> io::Result<bool> {
+        Ok(false)
+    }
+}
+
+impl Accepted for Stream {
+    #[inline(always)]
+    fn accepted(stream: Stream, _tls: Option<&Arc<rustls::ServerConfig>>) -> io::Result<Self> {
+        Ok(stream)
+    }
+}
+
+impl Accepted for AnyStream {
+    fn accepted(stream: Stream, tls: Option<&Arc<rustls::ServerConfig>>) -> io::Result<Self> {
+        match tls {
+            Some(config) => Ok(AnyStream::Tls(Box::new(TlsStream::server(
+                stream,
+                config.clone(),
+            )?))),
+            None => Ok(AnyStream::Plain(stream)),
+        }
+    }
+
+    fn take_early_records(&mut self, early: &[u8]) -> io::Result<bool> {
+        match self {
+            AnyStream::Tls(s) => s.receive_early(early).map(|()| true),
+            AnyStream::Plain(_) => Ok(false),
+        }
     }
 }
 
@@ -415,8 +462,8 @@ impl Source for Stream {
     }
 }
 
-/// A plain stream, or one under TLS: what a client's connections hold (and a TLS
-/// server's will). Reading and writing it is plaintext either way.
+/// A plain stream, or one under TLS: what a client's connections hold, and a TLS
+/// server's. Reading and writing it is plaintext either way.
 #[derive(Debug)]
 pub enum AnyStream {
     Plain(Stream),
@@ -449,6 +496,8 @@ impl AnyStream {
 }
 
 impl Transport for AnyStream {
+    const TLS: bool = true;
+
     fn shutdown_write(&mut self) -> io::Result<()> {
         if let AnyStream::Tls(s) = self {
             s.close_notify()?;

@@ -142,17 +142,7 @@ impl Sink for AnyStream {
 /// A file that ends before the chunk does is an error: the peer was promised its length.
 fn send_file_chunk<S: Sink>(out: &mut S, chunk: &FileChunk, len: usize) -> io::Result<usize> {
     let sent = match out.send_file(&chunk.file, chunk.offset, len) {
-        Err(e) if e.kind() == io::ErrorKind::Unsupported => {
-            let mut buf = [0u8; FALLBACK_CHUNK];
-            let want = len.min(FALLBACK_CHUNK);
-            // Positional reads: what the socket does not take is read again next time.
-            let got = chunk.file.read_at(&mut buf[..want], chunk.offset)?;
-            if got == 0 {
-                0
-            } else {
-                out.write(&buf[..got])?
-            }
-        }
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => copy_file_range_to(out, chunk, len)?,
         other => other?,
     };
     if sent == 0 && len > 0 {
@@ -160,6 +150,38 @@ fn send_file_chunk<S: Sink>(out: &mut S, chunk: &FileChunk, len: usize) -> io::R
             io::ErrorKind::UnexpectedEof,
             format!("file shrank: {} bytes short", chunk.len),
         ));
+    }
+    Ok(sent)
+}
+
+/// The read-and-write path (TLS, where the bytes must pass through the encryption): up
+/// to `len` bytes in pieces of `FALLBACK_CHUNK` read into a buffer on the stack, until
+/// the sink takes less than a piece (full) or `len` is sent, so that a short count means
+/// the socket is full as it does for sendfile. Memory stays one piece plus what the sink
+/// itself buffers (rustls: its bounded record queue), whatever the file's size.
+#[cold]
+fn copy_file_range_to<S: Sink>(out: &mut S, chunk: &FileChunk, len: usize) -> io::Result<usize> {
+    let mut buf = [0u8; FALLBACK_CHUNK];
+    let mut sent = 0;
+    while sent < len {
+        let want = (len - sent).min(FALLBACK_CHUNK);
+        // Positional reads: what the socket does not take is read again next time.
+        let got = chunk
+            .file
+            .read_at(&mut buf[..want], chunk.offset + sent as u64)?;
+        if got == 0 {
+            break;
+        }
+        match out.write(&buf[..got]) {
+            Ok(n) => {
+                sent += n;
+                if n < got {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && sent > 0 => break,
+            Err(e) => return Err(e),
+        }
     }
     Ok(sent)
 }

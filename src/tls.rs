@@ -77,6 +77,31 @@ impl<IO: Read + Write> TlsStream<IO> {
         })
     }
 
+    /// Takes records that arrived before the layer existed (read while a PROXY header was
+    /// awaited) as if just read from the socket; what they call for goes out at once.
+    pub fn receive_early(&mut self, mut early: &[u8]) -> io::Result<()> {
+        while !early.is_empty() {
+            if self.conn.read_tls(&mut early)? == 0 {
+                break;
+            }
+            let processed = self.conn.process_new_packets();
+            let sent = self.send_records();
+            processed.map_err(tls_error)?;
+            sent?;
+        }
+        Ok(())
+    }
+
+    /// The application protocol the handshake agreed on (ALPN), if any.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
+    }
+
+    /// The TLS version the handshake agreed on.
+    pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
+        self.conn.protocol_version()
+    }
+
     /// The stream under the TLS layer.
     pub fn transport(&self) -> &IO {
         &self.io
@@ -124,19 +149,44 @@ impl<IO: Read + Write> TlsStream<IO> {
     }
 
     /// Takes records from the socket and decrypts them; what they call for (handshake
-    /// answers, a key update's reply) goes out at once. `Ok(0)`: the socket is at EOF.
-    fn receive_records(&mut self) -> io::Result<usize> {
-        let n = loop {
-            match self.conn.read_tls(&mut self.io) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other?,
-            }
+    /// answers, a key update's reply) goes out at once. Returns whether the socket gave
+    /// less than rustls asked for: it is drained (or at EOF), so with edge-triggered
+    /// epoll reading it again would only see EAGAIN.
+    fn receive_records(&mut self) -> io::Result<bool> {
+        let mut socket = NoteShort {
+            io: &mut self.io,
+            short: false,
         };
+        loop {
+            match self.conn.read_tls(&mut socket) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => {
+                    other?;
+                    break;
+                }
+            }
+        }
+        let drained = socket.short;
         let processed = self.conn.process_new_packets();
         // An alert describing a failure is among the records to send, so send first.
         let sent = self.send_records();
         processed.map_err(tls_error)?;
         sent?;
+        Ok(drained)
+    }
+}
+
+/// The socket as rustls reads it, noting whether one read gave less than asked (rustls
+/// reads once per `read_tls`).
+struct NoteShort<'a, IO> {
+    io: &'a mut IO,
+    short: bool,
+}
+
+impl<IO: Read> Read for NoteShort<'_, IO> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.io.read(buf)?;
+        self.short = n < buf.len();
         Ok(n)
     }
 }
@@ -156,6 +206,7 @@ impl<IO: mio::event::Source> mio::event::Source for TlsStream<IO> {
 impl<IO: Read + Write> Read for TlsStream<IO> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut filled = 0;
+        let mut drained = false;
         loop {
             match self.conn.reader().read(&mut buf[filled..]) {
                 // close_notify: the end (after what was already handed over).
@@ -173,14 +224,46 @@ impl<IO: Read + Write> Read for TlsStream<IO> {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(filled),
                 Err(e) => return Err(e),
             }
-            // Nothing decrypted is waiting: read records until the socket would block, so
-            // that a short read still means the socket is drained.
+            // Nothing decrypted is waiting: read records until the socket is drained, so
+            // that a short read still means it is. A read of the socket that came back
+            // short says so already, sparing the recv that would only see EAGAIN.
+            if drained {
+                return if filled > 0 {
+                    Ok(filled)
+                } else {
+                    Err(io::ErrorKind::WouldBlock.into())
+                };
+            }
             match self.receive_records() {
-                Ok(_) => {}
+                Ok(short) => drained = short,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && filled > 0 => return Ok(filled),
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+impl<IO: Read + Write> TlsStream<IO> {
+    /// Gives rustls what follows the first `skip` bytes of `bufs` (as many slices as one
+    /// `writev` takes: the core never offers more).
+    #[cold]
+    fn write_rest(&mut self, bufs: &[IoSlice<'_>], mut skip: usize) -> io::Result<usize> {
+        const MAX_SLICES: usize = 64;
+        let mut rest = [IoSlice::new(&[]); MAX_SLICES];
+        let mut count = 0;
+        for buf in bufs {
+            if skip >= buf.len() {
+                skip -= buf.len();
+                continue;
+            }
+            rest[count] = IoSlice::new(&buf[skip..]);
+            skip = 0;
+            count += 1;
+            if count == MAX_SLICES {
+                break;
+            }
+        }
+        self.conn.writer().write_vectored(&rest[..count])
     }
 }
 
@@ -196,13 +279,26 @@ impl<IO: Read + Write> Write for TlsStream<IO> {
         if self.conn.wants_write() {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let n = self.conn.writer().write_vectored(bufs)?;
-        if n == 0 && bufs.iter().any(|b| !b.is_empty()) {
+        let offered: usize = bufs.iter().map(|b| b.len()).sum();
+        let mut taken = self.conn.writer().write_vectored(bufs)?;
+        if taken == 0 && offered > 0 {
             // rustls's own buffer is full (plaintext held during the handshake).
             return Err(io::ErrorKind::WouldBlock.into());
         }
         self.send_records()?;
-        Ok(n)
+        // rustls takes at most its buffer limit of records (64 KiB) per call. While the
+        // socket takes all of them, go on: a short count must mean the socket is full,
+        // because the core then waits for WRITABLE, and edge-triggered epoll reports it
+        // only after a write saw EAGAIN (which sending the records here did).
+        while taken < offered && !self.conn.wants_write() {
+            let n = self.write_rest(bufs, taken)?;
+            if n == 0 {
+                break;
+            }
+            taken += n;
+            self.send_records()?;
+        }
+        Ok(taken)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -258,13 +354,35 @@ pub fn client_config(options: &ClientTlsOptions) -> Result<Arc<ClientConfig>, St
     Ok(Arc::new(config))
 }
 
-/// A server configuration from a PEM certificate chain and private key (for a server's
-/// `--tls-cert/--tls-key`, and the tests).
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+/// A server configuration from a PEM certificate chain and private key (a server's
+/// `--tls-cert/--tls-key`), offering `alpn` (empty: no ALPN). TLS 1.2 and 1.3. Every
+/// failure says which file and why: unreadable, no certificate or key in it, or a key
+/// that is not the certificate's.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let certs = read_certificates(cert)?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("{}: no private key: {e}", key.display()))?;
-    server_config_from(certs, key)
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
+        rustls::pki_types::pem::Error::Io(e) => {
+            format!("{}: {}", key.display(), crate::net::describe(&e))
+        }
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            format!("{}: no PEM private key in it", key.display())
+        }
+        e => format!("{}: no usable private key: {e}", key.display()),
+    })?;
+    let mut config = build_server_config(certs, key_der).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => format!(
+            "{} does not match the certificate in {}",
+            key.display(),
+            cert.display()
+        ),
+        e => format!("{} with {}: {e}", cert.display(), key.display()),
+    })?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
 }
 
 /// A server configuration from DER certificates and key.
@@ -272,18 +390,30 @@ pub fn server_config_from(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
+    build_server_config(certs, key)
+        .map(Arc::new)
+        .map_err(|e| format!("TLS: {e}"))
+}
+
+fn build_server_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
-        .map(Arc::new)
-        .map_err(|e| format!("TLS: {e}"))
 }
 
 fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| match e {
+            rustls::pki_types::pem::Error::Io(e) => {
+                format!("{}: {}", path.display(), crate::net::describe(&e))
+            }
+            e => format!("{}: {e}", path.display()),
+        })?;
     if certs.is_empty() {
         return Err(format!("{}: no PEM certificate in it", path.display()));
     }
@@ -499,6 +629,36 @@ mod tests {
         }
         assert_eq!(got, data);
         assert!(!client.wants_write());
+    }
+
+    /// A write larger than rustls takes in one call (its 64 KiB of records) is taken
+    /// whole while the socket has room: a short count means the socket is full, never
+    /// that rustls's buffer was (the core would wait for a WRITABLE edge that never comes).
+    #[test]
+    fn a_short_write_means_the_socket_is_full() {
+        let (mut client, mut server) = trusted_pair();
+        pump(&mut client, &mut server, |c, s| {
+            !c.is_handshaking() && !s.is_handshaking()
+        });
+        let data = vec![7u8; 150_000];
+        let half = IoSlice::new(&data[..75_000]);
+        let other = IoSlice::new(&data[75_000..]);
+        let n = server.write_vectored(&[half, other]).unwrap();
+        assert!(
+            n == data.len() || server.wants_write(),
+            "took {n} of {} with the socket not full",
+            data.len()
+        );
+        let mut sent = n;
+        while sent < data.len() {
+            server.send_records().unwrap();
+            let _ = read_all(&mut client, 0);
+            match server.write(&data[sent..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     /// A server whose certificate is not trusted fails the handshake with a TLS error

@@ -372,6 +372,7 @@ fn a_room_spans_the_workers() {
         derive_max_connections: false,
         metrics: None,
         udp: false,
+        tls: None,
     })
     .expect("chat on 3 workers");
     let ListenAddr::Tcp(addr) = workers.addr.clone() else {

@@ -241,6 +241,7 @@ fn two_workers_share_the_connections() {
         derive_max_connections: false,
         metrics: None,
         udp: false,
+        tls: None,
     })
     .unwrap();
     let ListenAddr::Tcp(addr) = workers.addr.clone() else {
@@ -390,6 +391,7 @@ fn impossible_worker_combinations_are_refused() {
         derive_max_connections: false,
         metrics: None,
         udp: false,
+        tls: None,
     };
     let tcp = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
     let mut echo_with_redis = options(ProtocolKind::Echo, tcp);
@@ -604,6 +606,7 @@ fn workers_share_a_unix_socket() {
         derive_max_connections: false,
         metrics: None,
         udp: false,
+        tls: None,
     })
     .unwrap();
     for i in 0..8 {

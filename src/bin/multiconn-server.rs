@@ -7,7 +7,9 @@ use std::time::Duration;
 use clap::Parser;
 use multiconn::cli::{die, init_logging};
 use multiconn::duration::parse_duration;
-use multiconn::launch::{serve_until_signalled, LaunchOptions, ProtocolKind, ProtocolOptions};
+use multiconn::launch::{
+    serve_until_signalled, LaunchOptions, ProtocolKind, ProtocolOptions, TlsFiles,
+};
 use multiconn::net::resolve;
 use multiconn::protocol::app::DEFAULT_MAX_CONTENT_LENGTH;
 use multiconn::protocol::chat::DEFAULT_MAX_LINE;
@@ -20,6 +22,7 @@ Examples:
   multiconn-server --protocol chat --web 0.0.0.0 5000
   multiconn-server --protocol http --workers 2 --metrics 127.0.0.1:9100 0.0.0.0 8080
   multiconn-server --protocol file --root /srv/files --idle-timeout 2m 127.0.0.1 54321
+  multiconn-server --protocol http --tls-cert cert.pem --tls-key key.pem 0.0.0.0 8443
 
 Time flags take 30s, 2m, 500ms, 1m30s, or a bare number of seconds. SIGINT or SIGTERM
 drains and exits 0 (a second one exits at once, 130); SIGHUP is logged and ignored.
@@ -106,6 +109,14 @@ struct Args {
     #[arg(long, default_value = "5s", value_name = "D", value_parser = parse_duration, help_heading = "Operations")]
     drain_timeout: Duration,
 
+    /// Serve every connection under TLS (1.2 and 1.3) with this PEM certificate chain,
+    /// the server's own first (needs --tls-key). Any protocol; http offers ALPN http/1.1.
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    tls_key: Option<PathBuf>,
+
     /// Length of the kernel's queue of connections waiting to be accepted.
     #[arg(
         long,
@@ -182,6 +193,12 @@ fn main() {
         ),
         _ => die("HOST and PORT, or --unix PATH, are required", 2),
     };
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        (Some(_), None) => die("--tls-cert needs --tls-key FILE", 2),
+        (None, Some(_)) => die("--tls-key needs --tls-cert FILE", 2),
+    };
     let mut config = ServerConfig::new(listen);
     config.socket.backlog = args.backlog;
     config.socket.reuseport = args.reuseport;
@@ -219,6 +236,7 @@ fn main() {
         derive_max_connections: args.max_connections.is_none(),
         metrics: args.metrics.as_deref().map(metrics_address),
         udp: args.udp,
+        tls,
     };
     match serve_until_signalled(options) {
         Ok(stats) => log::info!("totals: {stats}"),

@@ -173,7 +173,7 @@ pub struct Shown {
     pub udp: bool,
 }
 
-impl<P: Protocol> Server<P> {
+impl<P: Protocol, T: crate::net::Accepted> Server<P, T> {
     /// Serves the metrics on `listener` from this loop (the first worker's).
     pub fn serve_metrics(&mut self, listener: std::net::TcpListener) -> io::Result<()> {
         listener.set_nonblocking(true)?;
@@ -255,13 +255,13 @@ impl<P: Protocol> Server<P> {
 
     /// Calls `f` with scrape connection `slot` (if it is there and is `id`, when given)
     /// and what it borrows from the loop for a turn.
-    fn with_scrape<T>(
+    fn with_scrape<R>(
         &mut self,
         slot: usize,
         id: Option<u64>,
         now: Tick,
-        f: impl FnOnce(&mut Connection<ScrapeSession>, &mut Turn<'_, Scrape>) -> T,
-    ) -> Option<T> {
+        f: impl FnOnce(&mut Connection<ScrapeSession>, &mut Turn<'_, Scrape>) -> R,
+    ) -> Option<R> {
         let Metrics {
             conns,
             protocol,

@@ -24,7 +24,7 @@ use slab::Slab;
 use crate::clock::Tick;
 use crate::config::{ServerConfig, READ_CHUNK};
 use crate::connection::{CloseReason, Connection, Readiness, Turn};
-use crate::net::{configure_accepted, ListenAddr, Listener, Peer, Stream, Transport};
+use crate::net::{configure_accepted, Accepted, ListenAddr, Listener, Peer, Stream, Transport};
 use crate::protocol::{Broadcasts, Produced, Protocol, Receive};
 use crate::schedule::{earliest, remove_ended, ConnRef, Schedule};
 use crate::stats::Stats;
@@ -74,12 +74,14 @@ pub type ServerThread = JoinHandle<io::Result<Stats>>;
 /// reaches it.
 const RELAY_REF: ConnRef = (usize::MAX, 0);
 
-/// A server loop: binds in `bind`, serves in `run` until shut down.
-pub struct Server<P: Protocol> {
+/// A server loop: binds in `bind`, serves in `run` until shut down. `T` is what its
+/// connections hold: the plain [`Stream`], or `net::AnyStream` for a TLS server (the loop
+/// is compiled once for each, so the plain one has no TLS branch).
+pub struct Server<P: Protocol, T: Accepted = Stream> {
     poll: Poll,
     listener: Option<Listener>,
     local_addr: ListenAddr,
-    conns: Slab<Connection<P::Session>>,
+    conns: Slab<Connection<P::Session, T>>,
     protocol: P,
     config: ServerConfig,
     control: Arc<Control>,
@@ -125,18 +127,40 @@ impl<P: Protocol> Server<P> {
     /// Binds the listener (port 0 picks a free port) and prepares the loop. A configuration
     /// that would make the loop spin or never read is refused as `InvalidInput`.
     pub fn bind(config: ServerConfig, protocol: P) -> io::Result<Self> {
-        Self::validate(&config)?;
-        let listener = Listener::bind(&config.listen, &config.socket)?;
-        Self::with_listener(config, listener, protocol)
+        Self::bind_as(config, protocol)
     }
 
     /// Prepares a loop on a listener bound already, such as another worker's (shared).
     pub fn with_listener(
         config: ServerConfig,
+        listener: Listener,
+        protocol: P,
+    ) -> io::Result<Self> {
+        Self::with_listener_as(config, listener, protocol)
+    }
+}
+
+impl<P: Protocol, T: Accepted> Server<P, T> {
+    /// [`Server::bind`] for a loop whose connections hold `T` (`net::AnyStream` with TLS).
+    pub fn bind_as(config: ServerConfig, protocol: P) -> io::Result<Self> {
+        Self::validate(&config)?;
+        let listener = Listener::bind(&config.listen, &config.socket)?;
+        Self::with_listener_as(config, listener, protocol)
+    }
+
+    /// [`Server::with_listener`] for a loop whose connections hold `T`.
+    pub fn with_listener_as(
+        config: ServerConfig,
         mut listener: Listener,
         protocol: P,
     ) -> io::Result<Self> {
         Self::validate(&config)?;
+        if T::TLS && config.tls.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a TLS loop needs a TLS configuration",
+            ));
+        }
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
         poll.registry()
@@ -320,6 +344,7 @@ impl<P: Protocol> Server<P> {
     where
         P: Send + 'static,
         P::Session: Send,
+        T: Send + 'static,
     {
         let addr = self.local_addr.clone();
         let handle = self.handle();
@@ -457,7 +482,8 @@ impl<P: Protocol> Server<P> {
     fn refuse(&mut self, mut stream: Stream, peer: &Peer) {
         self.stats.refused += 1;
         log::debug!("refusing {peer}: {} connections open", self.conns.len());
-        if let Some(refusal) = self.protocol.refusal() {
+        // Under TLS a plaintext refusal would only be garbage to the client: just close.
+        if let Some(refusal) = self.protocol.refusal().filter(|_| !T::TLS) {
             // Best effort: a fresh socket's send buffer is empty, so this rarely blocks.
             let _ = stream.write(refusal);
             let _ = stream.shutdown_write();
@@ -476,6 +502,13 @@ impl<P: Protocol> Server<P> {
     /// Opens the session of a connection registered under `Token(key)`, the slab's next
     /// key: the protocol's `open`, then what it produced, written and broadcast.
     fn start(&mut self, key: usize, stream: Stream, peer: Peer, now: Tick) {
+        let stream = match T::accepted(stream, self.config.tls.as_ref()) {
+            Ok(stream) => stream,
+            Err(e) => {
+                log::warn!("cannot start TLS for {peer}: {e}");
+                return;
+            }
+        };
         let session = {
             let mut out = self.produced.output_for(0, self.config.limits.max_outbound);
             self.protocol.open(&peer, &mut out)
@@ -602,7 +635,7 @@ impl<P: Protocol> Server<P> {
     }
 
     /// Everything a connection borrows from the loop for one turn.
-    fn turn(&mut self, now: Tick) -> (&mut Slab<Connection<P::Session>>, Turn<'_, P>) {
+    fn turn(&mut self, now: Tick) -> (&mut Slab<Connection<P::Session, T>>, Turn<'_, P>) {
         let Server {
             conns,
             protocol,

@@ -33,7 +33,7 @@ pub(super) struct Udp {
     writable: bool,
 }
 
-impl<P: Protocol> Server<P> {
+impl<P: Protocol, T: crate::net::Accepted> Server<P, T> {
     /// Echoes datagrams on `socket` from this loop.
     pub fn serve_udp(&mut self, socket: std::net::UdpSocket) -> io::Result<()> {
         socket.set_nonblocking(true)?;
