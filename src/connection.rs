@@ -30,7 +30,9 @@ pub enum Phase {
     /// Our write side is shut and everything was sent; read and discard what the peer
     /// still sends until it closes or `until`, so that closing with unread input does not
     /// make the kernel answer with a reset that destroys our last reply (lingering close).
-    Lingering { until: Tick },
+    /// How long it lingers is the connection's linger deadline (kept with its other
+    /// deadlines, so a phase is one byte).
+    Lingering,
     /// Done; removed in the sweep after the current batch of events.
     Closed,
 }
@@ -117,6 +119,8 @@ struct Deadlines {
     write_stalled_since: Option<Tick>,
     /// The deadline of this connection's entry in the loop's timer queue, if any.
     timer_at: Option<Tick>,
+    /// Lingering: until when unread input is drained before the close.
+    linger_until: Option<Tick>,
 }
 
 impl Deadlines {
@@ -187,7 +191,8 @@ pub struct Connection<S, T = Stream> {
     /// Closed with a reset rather than gracefully.
     was_cut: bool,
     /// The socket error that ended it, if one did (a client reports it).
-    error: Option<Failure>,
+    /// Boxed: rare, and a connection's size is the server's memory per idle connection.
+    error: Option<Box<Failure>>,
     deadlines: Deadlines,
     /// Queued on the loop's list of connections to flush at the end of the batch.
     flush_queued: bool,
@@ -245,6 +250,7 @@ impl<S, T: Transport + Sink> Connection<S, T> {
                 frame_started: None,
                 write_stalled_since: None,
                 timer_at: None,
+                linger_until: None,
             },
             flush_queued: false,
             more_to_stream: false,
@@ -327,7 +333,7 @@ impl<S, T: Transport + Sink> Connection<S, T> {
             peer: self.peer,
             reason: self.close_reason,
             was_cut: self.was_cut,
-            error: self.error,
+            error: self.error.map(|failure| *failure),
         }
     }
 
@@ -350,7 +356,7 @@ impl<S, T: Transport + Sink> Connection<S, T> {
             Phase::Open => true,
             Phase::Closing if !owes && !self.more_to_stream => return Wants::EndClosing,
             Phase::Closing => false,
-            Phase::Lingering { .. } => true,
+            Phase::Lingering => true,
         };
         Wants::Interest(match (reads, owes) {
             (true, true) => Interest::READABLE | Interest::WRITABLE,
@@ -444,7 +450,7 @@ impl<S, T: Transport + Sink> Connection<S, T> {
             wants = self.wants(limits);
         }
         // A lingering connection has its own deadline, sooner than the idle one.
-        if self.deadlines.only_idle_armed() && !matches!(self.phase, Phase::Lingering { .. }) {
+        if self.deadlines.only_idle_armed() && !matches!(self.phase, Phase::Lingering) {
             return settled;
         }
         if let Some((at, _)) = self.deadline(timeouts) {
@@ -463,7 +469,7 @@ impl<S, T: Transport + Sink> Connection<S, T> {
         let d = &self.deadlines;
         match self.phase {
             Phase::Closed => return None,
-            Phase::Lingering { until } => return Some((until, DeadlineKind::Linger)),
+            Phase::Lingering => return d.linger_until.map(|until| (until, DeadlineKind::Linger)),
             Phase::Connecting => {
                 return timeouts
                     .connect
@@ -549,10 +555,10 @@ impl<S, T: Transport + Sink> Connection<S, T> {
             log::warn!("{}: {op}: {e}", self.peer);
         }
         if !matches!(self.phase, Phase::Closed) {
-            self.error = Some(Failure {
+            self.error = Some(Box::new(Failure {
                 op,
                 error: io::Error::new(e.kind(), describe(e)),
-            });
+            }));
         }
         self.close(CloseReason::Error);
     }
@@ -707,9 +713,10 @@ impl<S, T: Transport + Sink> Connection<S, T> {
             Phase::Closed
         } else {
             match self.stream.shutdown_write() {
-                Ok(()) => Phase::Lingering {
-                    until: linger_until,
-                },
+                Ok(()) => {
+                    self.deadlines.linger_until = Some(linger_until);
+                    Phase::Lingering
+                }
                 Err(_) => Phase::Closed,
             }
         };
@@ -865,7 +872,7 @@ impl<S, T: Transport + Sink> Connection<S, T> {
     where
         P: Protocol<Session = S>,
     {
-        if let Phase::Lingering { .. } = self.phase {
+        if let Phase::Lingering = self.phase {
             self.linger_read(turn.read_buf);
             return false;
         }
@@ -1084,10 +1091,10 @@ impl<S, T: Transport + Sink> Connection<S, T> {
         match kind {
             DeadlineKind::Connect => {
                 log::debug!("{}: connect timed out", self.peer);
-                self.error = Some(Failure {
+                self.error = Some(Box::new(Failure {
                     op: "connect",
                     error: io::Error::new(io::ErrorKind::TimedOut, "timed out"),
-                });
+                }));
                 self.close(CloseReason::Error);
             }
             DeadlineKind::Idle => {
@@ -1300,7 +1307,7 @@ mod tests {
         assert!(rig.settle().timer.is_some(), "the idle timer is armed");
         rig.conn.finish(CloseReason::Protocol);
         let settled = rig.settle();
-        assert!(matches!(rig.conn.phase(), Phase::Lingering { .. }));
+        assert!(matches!(rig.conn.phase(), Phase::Lingering));
         assert_eq!(settled.timer, Some(rig.now + rig.timeouts.linger));
     }
 
