@@ -11,7 +11,10 @@
 #   ../http_vs_nginx.sh  HTTP vs nginx (1 worker): requests per server-CPU-second
 #   file_vs_nginx.sh     files vs nginx (sendfile on): CPU per GB, GB/s, 1 KiB requests
 #   chat_vs_redis.sh     chat fan-out vs Redis PUBLISH: deliveries per server-CPU-second
+#   ../http_vs_nginx.sh  TLS=1: HTTPS keep-alive vs nginx with the same certificate
 #   generators.sh        the load generator vs wrk: CPU per request
+#   flat_memory.sh       the load generator's RSS over a long run (120 s here; an hour
+#                        when run on its own)
 # Each writes its rows to a shared TABLE_OUT file; a script that is missing (or cannot
 # write rows) gets a "not run" row. Each script's own output goes to LOG_DIR (default: a
 # temporary directory, kept and named at the end). Prints the table with the command,
@@ -27,13 +30,16 @@ TABLE=$LOG_DIR/table.tsv
 : >"$TABLE"
 export TABLE_OUT=$TABLE
 
-# Each comparison: name, script, the environment of a quick run, the figures it gives.
+# Each comparison: name, script, the environment of every run, that of a quick run, the
+# figures it gives.
 COMPARISONS=(
-    "echo|$HERE/run.sh|DURATION=2 ROUNDS=2 STRACE_SECS=1 IDLE=2000 IDLE_SECS=1 CALLGRIND=0|echo vs tokio"
-    "http|$ROOT/benches/http_vs_nginx.sh|DURATION=3s ROUNDS=2 WARMUP=1s|HTTP vs nginx"
-    "file|$HERE/file_vs_nginx.sh|QUICK=1|files vs nginx sendfile"
-    "chat|$HERE/chat_vs_redis.sh|QUICK=1|chat fan-out vs Redis PUBLISH (100 and 1,000 members)"
-    "generator|$HERE/generators.sh|QUICK=1 DURATION=3 ROUNDS=1|load generator vs wrk"
+    "echo|$HERE/run.sh||DURATION=2 ROUNDS=2 STRACE_SECS=1 IDLE=2000 IDLE_SECS=1 CALLGRIND=0|echo vs tokio"
+    "http|$ROOT/benches/http_vs_nginx.sh||DURATION=3s ROUNDS=2 WARMUP=1s|HTTP vs nginx"
+    "https|$ROOT/benches/http_vs_nginx.sh|TLS=1|DURATION=3s ROUNDS=2 WARMUP=1s|HTTPS vs nginx"
+    "file|$HERE/file_vs_nginx.sh||QUICK=1|files vs nginx sendfile"
+    "chat|$HERE/chat_vs_redis.sh||QUICK=1|chat fan-out vs Redis PUBLISH (100 and 1,000 members)"
+    "generator|$HERE/generators.sh||QUICK=1 DURATION=3 ROUNDS=1|load generator vs wrk"
+    "memory|$HERE/flat_memory.sh|DURATION=120 SAMPLE=5|DURATION=20 SAMPLE=2|load generator memory over a run"
 )
 
 (cd "$ROOT" && cargo build --release --quiet --bin multiconn-server --bin multiconn-client \
@@ -41,7 +47,7 @@ COMPARISONS=(
 
 started=$(date +%s)
 for comparison in "${COMPARISONS[@]}"; do
-    IFS='|' read -r name script quick_env what <<<"$comparison"
+    IFS='|' read -r name script always_env quick_env what <<<"$comparison"
     log=$LOG_DIR/$name.log
     if [ ! -f "$script" ]; then
         printf '%s\t-\t-\t-\t-\tnot run: script missing (%s)\n' "$what" "${script#"$ROOT"/}" >>"$TABLE"
@@ -54,7 +60,11 @@ for comparison in "${COMPARISONS[@]}"; do
     echo "== $what: ${script#"$ROOT"/} (log: $log)" >&2
     rows_before=$(wc -l <"$TABLE")
     env_args=()
-    [ "$QUICK" = 1 ] && read -r -a env_args <<<"$quick_env"
+    read -r -a env_args <<<"$always_env"
+    if [ "$QUICK" = 1 ]; then
+        read -r -a quick_args <<<"$quick_env"
+        env_args+=("${quick_args[@]}")
+    fi
     if ! env "${env_args[@]}" bash "$script" >"$log" 2>&1; then
         printf '%s\t-\t-\t-\t-\tFAILED: see %s\n' "$what" "$log" >>"$TABLE"
         tail -3 "$log" >&2
