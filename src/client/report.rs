@@ -960,6 +960,9 @@ impl IntervalRecord {
             log::error!("cannot encode an interval histogram: {e:?}");
             encoded.clear();
         }
+        // The serializer grows the buffer by doubling: keep only what the encoding takes,
+        // since an hour of these stays in memory.
+        encoded.shrink_to_fit();
         IntervalRecord {
             start,
             length,
