@@ -125,7 +125,7 @@ fn per_second_series_adds_up_to_the_run() {
     config.threads = 2;
     config.warmup = Duration::from_millis(300);
     let report = run(&config);
-    let series = &report.intervals;
+    let series: Vec<_> = report.intervals.iter().collect();
     assert_eq!(series.len(), 3, "{series:?}");
     for (k, second) in series.iter().enumerate() {
         assert_eq!(second.start, Duration::from_secs(k as u64));

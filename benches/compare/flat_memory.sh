@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The load generator's memory over a long run (issue 15): multiconn-client keeps every
 # measured second as a compressed histogram (for --json intervals, --hdr-log, --report),
-# never the samples, so its RSS should stay flat however long it runs. This runs it for
+# never the samples, and keeps them in an unlinked temporary file rather than in memory
+# (src/client/series.rs), so its RSS should stay flat however long it runs. This runs it for
 # DURATION (default an hour: 3,600 intervals) against one multiconn-server echo, CONNS
 # (50) connections at RATE (2,000) requests/s (an open loop: light enough to run beside
 # other work, and every second holds a full histogram), with --json --hdr-log on, and

@@ -16,7 +16,8 @@ use hdrhistogram::serialization::{Deserializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
 
 use super::duration::format_duration;
-use super::report::{new_histogram, thousands, IntervalRecord};
+use super::report::{new_histogram, thousands};
+use super::series::IntervalSeries;
 
 /// Latencies are recorded in µs; HdrHistogram's tools show milliseconds.
 const US_PER_MS: f64 = 1000.0;
@@ -163,7 +164,7 @@ fn next_125(value: u64, step: &mut u8) -> u64 {
 pub fn write_interval_log<W: Write>(
     out: &mut W,
     started_unix_s: f64,
-    intervals: &[IntervalRecord],
+    intervals: &IntervalSeries,
 ) -> io::Result<()> {
     let base = UNIX_EPOCH + Duration::from_secs_f64(started_unix_s.max(0.0));
     let mut serializer = V2DeflateSerializer::new();
@@ -174,7 +175,7 @@ pub fn write_interval_log<W: Write>(
         .with_base_time(base)
         .with_max_value_divisor(US_PER_MS)
         .begin_log_with(out, &mut serializer)?;
-    for interval in intervals {
+    for interval in intervals.iter() {
         log.write_histogram(&interval.histogram(), interval.start, interval.length, None)
             .map_err(|e| io::Error::other(format!("{e}")))?;
     }
@@ -273,6 +274,7 @@ pub fn unix_now() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::series::IntervalRecord;
 
     fn sample() -> Histogram<u64> {
         let mut h = new_histogram();
@@ -346,7 +348,7 @@ mod tests {
     #[test]
     fn interval_log_round_trips() {
         let h = sample();
-        let intervals = vec![
+        let intervals: IntervalSeries = [
             IntervalRecord::new(Duration::ZERO, Duration::from_secs(1), h.len(), 0, &h),
             IntervalRecord::new(
                 Duration::from_secs(1),
@@ -355,7 +357,9 @@ mod tests {
                 0,
                 &new_histogram(),
             ),
-        ];
+        ]
+        .into_iter()
+        .collect();
         let mut log = Vec::new();
         write_interval_log(&mut log, 1_700_000_000.5, &intervals).unwrap();
         let text = String::from_utf8(log.clone()).unwrap();

@@ -12,9 +12,8 @@ use serde_json::Value;
 
 use super::hdr::{read_interval_log, LoggedInterval};
 use super::pace::PaceSeries;
-use super::report::{
-    new_histogram, per_second, CpuTime, IntervalRecord, LoadReport, ReportOptions, Tally,
-};
+use super::report::{new_histogram, per_second, CpuTime, LoadReport, ReportOptions, Tally};
+use super::series::{IntervalRecord, IntervalSeries};
 
 /// Largest file `merge` reads: a day of per-second intervals is a few tens of MB.
 const MAX_INPUT: u64 = 1 << 30;
@@ -137,7 +136,7 @@ fn merge(inputs: &[Input]) -> Result<LoadReport, String> {
     placed.sort_by_key(|(second, _)| *second);
     let mut total = new_histogram();
     let mut sum = new_histogram();
-    let mut series = Vec::new();
+    let mut series = IntervalSeries::default();
     let mut group = placed.iter().peekable();
     while let Some(&(second, first)) = group.next() {
         sum.reset();

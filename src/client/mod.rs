@@ -7,8 +7,8 @@
 //! ([`load`], TCP or `--udp`), what it sends and checks per protocol ([`workload`]), its
 //! report ([`report`]) and its HTML page ([`html`]), how it kept a rate plan ([`pace`]),
 //! its schedule timer ([`timer`]) and the duration syntax of its flags ([`duration`]); a
-//! URL as its target ([`url`]); HdrHistogram formats of its latencies ([`hdr`]) and the
-//! merging of runs ([`merge`]).
+//! URL as its target ([`url`]); the per-second series ([`series`]), HdrHistogram formats of
+//! its latencies ([`hdr`]) and the merging of runs ([`merge`]).
 
 pub mod app;
 pub mod chat;
@@ -23,6 +23,7 @@ pub mod merge;
 pub mod pace;
 pub mod report;
 pub mod scenario;
+pub mod series;
 pub mod timer;
 pub mod url;
 pub mod workload;

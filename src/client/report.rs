@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::duration::format_duration;
 use super::hdr::text_histogram;
 use super::pace::{PaceSeries, PaceSummary, LATE_AFTER};
+use super::series::IntervalSeries;
 
 /// Latencies are recorded in microseconds up to this (ten minutes, well past the 60 s a
 /// report must cover); longer ones are recorded as this value.
@@ -393,7 +394,7 @@ pub struct LoadReport {
     /// The measured window second by second, every loop added up; their histograms sum
     /// to the run's latency histogram (same answers, same corrected latencies).
     #[serde(skip)]
-    pub intervals: Vec<IntervalRecord>,
+    pub intervals: IntervalSeries,
 }
 
 /// The percentile curve goes as far as 99.9999% (1/(1−p) = 10⁶), and no further than the
@@ -452,39 +453,53 @@ pub struct IntervalReport {
     pub late: Option<u64>,
 }
 
-/// The per-second entries: the records' seconds, with the pace's beside them when
-/// `open_loop` (a second either side lacks counts as zeros).
+/// The per-second entries: the series' seconds, with the pace's beside them when
+/// `open_loop` (a second either side lacks counts as zeros). One pass over the series.
 pub fn per_second(
-    records: &[IntervalRecord],
+    series: &IntervalSeries,
     pace: &PaceSeries,
     open_loop: bool,
 ) -> Vec<IntervalReport> {
     let ms = |us: u64| us as f64 / 1000.0;
-    let seconds = records
-        .iter()
-        .map(|r| r.start.as_secs() as usize + 1)
-        .max()
-        .unwrap_or(0)
-        .max(if open_loop { pace.len() } else { 0 });
-    (0..seconds)
-        .map(|second| {
-            let record = records
-                .iter()
-                .find(|r| r.start.as_secs() as usize == second);
-            let (intended, sent, late) = pace.at(second);
-            IntervalReport {
-                t: second as u64,
-                requests: record.map_or(0, |r| r.requests),
-                errors: record.map_or(0, |r| r.errors),
-                p50_ms: record.map_or(0.0, |r| ms(r.latency.p50)),
-                p99_ms: record.map_or(0.0, |r| ms(r.latency.p99)),
-                max_ms: record.map_or(0.0, |r| ms(r.latency.max)),
-                intended: open_loop.then_some(intended),
-                sent: open_loop.then_some(sent),
-                late: open_loop.then_some(late),
-            }
-        })
-        .collect()
+    let entry = |second: usize| IntervalReport {
+        t: second as u64,
+        requests: 0,
+        errors: 0,
+        p50_ms: 0.0,
+        p99_ms: 0.0,
+        max_ms: 0.0,
+        intended: None,
+        sent: None,
+        late: None,
+    };
+    let mut entries: Vec<IntervalReport> = Vec::with_capacity(series.len());
+    let mut filled = Vec::with_capacity(series.len());
+    for record in series.iter() {
+        let second = record.start.as_secs() as usize;
+        while entries.len() <= second {
+            entries.push(entry(entries.len()));
+            filled.push(false);
+        }
+        // The first record of a second counts, as a lookup by second would find it.
+        if !std::mem::replace(&mut filled[second], true) {
+            let e = &mut entries[second];
+            e.requests = record.requests;
+            e.errors = record.errors;
+            e.p50_ms = ms(record.latency.p50);
+            e.p99_ms = ms(record.latency.p99);
+            e.max_ms = ms(record.latency.max);
+        }
+    }
+    if open_loop {
+        while entries.len() < pace.len() {
+            entries.push(entry(entries.len()));
+        }
+        for e in &mut entries {
+            let (intended, sent, late) = pace.at(e.t as usize);
+            (e.intended, e.sent, e.late) = (Some(intended), Some(sent), Some(late));
+        }
+    }
+    entries
 }
 
 impl LoadReport {
@@ -572,7 +587,7 @@ impl LoadReport {
             hdr_log: None,
             merged_from: Vec::new(),
             latency_histogram: tally.latency.clone(),
-            intervals: Vec::new(),
+            intervals: IntervalSeries::default(),
             options,
         }
     }
@@ -874,7 +889,7 @@ impl fmt::Display for LoadReport {
 }
 
 /// One second of the measured run as one loop counted it; the loops hand these over as
-/// each second passes and [`SeriesCollector`] adds them up.
+/// each second passes and [`SeriesCollector`](super::series::SeriesCollector) adds them up.
 #[derive(Debug, Clone)]
 pub struct SecondTally {
     /// Seconds since the start of the measured window: this covers `[index, index + 1)`.
@@ -921,153 +936,6 @@ impl SecondTally {
     pub fn record(&mut self, corrected: Duration) {
         self.requests += 1;
         self.latency.saturating_record(micros(corrected));
-    }
-}
-
-/// One second of the measured run, every loop added up: what `--hdr-log`, `merge` and the
-/// per-second outputs read. The histogram is kept V2-deflate encoded, a few hundred bytes,
-/// rather than live: a live one at the run's bounds and 3 significant figures is 172 kB
-/// (21,504 counters), an hour of them 620 MB; encoded, an hour stays within a few MB and
-/// keeps full precision (see `benches/compare/flat_memory.sh`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct IntervalRecord {
-    /// From the start of the measured window.
-    pub start: Duration,
-    /// One second, except the last one of a run, which ends with the run.
-    pub length: Duration,
-    pub requests: u64,
-    pub errors: u64,
-    /// The second's latency percentiles (µs), computed before encoding.
-    pub latency: LatencySummary,
-    /// The histogram, V2-deflate serialised (as HdrHistogram interval logs carry it).
-    encoded: Vec<u8>,
-}
-
-impl IntervalRecord {
-    /// Summarises and encodes `latency`.
-    pub fn new(
-        start: Duration,
-        length: Duration,
-        requests: u64,
-        errors: u64,
-        latency: &Histogram<u64>,
-    ) -> Self {
-        use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
-        let mut encoded = Vec::new();
-        // Serialising into memory fails only for histograms it cannot represent, which
-        // ours (bounded, u64 counts) are not; an empty encoding then decodes as empty.
-        if let Err(e) = V2DeflateSerializer::new().serialize(latency, &mut encoded) {
-            log::error!("cannot encode an interval histogram: {e:?}");
-            encoded.clear();
-        }
-        // The serializer grows the buffer by doubling: keep only what the encoding takes,
-        // since an hour of these stays in memory.
-        encoded.shrink_to_fit();
-        IntervalRecord {
-            start,
-            length,
-            requests,
-            errors,
-            latency: LatencySummary::of(latency),
-            encoded,
-        }
-    }
-
-    /// The second's latency histogram, decoded (same bounds as [`new_histogram`]).
-    pub fn histogram(&self) -> Histogram<u64> {
-        use hdrhistogram::serialization::Deserializer;
-        let mut histogram = new_histogram();
-        if let Ok(decoded) = Deserializer::new().deserialize::<u64, _>(&mut &self.encoded[..]) {
-            let _ = histogram.add(&decoded);
-        }
-        histogram
-    }
-
-    /// Bytes the encoded histogram takes.
-    pub fn encoded_len(&self) -> usize {
-        self.encoded.len()
-    }
-}
-
-/// Adds up the loops' seconds into the run's series: second `k` is complete once every
-/// loop has handed over its `k` (or finished), and is then encoded into an
-/// [`IntervalRecord`]. Holds one live histogram whatever the run's length.
-pub struct SeriesCollector {
-    /// The next second to complete.
-    next: u64,
-    sum: SecondTally,
-    records: Vec<IntervalRecord>,
-}
-
-impl Default for SeriesCollector {
-    fn default() -> Self {
-        SeriesCollector {
-            next: 0,
-            sum: SecondTally::new(0),
-            records: Vec::new(),
-        }
-    }
-}
-
-impl SeriesCollector {
-    /// The second each loop would hand over next, `None` for a loop that finished and
-    /// has nothing more: the seconds every loop is past can be completed.
-    pub fn ready(&self, heads: impl Iterator<Item = Option<u64>>) -> bool {
-        let mut any = false;
-        for head in heads.flatten() {
-            if head != self.next {
-                return false;
-            }
-            any = true;
-        }
-        any
-    }
-
-    /// The second being completed.
-    pub fn next_index(&self) -> u64 {
-        self.next
-    }
-
-    /// Adds one loop's part of the second being completed.
-    pub fn add(&mut self, part: &SecondTally) {
-        debug_assert_eq!(part.index, self.next);
-        self.sum.requests += part.requests;
-        self.sum.errors += part.errors;
-        // Same bounds everywhere (new_histogram), so adding cannot fail.
-        let _ = self.sum.latency.add(&part.latency);
-    }
-
-    /// Every loop's part is in: the second is encoded into the series.
-    pub fn complete(&mut self) {
-        let start = Duration::from_secs(self.next);
-        self.records.push(IntervalRecord::new(
-            start,
-            Duration::from_secs(1),
-            self.sum.requests,
-            self.sum.errors,
-            &self.sum.latency,
-        ));
-        self.next += 1;
-        self.sum.reset(self.next);
-    }
-
-    /// The series, its last second cut at `elapsed` (the measured time) and any seconds
-    /// past it (a loop's last turn) dropped if empty.
-    pub fn finish(mut self, elapsed: Duration) -> Vec<IntervalRecord> {
-        while self
-            .records
-            .last()
-            .is_some_and(|r| r.start >= elapsed && r.requests == 0 && r.errors == 0)
-            && self.records.len() > 1
-        {
-            self.records.pop();
-        }
-        if let Some(last) = self.records.last_mut() {
-            if last.start + last.length > elapsed {
-                last.length = elapsed.saturating_sub(last.start);
-            }
-        }
-        self.records
     }
 }
 
@@ -1144,6 +1012,7 @@ impl Interval {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::series::IntervalRecord;
 
     fn options() -> ReportOptions {
         ReportOptions {
@@ -1382,37 +1251,6 @@ mod tests {
         assert!(percentile_curve(&new_histogram()).is_empty());
     }
 
-    /// A second's record keeps its histogram exactly (decoded equal to what was encoded)
-    /// in a few kB even with a wide spread of latencies, where the live histogram is 172 kB.
-    #[test]
-    fn interval_record_round_trips_compactly() {
-        let mut second = SecondTally::new(4);
-        let mut x: u64 = 12345;
-        for _ in 0..200_000 {
-            // A spread from 20 µs to about 50 ms, log-uniform-ish.
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let exp = (x >> 60) as u32 % 12;
-            let value = 20u64 << exp;
-            second.record(Duration::from_micros(value + (x >> 40) % value));
-        }
-        let record = IntervalRecord::new(
-            Duration::from_secs(4),
-            Duration::from_secs(1),
-            second.requests,
-            3,
-            &second.latency,
-        );
-        assert_eq!(record.histogram(), second.latency);
-        assert_eq!(record.latency, LatencySummary::of(&second.latency));
-        assert!(
-            record.encoded_len() < 8 * 1024,
-            "{} bytes",
-            record.encoded_len()
-        );
-    }
-
     /// The JSON's per-second entries put each record's counts and latency (in ms) beside
     /// the pace of the same second; a second only the pace has (nothing answered in it)
     /// shows zeros, and a closed loop has no pace fields at all.
@@ -1420,13 +1258,15 @@ mod tests {
     fn per_second_entries_join_records_and_pace() {
         let mut h = new_histogram();
         h.record(1500).unwrap();
-        let records = [IntervalRecord::new(
+        let records: IntervalSeries = [IntervalRecord::new(
             Duration::ZERO,
             Duration::from_secs(1),
             1,
             0,
             &h,
-        )];
+        )]
+        .into_iter()
+        .collect();
         let mut pace = PaceSeries::default();
         for second in [0, 1, 1] {
             pace.intend(second);
@@ -1451,28 +1291,6 @@ mod tests {
             json.get("intended").is_none() && json["p99_ms"] == 1.5,
             "{json}"
         );
-    }
-
-    /// The collector adds loops' parts of a second and cuts the last one at the run's end.
-    #[test]
-    fn collector_adds_parts_and_cuts_the_last_second() {
-        let mut collector = SeriesCollector::default();
-        for k in 0..2 {
-            for value in [100, 300] {
-                let mut part = SecondTally::new(k);
-                part.record(Duration::from_micros(value));
-                part.errors = 1;
-                collector.add(&part);
-            }
-            collector.complete();
-        }
-        let series = collector.finish(Duration::from_millis(1_250));
-        assert_eq!(series.len(), 2);
-        assert_eq!((series[1].requests, series[1].errors), (2, 2));
-        assert_eq!(series[1].start, Duration::from_secs(1));
-        assert_eq!(series[1].length, Duration::from_millis(250));
-        assert_eq!(series[0].latency.max, series[0].histogram().max());
-        assert!(series[0].histogram().equivalent(series[0].latency.max, 300));
     }
 
     /// The progress line shows the interval's rate and percentiles.

@@ -23,9 +23,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::Waker;
 
-use super::report::{
-    per_second, CpuTime, Interval, LoadReport, SecondTally, SeriesCollector, Tally,
-};
+use super::report::{per_second, CpuTime, Interval, LoadReport, SecondTally, Tally};
+use super::series::SeriesCollector;
 pub use config::{LoadConfig, LoadError, StopAt, DEFAULT_MAX_LOSS, MAX_MESSAGE_SIZE, MAX_PIPELINE};
 pub use rate::RatePlan;
 pub use udp::{MAX_DATAGRAM, SEQ_LEN};

@@ -7,7 +7,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use super::{collect_seconds, Shared};
-use crate::client::report::{Interval, SeriesCollector};
+use crate::client::report::Interval;
+use crate::client::series::SeriesCollector;
 
 /// Progress lines come this often.
 pub(super) const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
