@@ -23,7 +23,7 @@ use crate::protocol::Protocol;
 use crate::relay::redis::{Redis, RedisConfig};
 use crate::relay::{mesh, mesh_token, redis_tokens, Links};
 use crate::root::Root;
-use crate::server::{Server, ServerHandle, ServerThread};
+use crate::server::{Server, ServerHandle, ServerThread, StartGate};
 use crate::stats::Stats;
 
 /// The protocols `multiconn-server --protocol` offers.
@@ -265,22 +265,26 @@ impl Launcher for Spawn {
             handles: Vec::new(),
             threads: Vec::new(),
         };
+        // One thread at a time, each running before the next is made, and no loop turns
+        // until all exist: a thread the OS refuses then fails here alone, and leaves the
+        // others unstarted, with nothing of theirs allocating against the same limit.
+        let gate = StartGate::default();
         for server in servers {
-            match server.spawn() {
+            match server.spawn_behind(gate.clone()) {
                 Ok((_, handle, thread)) => {
                     workers.handles.push(handle);
                     workers.threads.push(thread);
+                    gate.wait_arrived(workers.threads.len());
                 }
                 Err(e) => {
-                    // The workers already running would otherwise serve on, unowned.
-                    for handle in &workers.handles {
-                        handle.stop_now();
-                    }
+                    // The workers already spawned would otherwise serve on, unowned.
+                    gate.open(false);
                     let _ = workers.join();
                     return Err(format!("cannot start a worker thread: {e}").into());
                 }
             }
         }
+        gate.open(true);
         Ok(workers)
     }
 }

@@ -13,7 +13,7 @@ mod udp;
 
 use std::io::{self, Write};
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -68,6 +68,64 @@ const FANOUT_CHECK: Duration = Duration::from_millis(100);
 
 /// A loop running on its own thread (`Server::spawn`); joining it yields its counters.
 pub type ServerThread = JoinHandle<io::Result<Stats>>;
+
+/// Holds spawned loops before their first turn until every worker thread exists, and
+/// lets the spawner wait for each new thread to be running before making the next. When
+/// the OS refuses a thread part way (an address-space or thread limit), the failure is
+/// then the spawner's alone: no thread is still setting itself up (std allocates its
+/// signal stack there) and no loop allocates against the same limit. `open(true)` starts
+/// the loops; `open(false)` ends them unstarted.
+#[derive(Clone, Default)]
+pub struct StartGate(Arc<(Mutex<GateState>, Condvar)>);
+
+#[derive(Default)]
+struct GateState {
+    /// Threads running and waiting at the gate.
+    arrived: usize,
+    /// Whether to start, once decided.
+    start: Option<bool>,
+}
+
+impl StartGate {
+    pub fn open(&self, start: bool) {
+        let (state, changed) = &*self.0;
+        lock(state).start = Some(start);
+        changed.notify_all();
+    }
+
+    /// Waits until `threads` threads have arrived at the gate.
+    pub fn wait_arrived(&self, threads: usize) {
+        let (state, changed) = &*self.0;
+        let mut state = lock(state);
+        while state.arrived < threads {
+            state = changed
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    /// Arrives, and waits until the gate opens; whether to start.
+    fn arrive(&self) -> bool {
+        let (state, changed) = &*self.0;
+        let mut state = lock(state);
+        state.arrived += 1;
+        changed.notify_all();
+        loop {
+            if let Some(start) = state.start {
+                return start;
+            }
+            state = changed
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Stands for the relay in the timer queue (its next turn without an event) and on the
 /// held list (its arrivals are held), so the loop's checks of both cover it: no slab key
@@ -346,11 +404,33 @@ impl<P: Protocol, T: Accepted> Server<P, T> {
         P::Session: Send,
         T: Send + 'static,
     {
+        let gate = StartGate::default();
+        gate.open(true);
+        self.spawn_behind(gate)
+    }
+
+    /// As [`Server::spawn`], but the loop waits for `gate` before its first turn, and
+    /// ends at once (with empty counters) if the gate opens with `false`.
+    pub fn spawn_behind(
+        self,
+        gate: StartGate,
+    ) -> io::Result<(ListenAddr, ServerHandle, ServerThread)>
+    where
+        P: Send + 'static,
+        P::Session: Send,
+        T: Send + 'static,
+    {
         let addr = self.local_addr.clone();
         let handle = self.handle();
         let thread = std::thread::Builder::new()
             .name("multiconn-server".into())
-            .spawn(move || self.run())?;
+            .spawn(move || {
+                if gate.arrive() {
+                    self.run()
+                } else {
+                    Ok(Stats::default())
+                }
+            })?;
         Ok((addr, handle, thread))
     }
 
