@@ -36,6 +36,13 @@ const SERVER_BUDGET: usize = 256 * 1024;
 /// Slowest answer to the bystander allowed while the large request streams in (the
 /// server once made it wait 593 ms); generous, as this runs unoptimised on a busy machine.
 const BYSTANDER_BUDGET: Duration = Duration::from_millis(500);
+/// Past the budget, the slowest answer must still be under this share of the time the
+/// large request took: a VM's slow spell stretches both, but a server that works through
+/// the request in one go keeps the bystander waiting most of that time (debug builds
+/// here: 5–60 ms of 0.25–2.4 s; once, in CI beside another run, 619 ms with 6 answers
+/// in all). The server that parsed the whole request at once kept it waiting for over
+/// 90% of the request's time.
+const BYSTANDER_SHARE: u32 = 3;
 
 /// A request of exactly `DEFAULT_MAX_CONTENT_LENGTH` bytes of JSON content: `open`, then
 /// `fill` repeated, then `close`, produced in pieces of at most `CHUNK` bytes.
@@ -182,6 +189,7 @@ fn through_a_server(request: Arc<LargeRequest>) {
     let mut big = server.connect();
     let mut writer = big.try_clone().unwrap();
     let sending = Arc::clone(&request);
+    let started = Instant::now();
     let sender = std::thread::spawn(move || {
         for chunk in sending.chunks() {
             writer.write_all(chunk)?;
@@ -203,19 +211,20 @@ fn through_a_server(request: Arc<LargeRequest>) {
         slowest = slowest.max(start.elapsed());
         answers += 1;
     }
+    let streaming = started.elapsed();
     big.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
     sender.join().unwrap().expect("the large request is sent");
     let reply = read_reply(&mut big);
     let grown = peak_bytes().saturating_sub(before);
     eprintln!(
-        "{}: through a server, heap peak +{grown} bytes; bystander's slowest of {answers} answers {slowest:?}",
+        "{}: through a server, heap peak +{grown} bytes; bystander's slowest of {answers} answers {slowest:?}, in {streaming:?}",
         request.name
     );
     check_reply(&request, &reply);
     assert!(grown < SERVER_BUDGET, "{}: +{grown} bytes", request.name);
     assert!(
-        slowest < BYSTANDER_BUDGET,
-        "{}: bystander waited {slowest:?}",
+        slowest < BYSTANDER_BUDGET || slowest * BYSTANDER_SHARE < streaming,
+        "{}: bystander waited {slowest:?} of the large request's {streaming:?}",
         request.name
     );
     drop((big, bystander));
