@@ -11,7 +11,6 @@ use hdrhistogram::Histogram;
 use serde_json::Value;
 
 use super::hdr::{read_interval_log, LoggedInterval};
-use super::pace::PaceSeries;
 use super::report::{new_histogram, per_second, CpuTime, LoadReport, ReportOptions, Tally};
 use super::series::{IntervalRecord, IntervalSeries};
 
@@ -250,7 +249,7 @@ fn merge(inputs: &[Input]) -> Result<LoadReport, String> {
     // The logs carry no schedule: each run's pace (intended, sent, late) stays in its
     // own report, and the merged intervals have the latencies and counts only.
     report.pace = None;
-    report.per_second = per_second(&report.intervals, &PaceSeries::default(), false);
+    report.per_second = per_second(&report.intervals, false);
     Ok(report)
 }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::duration::format_duration;
 use super::hdr::text_histogram;
-use super::pace::{PaceSeries, PaceSummary, LATE_AFTER};
+use super::pace::{PaceCounts, PaceSeries, PaceSummary, LATE_AFTER};
 use super::series::IntervalSeries;
 
 /// Latencies are recorded in microseconds up to this (ten minutes, well past the 60 s a
@@ -110,7 +110,8 @@ pub struct Tally {
     pub datagrams_late: u64,
     /// `--udp`: second echoes of a datagram already answered (ignored).
     pub datagrams_duplicate: u64,
-    /// With `--rate`: intended, sent and late requests by second of the measured time.
+    /// With `--rate`: intended, sent and late requests of the seconds this loop has not
+    /// handed over yet (each goes into the series with its second).
     pub pace: PaceSeries,
 }
 
@@ -167,7 +168,6 @@ impl Tally {
         self.tls_resumed += other.tls_resumed;
         self.datagrams_late += other.datagrams_late;
         self.datagrams_duplicate += other.datagrams_duplicate;
-        self.pace.merge(&other.pace);
     }
 
     /// Counts an answer's HTTP status (0: a protocol without statuses, not counted).
@@ -453,13 +453,9 @@ pub struct IntervalReport {
     pub late: Option<u64>,
 }
 
-/// The per-second entries: the series' seconds, with the pace's beside them when
-/// `open_loop` (a second either side lacks counts as zeros). One pass over the series.
-pub fn per_second(
-    series: &IntervalSeries,
-    pace: &PaceSeries,
-    open_loop: bool,
-) -> Vec<IntervalReport> {
+/// The per-second entries: the series' seconds, with each second's pace beside them
+/// when `open_loop` (a second the series lacks counts as zeros). One pass over the series.
+pub fn per_second(series: &IntervalSeries, open_loop: bool) -> Vec<IntervalReport> {
     let ms = |us: u64| us as f64 / 1000.0;
     let entry = |second: usize| IntervalReport {
         t: second as u64,
@@ -468,9 +464,9 @@ pub fn per_second(
         p50_ms: 0.0,
         p99_ms: 0.0,
         max_ms: 0.0,
-        intended: None,
-        sent: None,
-        late: None,
+        intended: open_loop.then_some(0),
+        sent: open_loop.then_some(0),
+        late: open_loop.then_some(0),
     };
     let mut entries: Vec<IntervalReport> = Vec::with_capacity(series.len());
     let mut filled = Vec::with_capacity(series.len());
@@ -488,19 +484,18 @@ pub fn per_second(
             e.p50_ms = ms(record.latency.p50);
             e.p99_ms = ms(record.latency.p99);
             e.max_ms = ms(record.latency.max);
-        }
-    }
-    if open_loop {
-        while entries.len() < pace.len() {
-            entries.push(entry(entries.len()));
-        }
-        for e in &mut entries {
-            let (intended, sent, late) = pace.at(e.t as usize);
-            (e.intended, e.sent, e.late) = (Some(intended), Some(sent), Some(late));
+            if open_loop {
+                let pace = record.pace;
+                (e.intended, e.sent, e.late) =
+                    (Some(pace.intended), Some(pace.sent), Some(pace.late));
+            }
         }
     }
     entries
 }
+
+/// [`LATE_AFTER`] as the report states it.
+pub const LATE_AFTER_MS: f64 = LATE_AFTER.as_micros() as f64 / 1e3;
 
 impl LoadReport {
     /// Builds the report from the merged tally of all loops.
@@ -580,7 +575,8 @@ impl LoadReport {
                 }
             }),
             client_cpu: cpu,
-            pace: open_loop.then(|| tally.pace.summary(LATE_AFTER.as_secs_f64() * 1e3)),
+            // Filled in from the per-second series once it is complete (`load::run`).
+            pace: open_loop.then(|| PaceSummary::of(std::iter::empty(), LATE_AFTER_MS)),
             percentile_curve: percentile_curve(&tally.latency),
             per_second: Vec::new(),
             started_unix_s: 0.0,
@@ -899,6 +895,8 @@ pub struct SecondTally {
     /// Errors counted in the second (as in [`ErrorCounts::total`]).
     pub errors: u64,
     pub latency: Histogram<u64>,
+    /// With `--rate`: the plan's counts for the second (see [`PaceSeries::take`]).
+    pub pace: PaceCounts,
 }
 
 impl SecondTally {
@@ -908,6 +906,7 @@ impl SecondTally {
             requests: 0,
             errors: 0,
             latency: new_histogram(),
+            pace: PaceCounts::default(),
         }
     }
 
@@ -920,6 +919,7 @@ impl SecondTally {
             errors: 0,
             latency: Histogram::new_with_bounds(1, 2, 1)
                 .expect("constant bounds are valid: low >= 1, high >= 2 * low"),
+            pace: PaceCounts::default(),
         }
     }
 
@@ -929,6 +929,7 @@ impl SecondTally {
         self.requests = 0;
         self.errors = 0;
         self.latency.reset();
+        self.pace = PaceCounts::default();
     }
 
     /// Records one counted answer's latency (the corrected one, as the run's histogram).
@@ -1252,27 +1253,28 @@ mod tests {
     }
 
     /// The JSON's per-second entries put each record's counts and latency (in ms) beside
-    /// the pace of the same second; a second only the pace has (nothing answered in it)
-    /// shows zeros, and a closed loop has no pace fields at all.
+    /// the pace of the same second; a second with only the plan's counts (nothing
+    /// answered in it) shows zeros there, and a closed loop has no pace fields at all.
     #[test]
     fn per_second_entries_join_records_and_pace() {
         let mut h = new_histogram();
         h.record(1500).unwrap();
-        let records: IntervalSeries = [IntervalRecord::new(
-            Duration::ZERO,
+        let mut answered = IntervalRecord::new(Duration::ZERO, Duration::from_secs(1), 1, 0, &h);
+        answered.pace = PaceCounts {
+            intended: 1,
+            sent: 1,
+            late: 1,
+        };
+        let mut unanswered = IntervalRecord::new(
             Duration::from_secs(1),
-            1,
+            Duration::from_secs(1),
             0,
-            &h,
-        )]
-        .into_iter()
-        .collect();
-        let mut pace = PaceSeries::default();
-        for second in [0, 1, 1] {
-            pace.intend(second);
-        }
-        pace.send(0, true);
-        let entries = per_second(&records, &pace, true);
+            0,
+            &new_histogram(),
+        );
+        unanswered.pace.intended = 2;
+        let records: IntervalSeries = [answered, unanswered].into_iter().collect();
+        let entries = per_second(&records, true);
         assert_eq!(entries.len(), 2);
         assert_eq!((entries[0].requests, entries[0].p50_ms), (1, 1.5));
         assert_eq!(
@@ -1284,8 +1286,7 @@ mod tests {
             (1, 0, 0.0)
         );
         assert_eq!(entries[1].intended, Some(2));
-        let closed = per_second(&records, &pace, false);
-        assert_eq!(closed.len(), 1);
+        let closed = per_second(&records, false);
         let json = serde_json::to_value(&closed[0]).unwrap();
         assert!(
             json.get("intended").is_none() && json["p99_ms"] == 1.5,

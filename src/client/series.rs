@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use super::pace::PaceCounts;
 use super::report::{new_histogram, LatencySummary, SecondTally};
 
 /// One second of the measured run, every loop added up: what `--hdr-log`, `merge` and the
@@ -28,6 +29,8 @@ pub struct IntervalRecord {
     pub errors: u64,
     /// The second's latency percentiles (µs), computed before encoding.
     pub latency: LatencySummary,
+    /// With `--rate`: the plan's counts for the second.
+    pub pace: PaceCounts,
     /// The histogram, V2-deflate serialised (as HdrHistogram interval logs carry it).
     encoded: Vec<u8>,
 }
@@ -58,6 +61,7 @@ impl IntervalRecord {
             requests,
             errors,
             latency: LatencySummary::of(latency),
+            pace: PaceCounts::default(),
             encoded,
         }
     }
@@ -70,6 +74,11 @@ impl IntervalRecord {
             let _ = histogram.add(&decoded);
         }
         histogram
+    }
+
+    /// Nothing answered, failed or scheduled in it.
+    pub fn is_empty(&self) -> bool {
+        self.requests == 0 && self.errors == 0 && self.pace.is_zero()
     }
 
     /// Bytes the encoded histogram takes.
@@ -124,18 +133,21 @@ impl SeriesCollector {
         self.sum.errors += part.errors;
         // Same bounds everywhere (new_histogram), so adding cannot fail.
         let _ = self.sum.latency.add(&part.latency);
+        self.sum.pace.add(&part.pace);
     }
 
     /// Every loop's part is in: the second is encoded into the series.
     pub fn complete(&mut self) {
         let start = Duration::from_secs(self.next);
-        self.records.push(IntervalRecord::new(
+        let mut record = IntervalRecord::new(
             start,
             Duration::from_secs(1),
             self.sum.requests,
             self.sum.errors,
             &self.sum.latency,
-        ));
+        );
+        record.pace = self.sum.pace;
+        self.records.push(record);
         self.next += 1;
         self.sum.reset(self.next);
     }
@@ -176,8 +188,10 @@ struct Spill {
 }
 
 /// A spilled record's fixed part: start and length (ns), requests, errors, the ten
-/// fields of its latency summary, and the encoding's length.
-const HEADER: usize = 8 * 14 + 4;
+/// fields of its latency summary, its pace (intended, sent, late), and the encoding's
+/// length.
+const WORDS: usize = 17;
+const HEADER: usize = 8 * WORDS + 4;
 
 impl IntervalSeries {
     /// Appends the next second.
@@ -247,7 +261,7 @@ impl IntervalSeries {
             && self
                 .tail
                 .back()
-                .is_some_and(|r| r.start >= elapsed && r.requests == 0 && r.errors == 0)
+                .is_some_and(|r| r.start >= elapsed && r.is_empty())
         {
             self.tail.pop_back();
         }
@@ -337,6 +351,9 @@ fn encode(record: &IntervalRecord) -> Vec<u8> {
         l.p99_9,
         l.p99_99,
         l.max,
+        record.pace.intended,
+        record.pace.sent,
+        record.pace.late,
     ] {
         bytes.extend_from_slice(&word.to_le_bytes());
     }
@@ -351,7 +368,7 @@ fn decode_at(file: &File, offset: u64) -> io::Result<(IntervalRecord, u64)> {
     let mut header = [0u8; HEADER];
     file.read_exact_at(&mut header, offset)?;
     let word = |k: usize| u64::from_le_bytes(header[8 * k..8 * k + 8].try_into().expect("8 bytes"));
-    let len = u32::from_le_bytes(header[8 * 14..].try_into().expect("4 bytes")) as usize;
+    let len = u32::from_le_bytes(header[8 * WORDS..].try_into().expect("4 bytes")) as usize;
     let mut encoded = vec![0; len];
     file.read_exact_at(&mut encoded, offset + HEADER as u64)?;
     let record = IntervalRecord {
@@ -370,6 +387,11 @@ fn decode_at(file: &File, offset: u64) -> io::Result<(IntervalRecord, u64)> {
             p99_9: word(11),
             p99_99: word(12),
             max: word(13),
+        },
+        pace: PaceCounts {
+            intended: word(14),
+            sent: word(15),
+            late: word(16),
         },
         encoded,
     };
@@ -439,13 +461,19 @@ mod tests {
     fn record(second: u64, value: u64) -> IntervalRecord {
         let mut h = new_histogram();
         h.record(value).unwrap();
-        IntervalRecord::new(
+        let mut record = IntervalRecord::new(
             Duration::from_secs(second),
             Duration::from_secs(1),
             1,
             second % 2,
             &h,
-        )
+        );
+        record.pace = PaceCounts {
+            intended: second,
+            sent: second + 1,
+            late: second % 3,
+        };
+        record
     }
 
     /// A long series keeps only its newest seconds in memory and reads every second back

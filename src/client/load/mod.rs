@@ -23,7 +23,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::Waker;
 
-use super::report::{per_second, CpuTime, Interval, LoadReport, SecondTally, Tally};
+use super::pace::{PaceSeries, PaceSummary};
+use super::report::{per_second, CpuTime, Interval, LoadReport, SecondTally, Tally, LATE_AFTER_MS};
 use super::series::SeriesCollector;
 pub use config::{LoadConfig, LoadError, StopAt, DEFAULT_MAX_LOSS, MAX_MESSAGE_SIZE, MAX_PIPELINE};
 pub use rate::RatePlan;
@@ -101,7 +102,14 @@ const SECOND: Duration = Duration::from_secs(1);
 /// Hands loop `thread`'s current second to the collector and starts the next one in its
 /// place (with an emptied second the collector gave back, if any); `last`: the loop is
 /// done. TCP and UDP loops alike.
-fn hand_over_second(shared: &Shared<'_>, thread: usize, current: &mut SecondTally, last: bool) {
+fn hand_over_second(
+    shared: &Shared<'_>,
+    thread: usize,
+    current: &mut SecondTally,
+    pace: &mut PaceSeries,
+    last: bool,
+) {
+    current.pace = pace.take(current.index as usize, last);
     let mut slot = shared.seconds[thread]
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -287,7 +295,12 @@ pub fn run_load(
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0.0, |d| (d.as_secs_f64() * 1e3).round() / 1e3);
     report.intervals = collector.finish(elapsed);
-    report.per_second = per_second(&report.intervals, &tally.pace, config.rate.is_some());
+    let open_loop = config.rate.is_some();
+    if open_loop {
+        let seconds = report.intervals.iter().map(|second| second.pace);
+        report.pace = Some(PaceSummary::of(seconds, LATE_AFTER_MS));
+    }
+    report.per_second = per_second(&report.intervals, open_loop);
     Ok(report)
 }
 

@@ -248,7 +248,13 @@ impl<'a> UdpLoop<'a> {
         loop {
             let now = Instant::now();
             while now >= next_second {
-                hand_over_second(self.shared, self.thread, &mut self.second, false);
+                hand_over_second(
+                    self.shared,
+                    self.thread,
+                    &mut self.second,
+                    &mut self.tally.pace,
+                    false,
+                );
                 next_second += SECOND;
             }
             if self.shared.control.is_stopped() {
@@ -528,7 +534,13 @@ impl<'a> UdpLoop<'a> {
 
     fn finish(mut self, ended: Option<Instant>) -> LoopResult {
         self.publish();
-        hand_over_second(self.shared, self.thread, &mut self.second, true);
+        hand_over_second(
+            self.shared,
+            self.thread,
+            &mut self.second,
+            &mut self.tally.pace,
+            true,
+        );
         // Still awaited when the run was cut short: in flight, neither received nor lost.
         self.tally.in_flight = self
             .socks

@@ -351,7 +351,14 @@ impl<'a> Worker<'a> {
     /// loop is done.
     fn hand_over_second(&mut self, last: bool) {
         let (shared, thread) = (self.shared, self.thread);
-        hand_over_second(shared, thread, &mut self.driver.protocol_mut().second, last);
+        let requests = self.driver.protocol_mut();
+        hand_over_second(
+            shared,
+            thread,
+            &mut requests.second,
+            &mut requests.tally.pace,
+            last,
+        );
     }
 
     fn finish(mut self, ended: Option<Instant>) -> LoopResult {
