@@ -38,8 +38,8 @@ COMPARISONS=(
     "https|$ROOT/benches/http_vs_nginx.sh|TLS=1|DURATION=3s ROUNDS=2 WARMUP=1s|HTTPS vs nginx"
     "file|$HERE/file_vs_nginx.sh||QUICK=1|files vs nginx sendfile"
     "chat|$HERE/chat_vs_redis.sh||QUICK=1|chat fan-out vs Redis PUBLISH (100 and 1,000 members)"
-    "generator|$HERE/generators.sh||QUICK=1 DURATION=3 ROUNDS=1|load generator vs wrk"
-    "memory|$HERE/flat_memory.sh|DURATION=120 SAMPLE=5|DURATION=20 SAMPLE=2|load generator memory over a run"
+    "generator|$HERE/generators.sh||QUICK=1 DURATION=2 ROUNDS=1|load generator vs wrk"
+    "memory|$HERE/flat_memory.sh|DURATION=120 SAMPLE=5|DURATION=10 SAMPLE=1|load generator memory over a run"
 )
 
 (cd "$ROOT" && cargo build --release --quiet --bin multiconn-server --bin multiconn-client \

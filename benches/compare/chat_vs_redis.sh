@@ -6,6 +6,7 @@
 #
 #   benches/compare/chat_vs_redis.sh                       # ROUNDS=3, 100 and 1000 members
 #   ROUNDS=1 DELIVERIES=4000000 LOCKSTEP_DELIVERIES=500000 benches/compare/chat_vs_redis.sh
+#   QUICK=1 benches/compare/chat_vs_redis.sh     # ROUNDS=2, 10 M (lock-step 0.3 M) deliveries
 #   TABLE_OUT=/tmp/table.tsv benches/compare/chat_vs_redis.sh          # also append rows
 #
 # What it does:
@@ -26,10 +27,15 @@
 #   servers' CPU per delivery (both servers') <= 1.3x one server's (with the relaying
 #   Redis's own CPU shown beside it).
 # CPU time is read in clock ticks (10 ms): keep rounds at 50 ticks or more.
-# Environment: ROUNDS MEMBERS_LIST DELIVERIES LOCKSTEP_DELIVERIES SIZE WINDOW,
+# Environment: QUICK ROUNDS MEMBERS_LIST DELIVERIES LOCKSTEP_DELIVERIES SIZE WINDOW,
 # CARGO_TARGET_DIR, TABLE_OUT (append `figure<TAB>multiconn<TAB>peer<TAB>ratio<TAB>target<TAB>verdict` rows).
 set -euo pipefail
 
+if [ "${QUICK:-0}" = 1 ]; then
+    # benches/compare/all.sh's quick run: fewer, shorter rounds (multiconn's pipelined rounds nearer 30 ticks: rough).
+    ROUNDS=${ROUNDS:-2} DELIVERIES=${DELIVERIES:-10000000}
+    LOCKSTEP_DELIVERIES=${LOCKSTEP_DELIVERIES:-300000}
+fi
 ROUNDS=${ROUNDS:-3}
 MEMBERS_LIST=${MEMBERS_LIST:-"100 1000"}
 DELIVERIES=${DELIVERIES:-40000000}

@@ -57,7 +57,10 @@ import json, sys
 samples = [tuple(map(int, l.split())) for l in open(sys.argv[1]) if l.strip()]
 report = json.load(open(sys.argv[2]))
 target = int(sys.argv[3])
-late = [(t, r) for t, r in samples if t >= 60] or samples
+late = [(t, r) for t, r in samples if t >= 60]
+# A fit needs a few samples past the first minute's start-up, or it measures start-up.
+fitted = len(late) >= 3
+late = late or samples
 first = late[0][1]
 peak = max(r for _, r in samples)
 n = len(late)
@@ -68,10 +71,14 @@ slope = sum((t - mt) * (r - mr) for t, r in late) / var if var else 0.0
 print(f"requests completed {report['requests']['completed']}, intervals in the report "
       f"{len(report['intervals'])}")
 print(f"RSS after the first minute {first} KiB, at the end {samples[-1][1]} KiB, peak {peak} KiB")
-print(f"growth after the first minute: {slope * 3600:.0f} KiB per hour (least squares over {n} samples)")
+growth = f"{slope * 3600:.0f}" if fitted else "n/a"
+if fitted:
+    print(f"growth after the first minute: {growth} KiB per hour (least squares over {n} samples)")
+else:
+    print("growth: not fitted (fewer than 3 samples after the first minute; run 2 minutes or more)")
 verdict = "ok" if peak < target else "MISSED"
 print(f"peak RSS {peak / 1024:.1f} MiB, target < {target / 1024:.0f} MiB: {verdict}")
-print(f"ROW\t{peak / 1024:.1f}\t{slope * 3600:.0f}\t{verdict}")
+print(f"ROW\t{peak / 1024:.1f}\t{growth}\t{verdict}")
 EOF
 )
 echo "$summary" | grep -v '^ROW'
